@@ -1,0 +1,41 @@
+# Everything runs from a project-local environment built on first use from uv.lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+STACK ?= dev
+UV_VERSION := 0.13.9
+VENV := .venv
+UV := .uv/bin/uv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: env tools plan test serve bench clean
+
+# System tools the tests use for real (redis-server, ...), from Debian's packages.
+APT_TOOLS := redis-server
+tools:
+	@missing=""; for b in redis-server; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$(APT_TOOLS)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null) \
+	  || { echo "error: could not install$$missing; install them with your package manager" >&2; exit 1; }; \
+	fi
+
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON) --quiet
+	touch $@
+
+env: $(VENV)/.synced
+
+plan: env
+	$(PY) -m infra plan $(STACK)
+
+test: env tools
+	$(PY) -m pytest
+
+clean:
+	rm -rf build .pytest_cache .hypothesis
