@@ -1,0 +1,1 @@
+"""Serving applications: the OpenAI-compatible gateway and the vLLM simulator."""

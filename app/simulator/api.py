@@ -1,0 +1,231 @@
+"""HTTP surface of the simulator: vLLM's OpenAI-compatible routes, /health and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+
+from .engine import Engine, Generation, tokenize
+from .metrics import VllmMetrics
+from .protocol import ChatCompletionRequest, CompletionRequest
+from .settings import SimulatorSettings
+
+_JSON = "application/json"
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None) -> Response:
+    # vLLM's error body: OpenAI's shape with the exception class name as the type.
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
+
+
+def _prompt_tokens_chat(req: ChatCompletionRequest) -> list[str]:
+    tokens: list[str] = []
+    for msg in req.messages:
+        # A few tokens per message stand in for the chat template's role markers.
+        tokens.append(f"<|{msg.role}|>")
+        tokens.extend(tokenize(msg.text()))
+        tokens.append("<|end|>")
+    return tokens
+
+
+def _prompt_tokens_completion(req: CompletionRequest) -> list[str]:
+    p = req.prompt
+    if isinstance(p, str):
+        return tokenize(p)
+    if p and isinstance(p[0], str):
+        return tokenize(" ".join(p))  # type: ignore[arg-type]
+    if p and isinstance(p[0], list):
+        return [str(t) for part in p for t in part]  # type: ignore[union-attr]
+    return [str(t) for t in p]
+
+
+def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
+    settings = settings or SimulatorSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # vLLM turns off the `_created` series; doing the same keeps /metrics the same shape.
+        disable_created_metrics()
+        metrics = VllmMetrics(settings.model)
+        app.state.metrics = metrics
+        app.state.engine = Engine(settings, metrics)
+        app.state.rng = random.Random(0)
+        yield
+
+    app = FastAPI(title="vLLM simulator", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        return _error(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", "BadRequestError", param)
+
+    def _check(request: Request, model: str) -> Response | None:
+        if settings.api_key is not None:
+            auth = request.headers.get("authorization", "")
+            expected = f"Bearer {settings.api_key.get_secret_value()}"
+            if not hmac.compare_digest(auth.encode(), expected.encode()):
+                return _error(401, "Unauthorized", "AuthenticationError")
+        if model != settings.model:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if settings.fail_rate and app.state.rng.random() < settings.fail_rate:
+            return _error(500, "simulated engine failure", "InternalServerError")
+        return None
+
+    def _plan(prompt: list[str], max_tokens: int | None) -> Generation | Response:
+        n_prompt = len(prompt)
+        room = settings.max_model_len - n_prompt
+        if max_tokens is not None and max_tokens > room:
+            return _error(
+                400,
+                f"This model's maximum context length is {settings.max_model_len} tokens. However, you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion).",
+                "BadRequestError",
+                "max_tokens",
+            )
+        if room < 1:
+            return _error(400, f"The prompt ({n_prompt} tokens) is too long.", "BadRequestError", "messages")
+        if max_tokens is None:
+            return Generation(n_prompt, min(settings.default_max_tokens, room), natural_stop=True)
+        return Generation(n_prompt, max_tokens)
+
+    async def _collect(request: Request, engine: Engine, prompt: list[str], gen: Generation) -> str | None:
+        """Runs a whole generation, abandoning it if the client disconnects first."""
+
+        async def run() -> str:
+            return "".join([t async for t in engine.generate(prompt, gen)])
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        work = asyncio.ensure_future(run())
+        watch = asyncio.ensure_future(disconnected())
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            watch.cancel()
+            return work.result()
+        work.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            pass
+        return None
+
+    def _usage(gen: Generation) -> dict[str, int]:
+        return {
+            "prompt_tokens": gen.prompt_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+            "completion_tokens": gen.completion_tokens,
+        }
+
+    async def _stream(
+        engine: Engine, prompt: list[str], gen: Generation, chat: bool, model: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = {"id": rid, "object": obj, "created": created, "model": model}
+        usage_field = {"usage": None} if include_usage else {}
+        first = True
+        async for text in engine.generate(prompt, gen):
+            if chat:
+                delta = {"role": "assistant", "content": text} if first else {"content": text}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None, "stop_reason": None}
+            first = False
+            yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
+        if chat:
+            choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
+        else:
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
+        yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
+        if include_usage:
+            yield b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(gen)}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def _serve(request: Request, prompt: list[str], max_tokens: int | None, req, chat: bool) -> Response:
+        if (failure := _check(request, req.model)) is not None:
+            return failure
+        plan = _plan(prompt, max_tokens)
+        if isinstance(plan, Response):
+            return plan
+        engine: Engine = request.app.state.engine
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(engine, prompt, plan, chat, req.model, include_usage),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
+        text = await _collect(request, engine, prompt, plan)
+        if text is None:
+            return Response(status_code=499)
+        created = int(time.time())
+        if chat:
+            body = {
+                "id": "chatcmpl-" + uuid.uuid4().hex,
+                "object": "chat.completion",
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "tool_calls": []},
+                        "logprobs": None,
+                        "finish_reason": plan.finish_reason,
+                        "stop_reason": None,
+                    }
+                ],
+                "usage": _usage(plan),
+            }
+        else:
+            body = {
+                "id": "cmpl-" + uuid.uuid4().hex,
+                "object": "text_completion",
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {"index": 0, "text": text, "logprobs": None, "finish_reason": plan.finish_reason, "stop_reason": None}
+                ],
+                "usage": _usage(plan),
+            }
+        return Response(orjson.dumps(body), media_type=_JSON)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        return await _serve(request, _prompt_tokens_chat(req), req.max_completion_tokens or req.max_tokens, req, True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request) -> Response:
+        return await _serve(request, _prompt_tokens_completion(req), req.max_tokens, req, False)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        card = {"id": settings.model, "object": "model", "created": 0, "owned_by": "vllm", "root": settings.model,
+                "max_model_len": settings.max_model_len}
+        return Response(orjson.dumps({"object": "list", "data": [card]}), media_type=_JSON)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
