@@ -1,0 +1,1 @@
+"""The llm-platform Pulumi program and its offline tools (plan, policy, cost)."""

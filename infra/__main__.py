@@ -1,0 +1,22 @@
+"""Entry point for both `pulumi up` (Pulumi.yaml's `main: infra/`) and `python -m infra`.
+
+Under the Pulumi engine the runtime already holds a resource monitor; then this file is
+the program. Without one, it is the offline command line (plan, ...).
+"""
+
+import sys
+from pathlib import Path
+
+# The engine runs this directory as a script, so make the package importable as `infra`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pulumi.runtime import settings  # noqa: E402
+
+if settings.SETTINGS.monitor is not None:
+    from infra.stack import run  # noqa: E402
+
+    run()
+else:
+    from infra.cli import main  # noqa: E402
+
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""GPU instance types per cloud, loaded from the YAML files beside this module.
+
+The figures are data with a source and a date, so a price change is a one-line edit
+reviewed like any other, and every reader (config validation, scheduling checks,
+cost estimate, policy) sees the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+CLOUDS = ("aws", "gcp", "azure")
+_HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Gpu:
+    model: str
+    memory_gib: int
+    compute_capability: float
+
+    @property
+    def supports_bf16(self) -> bool:
+        # bf16 tensor cores arrived with Ampere (compute capability 8.0).
+        return self.compute_capability >= 8.0
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    cloud: str
+    name: str
+    gpu: Gpu
+    gpus: int
+    vcpu: int
+    memory_gib: int
+    on_demand_hourly: float
+    spot_hourly: float
+    accelerator: str | None  # the cloud's own accelerator name, where it needs one (GCP)
+
+    def hourly(self, spot: bool) -> float:
+        return self.spot_hourly if spot else self.on_demand_hourly
+
+
+@dataclass(frozen=True)
+class CloudCatalog:
+    cloud: str
+    reference_region: str
+    as_of: str
+    source: str
+    instances: dict[str, InstanceType]
+
+
+@cache
+def gpus() -> dict[str, Gpu]:
+    raw = yaml.safe_load((_HERE / "gpus.yaml").read_text())
+    return {name: Gpu(model=name, **spec) for name, spec in raw.items()}
+
+
+@cache
+def catalog(cloud: str) -> CloudCatalog:
+    if cloud not in CLOUDS:
+        raise KeyError(f"unknown cloud {cloud!r}; known: {', '.join(CLOUDS)}")
+    raw = yaml.safe_load((_HERE / f"{cloud}.yaml").read_text())
+    known_gpus = gpus()
+    instances = {
+        name: InstanceType(
+            cloud=cloud,
+            name=name,
+            gpu=known_gpus[spec["gpu"]],
+            gpus=spec["gpus"],
+            vcpu=spec["vcpu"],
+            memory_gib=spec["memory_gib"],
+            on_demand_hourly=spec["on_demand"],
+            spot_hourly=spec["spot"],
+            accelerator=spec.get("accelerator"),
+        )
+        for name, spec in raw["instances"].items()
+    }
+    return CloudCatalog(
+        cloud=cloud,
+        reference_region=raw["reference_region"],
+        as_of=str(raw["as_of"]),
+        source=raw["source"],
+        instances=instances,
+    )
+
+
+def instance(cloud: str, name: str) -> InstanceType:
+    return catalog(cloud).instances[name]
+
+
+@dataclass(frozen=True)
+class VllmCli:
+    version: str
+    flags: frozenset[str]
+
+    def accepts(self, flag: str) -> bool:
+        name = flag.split("=", 1)[0].replace("_", "-")
+        if name in self.flags:
+            return True
+        # argparse's BooleanOptionalAction and vLLM's enable/disable pairs.
+        for prefix, opposite in (("--no-", "--"), ("--disable-", "--enable-"), ("--enable-", "--disable-")):
+            if name.startswith(prefix) and opposite + name[len(prefix):] in self.flags:
+                return True
+        return False
+
+
+@cache
+def vllm_cli() -> VllmCli:
+    """The `vllm serve` flags of the pinned vLLM release (vllm_cli.yaml)."""
+    raw = yaml.safe_load((_HERE / "vllm_cli.yaml").read_text())
+    return VllmCli(version=str(raw["version"]), flags=frozenset(raw["flags"]))

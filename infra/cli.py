@@ -1,0 +1,46 @@
+"""`python -m infra <command> <stack>`: the offline tools over the recorded graph.
+
+A bad config exits 2 with one line naming the key; nothing else a user can cause prints
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from infra.config import ConfigError
+
+BUILD = Path("build")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from infra.plan import report
+    from infra.plan.run import record_stack
+
+    graph = record_stack(args.stack)
+    print(f"stack {args.stack}: plan")
+    print(report.tree(graph))
+    written = report.write(graph, BUILD / args.stack)
+    count = sum(1 for _ in written["manifests"].rglob("*.yaml"))
+    print(f"wrote {written['plan']} and {count} manifests under {written['manifests']}/")
+    return 0
+
+
+COMMANDS = {"plan": _plan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml")
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,343 @@
+"""The typed stack config: parsed once, frozen, and checked before any resource exists.
+
+Stack files hold structured values under the `llm-platform:` namespace (budget, tags,
+models, gateway, images, sites). Secrets (`hfToken`, `apiKeys`, `fallbackApiKey`) are
+read separately as Pulumi secrets and never enter these models.
+
+Every failure is a `ConfigError` whose text is one line: the key path as it is written in
+`Pulumi.<stack>.yaml` and what would be valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from infra.catalog import CLOUDS, catalog, vllm_cli
+
+PROJECT = "llm-platform"
+# Keys in the project namespace that hold secrets; everything else must be a known key.
+SECRET_KEYS = ("hfToken", "apiKeys", "fallbackApiKey")
+STRUCTURED_KEYS = ("budget", "tags", "models", "gateway", "images", "sites")
+
+Slug = Annotated[str, Field(pattern=r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")]
+Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Percent = Annotated[float, Field(gt=0, le=1000)]
+
+
+class ConfigError(Exception):
+    """A bad stack config value: `path: what is wrong and what is allowed`."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class MinMax(_Model):
+    min: int = Field(ge=0, description="Smallest count; 0 lets the pool or Deployment scale to zero.")
+    max: int = Field(ge=1, description="Largest count.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MinMax":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class Budget(_Model):
+    monthly_amount: float = Field(gt=0, description="Monthly spend limit for the whole stack.")
+    currency: Literal["USD"] = "USD"
+    actual_thresholds_pct: list[Percent] = Field(
+        default=[80.0, 100.0], min_length=1, description="Alert when actual spend passes these percentages."
+    )
+    forecast_thresholds_pct: list[Percent] = Field(
+        default=[100.0], min_length=1, description="Alert when forecast spend passes these percentages."
+    )
+    emails: list[Email] = Field(min_length=1, description="Who gets budget alerts.")
+    by_cloud: dict[Literal["aws", "gcp", "azure"], float] = Field(
+        default_factory=dict,
+        description="Per-cloud share of monthlyAmount; clouds not listed split the rest equally.",
+    )
+
+
+class ModelSpec(_Model):
+    name: Slug = Field(description="Served model name clients ask for (OpenAI `model`).")
+    hf_repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face repo id, owner/name.")
+    revision: str = Field(default="main", min_length=1, description="Hub revision (commit sha, tag or branch).")
+    params_billion: float = Field(gt=0, description="Parameter count in billions, for GPU-fit checks.")
+    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"] | None = None
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica spans.")
+    max_model_len: int = Field(ge=256, le=1_048_576, description="Context length vLLM reserves KV cache for.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98)
+    gpu_pool: Slug = Field(description="GPU pool name (in each site that serves it) the replicas run on.")
+    replicas: MinMax = Field(description="vLLM replicas per site; min 0 scales to zero.")
+    extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` flags, verbatim.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _flags_only(cls, args: list[str]) -> list[str]:
+        reserved = {"--port", "--host", "--served-model-name", "--tensor-parallel-size", "--model"}
+        cli = vllm_cli()
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in reserved:
+                raise ValueError(f"{flag} is set from the model's own keys; remove it")
+            if flag.startswith("-") and not cli.accepts(flag):
+                raise ValueError(f"{flag} is not a `vllm serve` flag in vLLM {cli.version}; see infra/catalog/vllm_cli.yaml")
+        return args
+
+
+class RateLimits(_Model):
+    requests_per_minute: int = Field(default=600, ge=1)
+    tokens_per_minute: int = Field(default=200_000, ge=1)
+
+
+class Fallback(_Model):
+    base_url: Annotated[str, Field(pattern=r"^https://\S+$")] = Field(
+        description="OpenAI-compatible base URL used when no replica can take a request."
+    )
+
+
+class Gateway(_Model):
+    replicas: MinMax = MinMax(min=2, max=6)
+    rate_limits: RateLimits = RateLimits()
+    redis_fail_mode: Literal["open", "closed"] = "open"
+    fallback: Fallback | None = None
+    cpu: str = Field(default="1", pattern=r"^\d+(\.\d+)?m?$")
+    memory: str = Field(default="1Gi", pattern=r"^\d+(Mi|Gi)$")
+
+
+class Images(_Model):
+    gateway_tag: str = Field(default="0.1.0", pattern=r"^[\w][\w.-]{0,127}$")
+    vllm: str = Field(default="vllm/vllm-openai:v0.33.0", pattern=r"^\S+:[\w][\w.-]*$")
+
+    @field_validator("vllm")
+    @classmethod
+    def _pinned(cls, image: str) -> str:
+        if image.endswith(":latest"):
+            raise ValueError("pin a version tag, not latest")
+        return image
+
+
+class SystemPool(_Model):
+    instance_type: str = Field(min_length=1)
+    nodes: MinMax = MinMax(min=2, max=4)
+    disk_gb: int = Field(default=50, ge=20, le=2000)
+
+
+class GpuPool(_Model):
+    name: Slug
+    instance_type: str = Field(description="A GPU instance type from the catalog for the site's cloud.")
+    nodes: MinMax
+    spot: bool = False
+    disk_gb: int = Field(default=200, ge=50, le=4000)
+
+
+class Redis(_Model):
+    size: Literal["small", "medium", "large"] = "small"
+    replicas: int = Field(default=0, ge=0, le=5, description="Read replicas for failover; 0 in dev.")
+
+
+class Site(_Model):
+    name: Slug
+    cloud: Literal["aws", "gcp", "azure"]
+    region: str = Field(pattern=r"^[a-z]+(-[a-z0-9]+)*$", description="Cloud region, e.g. us-east-1.")
+    kubernetes_version: str = Field(default="1.33", pattern=r"^1\.\d{2}$")
+    network_cidr: str = "10.0.0.0/16"
+    api_allowed_cidrs: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach the Kubernetes API; empty makes the endpoint private only.",
+    )
+    nat_per_zone: bool = False
+    system_pool: SystemPool
+    gpu_pools: list[GpuPool] = Field(min_length=1)
+    redis: Redis = Redis()
+    monitoring: bool = True
+    models: list[Slug] = Field(min_length=1, description="Names of the stack's models served here.")
+
+    @field_validator("network_cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        try:
+            net = ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR like 10.0.0.0/16") from None
+        if not net.is_private or net.prefixlen > 20:
+            raise ValueError(f"{value!r} must be a private range of /20 or larger")
+        return value
+
+    @field_validator("api_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                net = ipaddress.ip_network(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a CIDR like 203.0.113.0/24") from None
+            if net.prefixlen == 0:
+                raise ValueError(f"{value!r} opens the API to the whole internet; list your own ranges")
+        return values
+
+
+class StackConfig(_Model):
+    budget: Budget
+    tags: dict[str, str] = Field(default_factory=dict, description="Cost tags (labels on GCP) on every resource.")
+    models: list[ModelSpec] = Field(min_length=1)
+    gateway: Gateway = Gateway()
+    images: Images = Images()
+    sites: list[Site] = Field(min_length=1)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        # The strictest of the three clouds: GCP labels (lowercase, digits, _ and -).
+        for key, value in tags.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key):
+                raise ValueError(f"tag key {key!r} must match [a-z][a-z0-9_-]{{0,62}}")
+            if not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
+                raise ValueError(f"tag {key}={value!r}: values must match [a-z0-9_-]{{0,63}}")
+        return tags
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def clouds(self) -> list[str]:
+        return sorted({site.cloud for site in self.sites}, key=CLOUDS.index)
+
+
+def _check_references(cfg: StackConfig) -> None:
+    """Cross-field rules pydantic field validators cannot see."""
+    _unique([s.name for s in cfg.sites], "sites", "name")
+    _unique([m.name for m in cfg.models], "models", "name")
+    served = {name for site in cfg.sites for name in site.models}
+    for i, model in enumerate(cfg.models):
+        if model.name not in served:
+            raise ConfigError(f"models[{i}]", f"model {model.name!r} is served by no site; add it to some sites[].models")
+    if sum(cfg.budget.by_cloud.values()) > cfg.budget.monthly_amount:
+        raise ConfigError("budget.byCloud", "the shares add up to more than monthlyAmount")
+    for cloud in cfg.budget.by_cloud:
+        if cloud not in cfg.clouds():
+            raise ConfigError(f"budget.byCloud.{cloud}", f"no site uses {cloud}; clouds in use: {', '.join(cfg.clouds())}")
+
+    model_names = [m.name for m in cfg.models]
+    for s, site in enumerate(cfg.sites):
+        at = f"sites[{s}]"
+        known = catalog(site.cloud).instances
+        _unique([p.name for p in site.gpu_pools], f"{at}.gpuPools", "name")
+        for p, pool in enumerate(site.gpu_pools):
+            if pool.instance_type not in known:
+                raise ConfigError(
+                    f"{at}.gpuPools[{p}].instanceType",
+                    f"unknown {site.cloud} GPU type {pool.instance_type!r}; known: {', '.join(known)}",
+                )
+        pools = {pool.name: pool for pool in site.gpu_pools}
+        for m, name in enumerate(site.models):
+            if name not in model_names:
+                raise ConfigError(f"{at}.models[{m}]", f"unknown model {name!r}; models: {', '.join(model_names)}")
+            model = cfg.model(name)
+            if model.gpu_pool not in pools:
+                raise ConfigError(
+                    f"{at}.models[{m}]",
+                    f"model {name!r} runs on gpuPool {model.gpu_pool!r}, which this site lacks; "
+                    f"pools here: {', '.join(pools)}",
+                )
+            gpus = known[pools[model.gpu_pool].instance_type].gpus
+            tp = model.tensor_parallel_size
+            if tp > gpus or gpus % tp:
+                valid = [d for d in range(1, gpus + 1) if gpus % d == 0]
+                raise ConfigError(
+                    f"models[{model_names.index(name)}].tensorParallelSize",
+                    f"{tp} must divide the {gpus} GPUs per node of {pools[model.gpu_pool].instance_type} "
+                    f"in {site.name}; valid: {', '.join(map(str, valid))}",
+                )
+
+
+def _unique(names: list[str], path: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ConfigError(f"{path}[{i}].{key}", f"duplicate {key} {name!r}; each must be unique")
+        seen.add(name)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key; check the spelling against README's config reference"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"got {error['input']!r}; allowed: {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return f"got {error['input']!r}; must match {ctx.get('pattern')}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']} (got {error['input']!r})"
+
+
+def parse(raw: Mapping[str, Any]) -> StackConfig:
+    """Validate a mapping of project keys (without the namespace) into a StackConfig."""
+    unknown = sorted(set(raw) - set(STRUCTURED_KEYS) - set(SECRET_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{PROJECT}:{unknown[0]}",
+            f"unknown config key; known: {', '.join(STRUCTURED_KEYS + SECRET_KEYS)}",
+        )
+    try:
+        cfg = StackConfig.model_validate({k: v for k, v in raw.items() if k in STRUCTURED_KEYS})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(_path(error["loc"]), _describe(error)) from None
+    _check_references(cfg)
+    return cfg
+
+
+def from_pulumi() -> StackConfig:
+    """Read the project's keys from the running Pulumi program's config."""
+    # The engine hands config over either as the runtime's config map or as PULUMI_CONFIG.
+    from pulumi.runtime.config import CONFIG, get_config_env  # noqa: PLC0415
+
+    raw: dict[str, Any] = {}
+    for full_key, value in {**get_config_env(), **CONFIG.get()}.items():
+        namespace, _, key = full_key.partition(":")
+        if namespace != PROJECT:
+            continue
+        if key in SECRET_KEYS:
+            raw[key] = None
+            continue
+        try:
+            raw[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            raw[key] = value
+    return parse(raw)

@@ -1,0 +1,83 @@
+"""The recorded graph: every resource the program registered, in registration order.
+
+One mechanism, many readers: the plan report, the manifests, the tests (and later the
+policy run and the cost estimate) all read this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+SECRET = "[secret]"
+
+
+@dataclass(frozen=True)
+class Resource:
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    provider: str | None  # the provider resource's URN
+    custom: bool
+    dependencies: tuple[str, ...]
+    inputs: dict[str, Any]
+    has_secret: bool = False
+
+    @property
+    def is_provider(self) -> bool:
+        return self.type.startswith("pulumi:providers:")
+
+    @property
+    def is_kubernetes_object(self) -> bool:
+        # Kubernetes objects the provider applies as-is; a Helm release is not one of them.
+        return self.type.startswith("kubernetes:") and not self.type.startswith("kubernetes:helm.sh/")
+
+    def as_plan_entry(self) -> dict[str, Any]:
+        return {
+            "urn": self.urn,
+            "type": self.type,
+            "name": self.name,
+            "parent": self.parent,
+            "provider": self.provider,
+            "inputs": self.inputs,
+        }
+
+
+@dataclass
+class Graph:
+    stack: str
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, resource: Resource) -> None:
+        self.resources.append(resource)
+
+    def __iter__(self) -> Iterator[Resource]:
+        return iter(self.resources)
+
+    def of_type(self, *types: str) -> list[Resource]:
+        return [r for r in self.resources if r.type in types]
+
+    def by_urn(self) -> dict[str, Resource]:
+        return {r.urn: r for r in self.resources}
+
+    def children(self, urn: str | None) -> list[Resource]:
+        return [r for r in self.resources if r.parent == urn]
+
+    def ancestors(self, resource: Resource) -> list[Resource]:
+        index = self.by_urn()
+        out = []
+        parent = resource.parent
+        while parent in index:
+            out.append(index[parent])
+            parent = index[parent].parent
+        return out
+
+    def site_of(self, resource: Resource) -> str | None:
+        """The site a resource belongs to: the name of its outermost component."""
+        chain = self.ancestors(resource)
+        return chain[-1].name if chain else None
+
+    def to_plan(self) -> dict[str, Any]:
+        return {"stack": self.stack, "resources": [r.as_plan_entry() for r in self.resources]}

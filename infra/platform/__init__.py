@@ -1,0 +1,129 @@
+"""What a cloud hands to the workloads: one `Platform` type for AWS, GCP and Azure.
+
+Everything cloud-specific that the workloads need (node labels and taints, load-balancer
+annotations, storage classes, the registry, whether the cloud ships its own GPU device
+plugin) is data on the Platform, so the workloads never branch on the cloud.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.catalog import InstanceType
+from infra.config import ConfigError, Site, StackConfig
+
+POOL_LABEL = "llm-platform.io/pool"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str  # Kubernetes spelling: NoSchedule, PreferNoSchedule, NoExecute
+
+
+@dataclass(frozen=True)
+class NodePool:
+    name: str
+    instance: InstanceType | None  # None for the CPU-only system pool
+    instance_type: str
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    allocatable_cpu_millis: int
+    allocatable_memory_mib: int
+    min_nodes: int
+    max_nodes: int
+    spot: bool
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.instance.gpus if self.instance else 0
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    host: pulumi.Output[str]
+    port: int
+    tls: bool
+    auth_token: pulumi.Output[str]  # a Pulumi secret
+
+
+@dataclass(frozen=True)
+class StorageClasses:
+    rwo: str  # per-pod volumes
+    rwx: str | None  # shared model cache, where the platform has a shared file system
+
+
+@dataclass(frozen=True)
+class Platform:
+    site: Site
+    provider: k8s.Provider
+    cluster_name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]  # a Pulumi secret
+    system_pool: NodePool
+    gpu_pools: tuple[NodePool, ...]
+    redis: RedisEndpoint
+    lb_annotations: Mapping[str, str]
+    storage: StorageClasses
+    registry: pulumi.Output[str]  # image prefix, e.g. <account>.dkr.ecr.<region>.amazonaws.com/llm-platform
+    needs_device_plugin: bool  # False where the cloud installs NVIDIA's device plugin itself
+    # Cluster-side resources workloads must wait for (node pools, CSI drivers, ...).
+    ready: tuple[pulumi.Resource, ...] = field(default=())
+
+    def gpu_pool(self, name: str) -> NodePool:
+        return next(pool for pool in self.gpu_pools if pool.name == name)
+
+
+def gpu_pool_labels(site: Site, pool_name: str, instance: InstanceType) -> dict[str, str]:
+    # nvidia.com/gpu.present is what NVIDIA's device-plugin chart selects nodes by when no
+    # node-feature-discovery runs; the rest is ours, for selectors and cost attribution.
+    return {
+        POOL_LABEL: pool_name,
+        "llm-platform.io/site": site.name,
+        "llm-platform.io/gpu": instance.gpu.model.lower(),
+        "nvidia.com/gpu.present": "true",
+    }
+
+
+def resource_tags(cfg: StackConfig, site: Site) -> dict[str, str]:
+    """Cost tags every taggable resource carries (labels on GCP)."""
+    return {
+        **cfg.tags,
+        "project": "llm-platform",
+        "stack": pulumi.get_stack(),
+        "site": site.name,
+        "managed-by": "pulumi",
+    }
+
+
+def _cloud_module(cfg: StackConfig, site: Site):
+    # Imported on use, so a stack on one cloud never loads another cloud's SDK.
+    if site.cloud == "aws":
+        from infra.platform import aws
+
+        return aws
+    raise ConfigError(
+        f"sites[{cfg.sites.index(site)}].cloud", f"{site.cloud!r} sites are not available in this release; use aws"
+    )
+
+
+def check_clouds(cfg: StackConfig) -> None:
+    """Fail on an unbuildable site before any resource is registered."""
+    for site in cfg.sites:
+        _cloud_module(cfg, site)
+
+
+def build_platform(cfg: StackConfig, site: Site) -> Platform:
+    """Build one site on its cloud and hand back what the workloads need."""
+    return _cloud_module(cfg, site).build(cfg, site, pulumi.ResourceOptions())
+
+
+def build_budget(cfg: StackConfig, amount: float, site: Site) -> pulumi.Resource:
+    """The cloud's budget over this stack's spend, built once per cloud the stack uses
+    (with that cloud's first site's region and credentials)."""
+    return _cloud_module(cfg, site).build_budget(cfg, amount, site, pulumi.ResourceOptions())

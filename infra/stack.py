@@ -1,0 +1,54 @@
+"""The program: config -> a platform per site -> workloads on it -> stack outputs."""
+
+from __future__ import annotations
+
+import pulumi
+
+from infra import config as stack_config
+from infra.platform import build_budget, build_platform, check_clouds
+from infra.workloads import Secrets, deploy
+
+
+def budget_shares(cfg: stack_config.StackConfig) -> dict[str, float]:
+    """Monthly budget per cloud: explicit shares first, the rest split equally."""
+    clouds = cfg.clouds()
+    explicit = cfg.budget.by_cloud
+    rest = [c for c in clouds if c not in explicit]
+    left = cfg.budget.monthly_amount - sum(explicit.values())
+    return {c: explicit.get(c, left / len(rest) if rest else 0.0) for c in clouds}
+
+
+def _secrets() -> Secrets:
+    conf = pulumi.Config()
+    return Secrets(
+        hf_token=conf.get_secret("hfToken"),
+        api_keys=conf.get_secret_object("apiKeys"),
+        fallback_api_key=conf.get_secret("fallbackApiKey"),
+    )
+
+
+def run() -> None:
+    cfg = stack_config.from_pulumi()
+    check_clouds(cfg)
+    secrets = _secrets()
+    for cloud, amount in budget_shares(cfg).items():
+        first_site = next(s for s in cfg.sites if s.cloud == cloud)
+        build_budget(cfg, amount, first_site)
+
+    sites = {}
+    for site in cfg.sites:
+        platform = build_platform(cfg, site)
+        workloads = deploy(cfg, platform, secrets)
+        sites[site.name] = {
+            "cloud": site.cloud,
+            "region": site.region,
+            "clusterName": platform.cluster_name,
+            "gatewayUrl": workloads.gateway_url,
+            "redisEndpoint": pulumi.Output.format("{0}:{1}", platform.redis.host, platform.redis.port),
+        }
+        pulumi.export(f"{site.name}.kubeconfig", platform.kubeconfig)
+    pulumi.export("sites", sites)
+    first = cfg.sites[0].name
+    pulumi.export("gatewayUrl", sites[first]["gatewayUrl"])
+    pulumi.export("clusterName", sites[first]["clusterName"])
+    pulumi.export("redisEndpoint", sites[first]["redisEndpoint"])

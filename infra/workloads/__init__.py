@@ -1,0 +1,140 @@
+"""Cloud-agnostic Kubernetes workloads, deployed onto any Platform.
+
+Nothing here imports a cloud SDK: what differs between clouds arrives as Platform data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import StackConfig
+from infra.platform import Platform
+from infra.workloads.gateway import API_KEYS_SECRET, FALLBACK_SECRET, REDIS_SECRET, Gateway
+from infra.workloads.gpu_plumbing import GpuPlumbing
+from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
+from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
+from infra.workloads.vllm_args import PORT as VLLM_PORT
+
+NAMESPACE = "llm"
+MONITORING_NAMESPACE = "monitoring"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret config values, each a Pulumi secret Output, or None where unset."""
+
+    hf_token: pulumi.Output[str] | None
+    api_keys: pulumi.Output[dict] | None  # key id -> key
+    fallback_api_key: pulumi.Output[str] | None
+
+
+@dataclass(frozen=True)
+class SiteWorkloads:
+    gateway_url: pulumi.Output[str]
+
+
+def api_keys_file(keys: dict[str, str]) -> str:
+    """`<key-id> <sha256 hex>` lines: the gateway stores hashes, never the keys."""
+    return "".join(f"{key_id} {hashlib.sha256(key.encode()).hexdigest()}\n" for key_id, key in sorted(keys.items()))
+
+
+class Workloads(pulumi.ComponentResource):
+    def __init__(self, name: str, cfg: StackConfig, platform: Platform, secrets: Secrets, opts: pulumi.ResourceOptions):
+        super().__init__("llm-platform:workloads:Site", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=platform.provider)
+        ns = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={
+                "name": NAMESPACE,
+                "labels": {"pod-security.kubernetes.io/enforce": "baseline", "app.kubernetes.io/part-of": "llm-platform"},
+            },
+            opts=k8s_opts,
+        )
+        in_ns = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns])
+        plumbing = GpuPlumbing(f"{name}-gpu", platform, k8s_opts)
+
+        def secret(resource: str, secret_name: str, data: dict[str, pulumi.Input[str]]) -> k8s.core.v1.Secret:
+            return k8s.core.v1.Secret(
+                f"{name}-{resource}",
+                metadata={"name": secret_name, "namespace": NAMESPACE},
+                type="Opaque",
+                string_data={k: pulumi.Output.secret(v) for k, v in data.items()},
+                opts=in_ns,
+            )
+
+        if secrets.hf_token is not None:
+            secret("hf-token", HF_TOKEN_SECRET, {"token": secrets.hf_token})
+        redis = platform.redis
+        scheme = "rediss" if redis.tls else "redis"
+        secret(
+            "redis",
+            REDIS_SECRET,
+            {"url": pulumi.Output.format("{0}://:{1}@{2}:{3}/0", scheme, redis.auth_token, redis.host, redis.port)},
+        )
+        keys = secrets.api_keys.apply(api_keys_file) if secrets.api_keys is not None else ""
+        secret("api-keys", API_KEYS_SECRET, {"keys": keys})
+        has_fallback_key = secrets.fallback_api_key is not None and cfg.gateway.fallback is not None
+        if has_fallback_key:
+            secret("fallback", FALLBACK_SECRET, {"api-key": secrets.fallback_api_key})
+
+        models = [cfg.model(m) for m in platform.site.models]
+        after_gpus = pulumi.ResourceOptions(
+            parent=self, provider=platform.provider, depends_on=[ns, *plumbing.releases, *platform.ready]
+        )
+        for model in models:
+            ModelServer(
+                f"{name}-{model.name}",
+                model,
+                platform,
+                NAMESPACE,
+                cfg.images.vllm,
+                secrets.hf_token is not None,
+                after_gpus,
+            )
+        gateway = Gateway(
+            f"{name}-gateway",
+            cfg.gateway,
+            models,
+            platform,
+            NAMESPACE,
+            platform.registry.apply(lambda prefix: f"{prefix}/gateway:{cfg.images.gateway_tag}"),
+            has_fallback_key,
+            in_ns,
+        )
+        # Only the gateway (and Prometheus, for /metrics) may reach vLLM.
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-vllm-ingress",
+            metadata={"name": "vllm-ingress", "namespace": NAMESPACE},
+            spec={
+                "podSelector": {"matchLabels": {COMPONENT: "vllm"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {"podSelector": {"matchLabels": GATEWAY_SELECTOR}},
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                                }
+                            },
+                        ],
+                        "ports": [{"protocol": "TCP", "port": VLLM_PORT}],
+                    }
+                ],
+            },
+            opts=in_ns,
+        )
+        self.gateway_url = gateway.url
+        self.register_outputs({"gatewayUrl": gateway.url})
+
+
+def deploy(cfg: StackConfig, platform: Platform, secrets: Secrets) -> SiteWorkloads:
+    workloads = Workloads(platform.site.name, cfg, platform, secrets, pulumi.ResourceOptions())
+    return SiteWorkloads(gateway_url=workloads.gateway_url)
+
+
+__all__ = ["deploy", "Secrets", "SiteWorkloads", "NAMESPACE"]

@@ -1,0 +1,163 @@
+"""The OpenAI-compatible gateway on one site: Deployment, LoadBalancer Service, HPA, PDB."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import Gateway as GatewayConfig
+from infra.config import ModelSpec
+from infra.platform import Platform
+from infra.workloads.labels import GATEWAY_SELECTOR, labels
+from infra.workloads.vllm_args import PORT as VLLM_PORT
+
+PORT = 8080
+GATEWAY_UID = 10001
+API_KEYS_SECRET = "gateway-api-keys"
+REDIS_SECRET = "gateway-redis"
+FALLBACK_SECRET = "gateway-fallback"
+KEYS_DIR = "/etc/gateway/keys"
+
+
+def upstream_dns(models: list[ModelSpec], namespace: str) -> str:
+    """`model=host:port` per model: headless Services the gateway re-resolves to find replicas."""
+    return ",".join(f"{m.name}=vllm-{m.name}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
+
+
+class Gateway(pulumi.ComponentResource):
+    def __init__(
+        self,
+        name: str,
+        cfg: GatewayConfig,
+        models: list[ModelSpec],
+        platform: Platform,
+        namespace: str,
+        image: pulumi.Input[str],
+        has_fallback_key: bool,
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("llm-platform:workloads:Gateway", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        meta_labels = {**labels("gateway", "gateway"), **GATEWAY_SELECTOR}
+        meta = {"name": "gateway", "namespace": namespace, "labels": meta_labels}
+
+        env: list[dict] = [
+            {"name": "GATEWAY_UPSTREAM_DNS", "value": upstream_dns(models, namespace)},
+            {"name": "GATEWAY_API_KEYS_FILE", "value": f"{KEYS_DIR}/keys"},
+            {"name": "GATEWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "url"}}},
+            {"name": "GATEWAY_REDIS_FAIL_MODE", "value": cfg.redis_fail_mode},
+            {"name": "GATEWAY_DEFAULT_RPM", "value": str(cfg.rate_limits.requests_per_minute)},
+            {"name": "GATEWAY_DEFAULT_TPM", "value": str(cfg.rate_limits.tokens_per_minute)},
+        ]
+        if cfg.fallback:
+            env.append({"name": "GATEWAY_FALLBACK_BASE_URL", "value": cfg.fallback.base_url})
+            if has_fallback_key:
+                env.append(
+                    {
+                        "name": "GATEWAY_FALLBACK_API_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}},
+                    }
+                )
+
+        probe = {"port": "http"}
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deploy",
+            metadata=meta,
+            spec={
+                "replicas": cfg.replicas.min if cfg.replicas.min else 1,
+                "selector": {"matchLabels": GATEWAY_SELECTOR},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {
+                    "metadata": {"labels": meta_labels},
+                    "spec": {
+                        "nodeSelector": dict(platform.system_pool.labels),
+                        "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": 30,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": GATEWAY_UID,
+                            "runAsGroup": GATEWAY_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        # Replicas in different zones, so one zone's loss leaves the gateway up.
+                        "topologySpreadConstraints": [
+                            {
+                                "maxSkew": 1,
+                                "topologyKey": "topology.kubernetes.io/zone",
+                                "whenUnsatisfiable": "ScheduleAnyway",
+                                "labelSelector": {"matchLabels": GATEWAY_SELECTOR},
+                            }
+                        ],
+                        "containers": [
+                            {
+                                "name": "gateway",
+                                "image": image,
+                                "args": ["--port", str(PORT)],
+                                "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+                                "env": env,
+                                "resources": {
+                                    "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
+                                    "limits": {"memory": cfg.memory},
+                                },
+                                "readinessProbe": {"httpGet": {"path": "/readyz", **probe}, "periodSeconds": 5},
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/healthz", **probe},
+                                    "periodSeconds": 10,
+                                    "failureThreshold": 3,
+                                },
+                                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "volumeMounts": [
+                                    {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(platform.ready)),
+        )
+        self.service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata={**meta, "annotations": dict(platform.lb_annotations)},
+            spec={
+                "type": "LoadBalancer",
+                "selector": GATEWAY_SELECTOR,
+                "externalTrafficPolicy": "Local",
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            },
+            opts=child,
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta,
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"},
+                "minReplicas": max(cfg.replicas.min, 1),
+                "maxReplicas": cfg.replicas.max,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+                ],
+            },
+            opts=child,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta,
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": GATEWAY_SELECTOR}},
+            opts=child,
+        )
+        ingress = self.service.status.apply(
+            lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None
+        )
+        self.url = ingress.apply(lambda i: f"http://{(i.hostname or i.ip) if i else 'pending'}")
+        self.register_outputs({"url": self.url})

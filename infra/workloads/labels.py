@@ -1,0 +1,23 @@
+"""Kubernetes labels shared by the workloads, so selectors and policies agree."""
+
+from __future__ import annotations
+
+COMPONENT = "app.kubernetes.io/component"
+MODEL = "llm-platform.io/model"
+
+
+def labels(component: str, instance: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/part-of": "llm-platform",
+        "app.kubernetes.io/managed-by": "pulumi",
+        COMPONENT: component,
+    }
+
+
+def vllm_selector(model: str) -> dict[str, str]:
+    return {COMPONENT: "vllm", MODEL: model}
+
+
+GATEWAY_SELECTOR = {COMPONENT: "gateway"}

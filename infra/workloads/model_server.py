@@ -1,0 +1,166 @@
+"""One model's vLLM replicas on one site: Deployment, Services, PodDisruptionBudget."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import ModelSpec
+from infra.platform import Platform
+from infra.workloads.labels import labels, vllm_selector
+from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, pod_size
+from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
+
+HF_TOKEN_SECRET = "hf-token"
+VLLM_UID = 1000
+
+
+class ModelServer(pulumi.ComponentResource):
+    def __init__(
+        self,
+        name: str,
+        model: ModelSpec,
+        platform: Platform,
+        namespace: pulumi.Input[str],
+        image: str,
+        has_hf_token: bool,
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("llm-platform:workloads:ModelServer", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        pool = platform.gpu_pool(model.gpu_pool)
+        size = pod_size(model, pool)
+        self.service_name = f"vllm-{model.name}"
+        selector = vllm_selector(model.name)
+        meta_labels = {**labels("vllm", model.name), **selector}
+
+        env = [
+            {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+            {"name": "XDG_CACHE_HOME", "value": f"{CACHE_DIR}/cache"},
+            {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_DIR}/cache/vllm"},
+            {"name": "HOME", "value": "/tmp"},
+            # Usage stats would phone home from every replica.
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "DO_NOT_TRACK", "value": "1"},
+        ]
+        if has_hf_token:
+            env.append(
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "token"}}}
+            )
+
+        if platform.storage.rwx:
+            cache_volume = {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{self.service_name}-cache"}}
+            k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-cache",
+                metadata={"name": f"{self.service_name}-cache", "namespace": namespace, "labels": meta_labels},
+                spec={
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": platform.storage.rwx,
+                    "resources": {"requests": {"storage": f"{size.cache_gib}Gi"}},
+                },
+                opts=child,
+            )
+        else:
+            # No shared file system: each pod gets its own volume, created and deleted with it.
+            cache_volume = {
+                "name": "model-cache",
+                "ephemeral": {
+                    "volumeClaimTemplate": {
+                        "metadata": {"labels": meta_labels},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "storageClassName": platform.storage.rwo,
+                            "resources": {"requests": {"storage": f"{size.cache_gib}Gi"}},
+                        },
+                    }
+                },
+            }
+
+        http_get = {"path": "/health", "port": "http"}
+        container = {
+            "name": "vllm",
+            "image": image,
+            "command": ["vllm", "serve"],
+            "args": serve_args(model),
+            "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+            "env": env,
+            "resources": {
+                "requests": {
+                    "cpu": f"{size.cpu_millis}m",
+                    "memory": f"{size.memory_mib}Mi",
+                    "nvidia.com/gpu": str(size.gpus),
+                },
+                "limits": {"memory": f"{size.memory_mib}Mi", "nvidia.com/gpu": str(size.gpus)},
+            },
+            "startupProbe": {
+                "httpGet": http_get,
+                "periodSeconds": STARTUP_PERIOD_SECONDS,
+                "failureThreshold": size.startup_failure_threshold,
+            },
+            "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
+            "livenessProbe": {"httpGet": http_get, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
+            # Endpoints drop the pod first; the sleep lets in-flight streams finish before SIGTERM.
+            "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": VLLM_UID,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [
+                {"name": "model-cache", "mountPath": CACHE_DIR},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deploy",
+            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels},
+            spec={
+                # Until queue-based autoscaling owns the count, keep at least one replica up.
+                "replicas": max(model.replicas.min, 1),
+                "selector": {"matchLabels": selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {
+                    "metadata": {"labels": meta_labels},
+                    "spec": {
+                        "nodeSelector": dict(pool.labels),
+                        "tolerations": [
+                            {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect} for t in pool.taints
+                        ],
+                        "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": 60,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "fsGroup": VLLM_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [container],
+                        "volumes": [
+                            cache_volume,
+                            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{size.shm_mib}Mi"}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+                        ],
+                    },
+                },
+            },
+            opts=child,
+        )
+        # Headless, so the gateway resolves every ready replica and routes to each itself.
+        self.service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels},
+            spec={
+                "clusterIP": "None",
+                "selector": selector,
+                "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
+            },
+            opts=child,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels},
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+            opts=child,
+        )
+        self.register_outputs({"service": self.service_name})

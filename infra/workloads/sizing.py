@@ -1,0 +1,55 @@
+"""How big a vLLM pod is: requests from the node it lands on, probes from the model's size.
+
+Requests are a share of the node's allocatable CPU and memory (one share per replica that
+fits on a node by GPUs), so a pod always fits the node its GPUs come from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from infra.config import ModelSpec
+from infra.platform import NodePool
+
+# Seconds to download and load one billion parameters at fp16 (about 2 GB) from the hub and
+# into GPU memory, on top of a fixed start-up; generous, since a startup probe that gives
+# up too early restarts a pod that was about to become ready.
+LOAD_SECONDS_PER_BILLION = 45
+LOAD_SECONDS_FIXED = 300
+STARTUP_PERIOD_SECONDS = 10
+MAX_STARTUP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class PodSize:
+    gpus: int
+    cpu_millis: int
+    memory_mib: int
+    shm_mib: int
+    cache_gib: int
+    startup_failure_threshold: int
+
+
+def weights_gib(model: ModelSpec) -> float:
+    bytes_per_param = {"awq": 0.5, "gptq": 0.5, "bitsandbytes": 0.5, "fp8": 1.0, "compressed-tensors": 1.0}
+    return model.params_billion * 1e9 * bytes_per_param.get(model.quantization or "", 2.0) / 2**30
+
+
+def pod_size(model: ModelSpec, pool: NodePool) -> PodSize:
+    replicas_per_node = max(pool.gpus_per_node // model.tensor_parallel_size, 1)
+    # 5% slack per share absorbs rounding and a sidecar or two.
+    cpu = int(pool.allocatable_cpu_millis * 0.95 / replicas_per_node)
+    memory = int(pool.allocatable_memory_mib * 0.95 / replicas_per_node)
+    startup_seconds = min(LOAD_SECONDS_FIXED + LOAD_SECONDS_PER_BILLION * model.params_billion, MAX_STARTUP_SECONDS)
+    return PodSize(
+        gpus=model.tensor_parallel_size,
+        cpu_millis=cpu,
+        memory_mib=memory,
+        # NCCL between tensor-parallel workers and PyTorch's dataloaders use /dev/shm,
+        # which counts against the pod's memory.
+        shm_mib=min(16 * 1024, memory // 4),
+        # Weights, plus room for a second revision during an upgrade and compile caches.
+        cache_gib=int(math.ceil(weights_gib(model) * 2)) + 20,
+        startup_failure_threshold=int(math.ceil(startup_seconds / STARTUP_PERIOD_SECONDS)),
+    )

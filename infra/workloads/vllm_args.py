@@ -1,0 +1,33 @@
+"""The `vllm serve` command line for a model, from its config keys."""
+
+from __future__ import annotations
+
+from infra.config import ModelSpec
+
+PORT = 8000
+CACHE_DIR = "/models"
+
+
+def serve_args(model: ModelSpec) -> list[str]:
+    args = [
+        model.hf_repo,
+        "--served-model-name", model.name,
+        "--revision", model.revision,
+        "--host", "0.0.0.0",
+        "--port", str(PORT),
+        "--dtype", model.dtype,
+        "--tensor-parallel-size", str(model.tensor_parallel_size),
+        "--max-model-len", str(model.max_model_len),
+        "--gpu-memory-utilization", str(model.gpu_memory_utilization),
+        "--download-dir", f"{CACHE_DIR}/hub",
+        # Prefix caching is what the gateway's prefix-affinity routing feeds.
+        "--enable-prefix-caching",
+    ]
+    if model.quantization:
+        args += ["--quantization", model.quantization]
+    return args + list(model.extra_args)
+
+
+def flags(args: list[str]) -> list[str]:
+    """The flag names in an argument list (`--x=1` and `--x 1` both give `--x`)."""
+    return [a.split("=", 1)[0] for a in args if a.startswith("--")]
