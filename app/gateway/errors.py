@@ -1,0 +1,109 @@
+"""Errors in OpenAI's JSON shape, and the handlers that make every failure one of them."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .requestid import request_id
+
+log = logging.getLogger("gateway")
+
+JSON = "application/json"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+class OpenAIError(Exception):
+    """Raised anywhere in request handling; rendered as OpenAI's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def response(self, rid: str) -> Response:
+        return Response(
+            error_body(self.message, self.type, self.param, self.code),
+            status_code=self.status,
+            media_type=JSON,
+            headers={**self.headers, "x-request-id": rid},
+        )
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def _param(loc: tuple) -> str | None:
+    # pydantic puts the union member it tried into the location ("prompt.str"); users know fields.
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and "[" in p)]
+    parts = [p for p in parts if p not in {"str", "int", "list", "dict", "float", "bool", "list[str]", "list[int]"}]
+    return ".".join(parts) or None
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request: it is not valid JSON.", None
+    param = _param(tuple(first.get("loc", ())))
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "The request body must be a JSON object, sent with Content-Type: application/json.", None
+    msg = str(first.get("msg", "invalid value"))
+    return (f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}."), param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai(request: Request, exc: OpenAIError) -> Response:
+        return exc.response(request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_message(exc)
+        return OpenAIError(400, message, param=param).response(request_id(request))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+        msg = f"Request body is larger than the limit of {exc.limit} bytes."
+        return OpenAIError(413, msg, code="request_too_large").response(request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url")
+        elif exc.status_code == 405:
+            err = OpenAIError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
+        else:
+            err = OpenAIError(exc.status_code, str(exc.detail))
+        return err.response(request_id(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        rid = request_id(request)
+        log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
+        return OpenAIError(500, f"Internal error; request id {rid}.", "server_error").response(rid)

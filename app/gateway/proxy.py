@@ -1,0 +1,368 @@
+"""Sending one request upstream and its answer back, as an ASGI response.
+
+The proxying happens inside the response's __call__, not in the endpoint, because only there
+can it see the client go away: a watcher waits on `receive()` for `http.disconnect` and cancels
+the work, which closes the upstream connection, which makes vLLM abort the request.
+
+Until the first byte of an answer reaches the client, a failed attempt (connection error, 5xx,
+or a stream that ends before its first chunk) is retried on another replica; after it, a failure
+ends the stream with an error event, since the client already holds part of an answer.
+Stream chunks are forwarded as they arrive, without decoding, except the one event that carries
+`usage`, which is parsed to charge tokens and dropped when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import aiohttp
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .auth import ApiKey
+from .context import GatewayContext
+from .errors import JSON, error_body
+from .upstreams import Upstream
+
+log = logging.getLogger("gateway.access")
+
+# Upstream headers worth passing to the client; hop-by-hop and server details stay behind.
+_PASS_HEADERS = frozenset({b"content-type"})
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_MAX_TAIL = 1 << 16
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class Outcome(Enum):
+    DONE = "done"
+    RETRY = "retry"
+
+
+@dataclass(slots=True)
+class ProxyPlan:
+    endpoint: str
+    model: str
+    model_label: str
+    key: ApiKey
+    body: bytes
+    stream: bool
+    client_wants_usage: bool
+    prefix: str | None
+    prompt_chars: int
+    request_id: str
+    started: float
+
+
+class ProxyResponse(Response):
+    def __init__(self, ctx: GatewayContext, plan: ProxyPlan) -> None:
+        super().__init__(status_code=200)
+        self.ctx = ctx
+        self.plan = plan
+        self._finished = False
+        self._client_gone = False
+        self._sent_start = False
+        self._tail = b""
+        self._events = 0
+        self.usage: dict | None = None
+        self.upstream: str | None = None
+        self.attempts = 0
+        self.first_byte_at: float | None = None
+        self._waiting = True
+        self._last_failure: tuple[int, bytes, bytes] | None = None
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(self._watch(receive, task))
+        m, p = self.ctx.metrics, self.plan
+        m.in_flight.labels(p.model_label).inc()
+        m.waiting.labels(p.model_label).inc()
+        try:
+            await self._serve(send)
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+            task.uncancel()
+            self.status_code = 499
+            m.disconnects.labels(p.model_label).inc()
+        finally:
+            self._finished = True
+            watcher.cancel()
+            self._settle()
+
+    async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._finished:
+            self._client_gone = True
+            task.cancel()
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    async def _serve(self, send: Send) -> None:
+        ctx, p = self.ctx, self.plan
+        ctx.metrics.overhead.observe(time.perf_counter() - p.started)
+        tried: set[str] = set()
+        while self.attempts < ctx.settings.max_attempts:
+            up = ctx.pool.choose(p.model, p.prefix, tried)
+            if up is None:
+                break
+            if self.attempts:
+                ctx.metrics.retries.inc()
+            self.attempts += 1
+            tried.add(up.url)
+            if await self._attempt(send, up.url, up, ctx.upstream_headers) is Outcome.DONE:
+                return
+        fallback = ctx.settings.fallback_base_url
+        if fallback:
+            # The fallback base URL already ends in /v1, like OpenAI's.
+            outcome = await self._attempt(send, fallback.removesuffix("/v1"), None, ctx.fallback_headers)
+            ctx.metrics.fallback.labels("ok" if outcome is Outcome.DONE else "error").inc()
+            if outcome is Outcome.DONE:
+                return
+        await self._give_up(send, tried)
+
+    async def _give_up(self, send: Send, tried: set[str]) -> None:
+        if self._last_failure is not None:
+            status, ctype, body = self._last_failure
+            await self._send_whole(send, status, body, ctype)
+            return
+        if tried:
+            await self._send_error(send, 502, "No replica could be reached for this request.", "upstream_unreachable")
+        else:
+            await self._send_error(send, 503, f"No healthy replica is serving model '{self.plan.model}' right now.",
+                                   "no_upstream_available", retry_after="1")
+
+    async def _attempt(self, send: Send, base: str, up: Upstream | None, headers: dict[str, str]) -> Outcome:
+        ctx, p = self.ctx, self.plan
+        label = up.url if up is not None else "fallback"
+        if up is not None:
+            up.in_flight += 1
+            ctx.metrics.upstream_in_flight.labels(label).inc()
+        resp: aiohttp.ClientResponse | None = None
+        verdict: bool | None = None
+        clean = False
+        try:
+            try:
+                resp = await ctx.session.post(
+                    base + p.endpoint, data=p.body, headers={**headers, "x-request-id": p.request_id}
+                )
+            except _TRANSPORT_ERRORS as exc:
+                verdict = False
+                ctx.metrics.upstream_requests.labels(label, "connect_error").inc()
+                log.warning("upstream unreachable", extra={"request_id": p.request_id, "upstream": label,
+                                                           "error": type(exc).__name__})
+                return Outcome.RETRY
+            self.upstream = label
+            if resp.status >= 500:
+                verdict = False
+                ctx.metrics.upstream_requests.labels(label, "http_5xx").inc()
+                try:
+                    body = await resp.read()
+                except _TRANSPORT_ERRORS:
+                    body = error_body("Upstream failed.", "server_error")
+                self._last_failure = (resp.status, resp.headers.get("content-type", JSON).encode(), body)
+                return Outcome.RETRY
+            if not p.stream or resp.status != 200:
+                try:
+                    body = await resp.read()
+                except _TRANSPORT_ERRORS:
+                    verdict = False
+                    ctx.metrics.upstream_requests.labels(label, "broken_response").inc()
+                    return Outcome.RETRY
+                if resp.status == 200:
+                    self._read_usage(body)
+                self._first_byte()
+                verdict = True
+                ctx.metrics.upstream_requests.labels(label, "ok").inc()
+                await self._send_whole(send, resp.status, body, resp.headers.get("content-type", JSON).encode())
+                clean = True
+                return Outcome.DONE
+            try:
+                first = await resp.content.readany()
+            except _TRANSPORT_ERRORS:
+                first = b""
+            if not first:
+                verdict = False
+                ctx.metrics.upstream_requests.labels(label, "broken_response").inc()
+                return Outcome.RETRY
+            self._first_byte()
+            await self._start(send, 200, resp.headers.get("content-type", "text/event-stream").encode(), stream=True)
+            verdict = await self._pump(send, resp, first, label)
+            clean = verdict
+            return Outcome.DONE
+        finally:
+            if up is not None:
+                up.in_flight -= 1
+                ctx.metrics.upstream_in_flight.labels(label).dec()
+                if verdict is None:
+                    up.breaker.release_trial()
+                else:
+                    ctx.pool.record(up, verdict)
+            if resp is not None:
+                if clean:
+                    resp.release()
+                else:
+                    # Closing, not releasing, drops the connection: vLLM sees the client leave and aborts.
+                    resp.close()
+
+    async def _pump(self, send: Send, resp: aiohttp.ClientResponse, first: bytes, label: str) -> bool:
+        """Forwards the stream; returns whether the upstream finished it cleanly."""
+        chunk = self._filter(first)
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for data in resp.content.iter_any():
+                chunk = self._filter(data)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _TRANSPORT_ERRORS as exc:
+            self.ctx.metrics.upstream_requests.labels(label, "broken_stream").inc()
+            log.warning("upstream stream broke", extra={"request_id": self.plan.request_id, "upstream": label,
+                                                        "error": type(exc).__name__})
+            self.status_code = 502
+            event = b"data: " + error_body("The upstream replica failed mid-stream.", "server_error",
+                                           code="upstream_stream_broken") + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return False
+        tail, self._tail = self._tail, b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        self.ctx.metrics.upstream_requests.labels(label, "ok").inc()
+        return True
+
+    # -- stream filtering ----------------------------------------------------------------------
+
+    def _filter(self, data: bytes) -> bytes:
+        """Returns the complete SSE events in hand; an event cut across reads waits for its end."""
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            if len(data) > _MAX_TAIL:
+                return data
+            self._tail = data
+            return b""
+        if cut + 2 < len(data):
+            self._tail = data[cut + 2 :]
+            data = data[: cut + 2]
+        self._events += data.count(b"\n\n")
+        if b'"usage":{' in data or b'"usage": {' in data:
+            data = self._take_usage(data)
+        return data
+
+    def _take_usage(self, data: bytes) -> bytes:
+        kept: list[bytes] = []
+        for event in data.split(b"\n\n"):
+            if not event:
+                continue
+            if b'"usage"' in event and event.startswith(b"data:"):
+                try:
+                    obj = orjson.loads(event[5:])
+                except orjson.JSONDecodeError:
+                    obj = None
+                if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+                    self.usage = obj["usage"]
+                    if not self.plan.client_wants_usage and obj.get("choices") == []:
+                        continue
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def _read_usage(self, body: bytes) -> None:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+            self.usage = obj["usage"]
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _first_byte(self) -> None:
+        self.first_byte_at = time.perf_counter()
+        if self._waiting:
+            self._waiting = False
+            self.ctx.metrics.waiting.labels(self.plan.model_label).dec()
+
+    async def _start(self, send: Send, status: int, content_type: bytes, stream: bool, length: int | None = None,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status_code = status
+        headers = [(b"content-type", content_type), (b"x-request-id", self.plan.request_id.encode())]
+        if stream:
+            headers += _STREAM_HEADERS
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        if extra:
+            headers += extra
+        self._sent_start = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _send_whole(self, send: Send, status: int, body: bytes, content_type: bytes,
+                          extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await self._start(send, status, content_type, stream=False, length=len(body), extra=extra)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _send_error(self, send: Send, status: int, message: str, code: str, retry_after: str | None = None) -> None:
+        extra = [(b"retry-after", retry_after.encode())] if retry_after else None
+        body = error_body(message, "server_error", code=code)
+        await self._send_whole(send, status, body, JSON.encode(), extra)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        ctx, p, m = self.ctx, self.plan, self.ctx.metrics
+        now = time.perf_counter()
+        if self._waiting:
+            self._waiting = False
+            m.waiting.labels(p.model_label).dec()
+        m.in_flight.labels(p.model_label).dec()
+        status = str(self.status_code)
+        stream = "true" if p.stream else "false"
+        m.requests.labels(p.model_label, p.key.key_id, p.endpoint, status).inc()
+        m.latency.labels(p.model_label, p.endpoint, stream).observe(now - p.started)
+        if self.first_byte_at is not None:
+            m.ttft.labels(p.model_label, p.endpoint, stream).observe(self.first_byte_at - p.started)
+        prompt_tokens, completion_tokens, estimated = self._tokens()
+        if prompt_tokens or completion_tokens:
+            m.prompt_tokens.labels(p.model_label, p.key.key_id).inc(prompt_tokens)
+            m.completion_tokens.labels(p.model_label, p.key.key_id).inc(completion_tokens)
+            ctx.limiter.charge(p.key, prompt_tokens + completion_tokens)
+        log.info(
+            "request",
+            extra={
+                "request_id": p.request_id,
+                "key_id": p.key.key_id,
+                "model": p.model,
+                "endpoint": p.endpoint,
+                "stream": p.stream,
+                "status": self.status_code,
+                "upstream": self.upstream,
+                "attempts": self.attempts,
+                "duration_ms": round((now - p.started) * 1000, 2),
+                "ttft_ms": round((self.first_byte_at - p.started) * 1000, 2) if self.first_byte_at else None,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "tokens_estimated": estimated,
+                "client_disconnected": self._client_gone,
+            },
+        )
+
+    def _tokens(self) -> tuple[int, int, bool]:
+        usage = self.usage
+        if usage is not None:
+            try:
+                return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
+            except (TypeError, ValueError):
+                pass
+        if self.first_byte_at is None:
+            return 0, 0, False
+        # No usage (the client left, or the upstream omits it): about 4 characters a token for the
+        # prompt and one token per stream event, without tokenizing anything.
+        return self.plan.prompt_chars // 4, max(0, self._events - 1) if self.plan.stream else 0, True

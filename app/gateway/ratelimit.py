@@ -1,0 +1,114 @@
+"""Per-key RPM and TPM limits shared by every gateway replica through one Redis Lua script."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .auth import ApiKey
+from .metrics import GatewayMetrics
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: Literal["rpm", "tpm", "redis", ""] = ""
+    retry_after_s: float = 0.0
+    remaining_requests: int = -1
+    remaining_tokens: int = -1
+
+
+class RateLimiter:
+    # After a Redis failure, skip Redis for this long rather than adding a timeout to every request.
+    _BACKOFF_S = 1.0
+
+    def __init__(
+        self,
+        redis: Redis,
+        default_rpm: int,
+        default_tpm: int,
+        fail_mode: Literal["open", "closed"],
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._redis = redis
+        self._script = redis.register_script(resources.files(__package__).joinpath("ratelimit.lua").read_text())
+        self._default_rpm = default_rpm
+        self._default_tpm = default_tpm
+        self._fail_mode = fail_mode
+        self._metrics = metrics
+        self._down_until = 0.0
+        self._pending: set[asyncio.Task] = set()
+
+    def limits(self, key: ApiKey) -> tuple[int, int]:
+        rpm = self._default_rpm if key.rpm is None else key.rpm
+        tpm = self._default_tpm if key.tpm is None else key.tpm
+        return rpm, tpm
+
+    @staticmethod
+    def _keys(key: ApiKey) -> list[str]:
+        # One hash tag so both buckets live in the same Redis Cluster slot.
+        return [f"gateway:rl:{{{key.key_id}}}:req", f"gateway:rl:{{{key.key_id}}}:tok"]
+
+    def _failed(self, exc: BaseException) -> Decision:
+        self._down_until = time.monotonic() + self._BACKOFF_S
+        self._metrics.redis_errors.labels(self._fail_mode).inc()
+        log.warning("rate limiter cannot reach redis", extra={"fail_mode": self._fail_mode, "error": type(exc).__name__})
+        return self._degraded()
+
+    def _degraded(self) -> Decision:
+        if self._fail_mode == "open":
+            return Decision(True)
+        return Decision(False, "redis", self._BACKOFF_S)
+
+    async def admit(self, key: ApiKey) -> Decision:
+        rpm, tpm = self.limits(key)
+        if rpm == 0 and tpm == 0:
+            return Decision(True)
+        if time.monotonic() < self._down_until:
+            self._metrics.redis_errors.labels(self._fail_mode).inc()
+            return self._degraded()
+        try:
+            allowed, by, retry_us, rem_req, rem_tok = await self._script(
+                keys=self._keys(key), args=[rpm, tpm, "admit", 0]
+            )
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            return self._failed(exc)
+        if allowed:
+            return Decision(True, remaining_requests=int(rem_req), remaining_tokens=int(rem_tok))
+        limit: Literal["rpm", "tpm"] = "rpm" if by == 1 else "tpm"
+        self._metrics.ratelimited.labels(key.key_id, limit).inc()
+        return Decision(False, limit, int(retry_us) / 1e6, int(rem_req), int(rem_tok))
+
+    def charge(self, key: ApiKey, tokens: int) -> None:
+        """Charges a finished request's tokens without holding up its response."""
+        _, tpm = self.limits(key)
+        if tpm == 0 or tokens <= 0 or time.monotonic() < self._down_until:
+            return
+        task = asyncio.ensure_future(self._charge(key, tpm, tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _charge(self, key: ApiKey, tpm: int, tokens: int) -> None:
+        rpm, _ = self.limits(key)
+        try:
+            await self._script(keys=self._keys(key), args=[rpm, tpm, "charge", tokens])
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed(exc)
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=2)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

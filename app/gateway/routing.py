@@ -1,0 +1,85 @@
+"""Replica choice: prefix affinity by consistent hashing with bounded load, else least outstanding.
+
+A prompt's leading characters are hashed onto a ring of replicas, so requests sharing a prefix
+(a system prompt, a few-shot preamble) land on the replica whose KV cache already holds it. The
+bound (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads") keeps a hot
+prefix from piling onto one replica: a replica is skipped along the ring once its load exceeds
+`load_factor` times the mean. The hash is stable across processes, so every gateway replica and
+worker maps a prefix to the same vLLM replica.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+
+class Candidate(Protocol):
+    url: str
+
+    def load(self) -> float: ...
+
+    def pressure(self) -> float: ...
+
+
+def stable_hash(data: str) -> int:
+    return int.from_bytes(hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+class HashRing:
+    def __init__(self, urls: Iterable[str], vnodes: int = 100) -> None:
+        points = sorted((stable_hash(f"{url}#{i}"), url) for url in set(urls) for i in range(vnodes))
+        self._hashes = [h for h, _ in points]
+        self._urls = [u for _, u in points]
+        self.members = frozenset(self._urls)
+
+    def walk(self, key_hash: int) -> Iterator[str]:
+        """Distinct replicas in ring order, starting at the key's position."""
+        if not self._urls:
+            return
+        start = bisect.bisect(self._hashes, key_hash)
+        seen: set[str] = set()
+        n = len(self._urls)
+        for i in range(n):
+            url = self._urls[(start + i) % n]
+            if url not in seen:
+                seen.add(url)
+                yield url
+                if len(seen) == len(self.members):
+                    return
+
+
+class Router:
+    def __init__(self, load_factor: float) -> None:
+        self._load_factor = load_factor
+        self._ring = HashRing(())
+        self._tiebreak = itertools.count()
+
+    def update_members(self, urls: Iterable[str]) -> None:
+        urls = frozenset(urls)
+        if urls != self._ring.members:
+            self._ring = HashRing(urls)
+
+    def choose(self, candidates: Sequence[Candidate], prefix: str | None) -> Candidate | None:
+        if not candidates:
+            return None
+        if prefix and len(candidates) > 1:
+            by_url = {c.url: c for c in candidates}
+            total = sum(c.load() for c in candidates) + 1
+            bound = math.ceil(self._load_factor * total / len(candidates))
+            for url in self._ring.walk(stable_hash(prefix)):
+                c = by_url.get(url)
+                if c is not None and c.load() + 1 <= bound:
+                    return c
+        return self.least_loaded(candidates)
+
+    def least_loaded(self, candidates: Sequence[Candidate]) -> Candidate:
+        # Rotating the start spreads ties (an idle fleet) instead of always picking the first replica.
+        n = len(candidates)
+        offset = next(self._tiebreak) % n
+        rotated = [candidates[(offset + i) % n] for i in range(n)]
+        return min(rotated, key=lambda c: (c.load(), c.pressure()))

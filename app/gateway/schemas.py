@@ -1,0 +1,104 @@
+"""Request bodies at the edge: the fields the gateway reads are typed; everything else passes through.
+
+vLLM validates the rest of the OpenAI schema itself and its 4xx answers are passed to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_INT32 = 2**31 - 1
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Annotated[str, Field(min_length=1, max_length=64)]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Generation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: Name
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=_INT32)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+    def wants_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Annotated[int, Field(ge=1, le=_INT32)] | None = None
+
+    def prefix(self, chars: int) -> str:
+        parts: list[str] = []
+        size = 0
+        for msg in self.messages:
+            text = msg.content if isinstance(msg.content, str) else ""
+            if isinstance(msg.content, list):
+                text = " ".join(str(p.get("text", "")) for p in msg.content if isinstance(p, dict))
+            parts.append(msg.role)
+            parts.append(text)
+            size += len(msg.role) + len(text)
+            if size >= chars:
+                break
+        return "\x1f".join(parts)[:chars]
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) if isinstance(m.content, str) else 0 for m in self.messages)
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+    def prefix(self, chars: int) -> str:
+        p = self.prompt
+        if isinstance(p, str):
+            return p[:chars]
+        if p and isinstance(p[0], str):
+            return str(p[0])[:chars]
+        if p and isinstance(p[0], list):
+            return ",".join(map(str, p[0]))[:chars]
+        return ",".join(map(str, p))[:chars]
+
+    def prompt_chars(self) -> int:
+        p = self.prompt
+        if isinstance(p, str):
+            return len(p)
+        return sum(len(x) if isinstance(x, str | list) else 4 for x in p)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "llm-platform"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,131 @@
+"""Gateway configuration, read once from GATEWAY_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "GATEWAY_"
+# Values of these variables are never echoed back in error messages.
+SECRET_FIELDS = frozenset({"fallback_api_key", "upstream_api_key", "redis_url"})
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) base URL like http://10.0.0.5:8000")
+    return url.rstrip("/")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # Where requests go.
+    upstreams: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated vLLM base URLs")
+    upstream_dns: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated host:port of headless Services, re-resolved every dns_refresh_s"
+    )
+    upstream_api_key: SecretStr | None = Field(None, description="sent to replicas started with vLLM's --api-key")
+    dns_refresh_s: float = Field(10.0, gt=0)
+    health_interval_s: float = Field(2.0, gt=0, description="how often each replica's /health and /metrics are read")
+    health_timeout_s: float = Field(1.0, gt=0)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0, description="longest silence from a replica mid-request")
+    upstream_keepalive_s: float = Field(
+        4.0, gt=0, description="idle pooled connections close before vLLM's own 5 s keep-alive does"
+    )
+    max_upstream_connections: int = Field(4096, ge=1)
+    max_attempts: int = Field(3, ge=1, le=10, description="replicas tried before the first byte")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a replica's circuit")
+    breaker_cooldown_s: float = Field(5.0, gt=0, description="open time before a trial request; doubles on repeat")
+    affinity_prefix_chars: int = Field(256, ge=0, description="prompt characters hashed for prefix affinity; 0 disables it")
+    affinity_load_factor: float = Field(1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load")
+
+    # Hosted fallback, used when no replica can take a request.
+    fallback_base_url: str | None = Field(None, description="OpenAI-compatible base URL including /v1")
+    fallback_api_key: SecretStr | None = None
+
+    # Keys and limits.
+    api_keys_file: Path | None = Field(None, description="lines of '<key-id> <sha256 hex of key> [rpm=N] [tpm=N] [models=a,b]'")
+    api_keys_redis_hash: str | None = Field(None, description="Redis hash: field sha256 hex, value '<key-id> [options]'")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = Field(0.25, gt=0)
+    redis_fail_mode: Literal["open", "closed"] = "open"
+    default_rpm: int = Field(600, ge=0, description="requests per minute per key; 0 means unlimited")
+    default_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 means unlimited")
+
+    # Edge.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Process.
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: object) -> object:
+        return tuple(_base_url(u) for u in _split(value))  # type: ignore[union-attr]
+
+    @field_validator("upstream_dns", mode="before")
+    @classmethod
+    def _parse_dns(cls, value: object) -> object:
+        entries = _split(value)
+        for entry in entries:  # type: ignore[union-attr]
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{entry!r} is not host:port")
+        return tuple(entries)  # type: ignore[arg-type]
+
+    @field_validator("fallback_base_url", mode="before")
+    @classmethod
+    def _parse_fallback(cls, value: object) -> object:
+        return _base_url(value) if isinstance(value, str) and value else None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _parse_redis(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewaySettings:
+        if not (self.upstreams or self.upstream_dns or self.fallback_base_url):
+            raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_DNS (or GATEWAY_FALLBACK_BASE_URL)")
+        if self.api_keys_file is None and not self.api_keys_redis_hash:
+            raise ValueError("set GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS_REDIS_HASH")
+        if self.fallback_base_url and self.fallback_api_key is None:
+            raise ValueError("GATEWAY_FALLBACK_API_KEY is required with GATEWAY_FALLBACK_BASE_URL")
+        return self
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the variable, for a start-up failure; never echoes a secret."""
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    if not field:
+        return msg
+    where = ENV_PREFIX + field.upper()
+    if field not in SECRET_FIELDS and isinstance(err.get("input"), str | int | float):
+        return f"{where}={err['input']!r}: {msg}"
+    return f"{where}: {msg}"

@@ -1,0 +1,221 @@
+"""The replicas behind the gateway: discovery (static URLs and DNS), health, and load readings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable
+
+import aiohttp
+import orjson
+
+from .circuit import CircuitBreaker, State
+from .metrics import GatewayMetrics
+from .routing import Router
+from .settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+_SCRAPED = {
+    b"vllm:num_requests_waiting": "waiting",
+    b"vllm:num_requests_running": "running",
+    b"vllm:kv_cache_usage_perc": "kv_usage",
+}
+
+
+def parse_vllm_load(text: bytes) -> dict[str, float]:
+    """Sums vLLM's load gauges over label sets (one per model or engine); kv usage takes the max."""
+    out = {"waiting": 0.0, "running": 0.0, "kv_usage": 0.0}
+    for line in text.splitlines():
+        if not line.startswith(b"vllm:"):
+            continue
+        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
+        field = _SCRAPED.get(name)
+        if field is None:
+            continue
+        try:
+            value = float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        out[field] = max(out[field], value) if field == "kv_usage" else out[field] + value
+    return out
+
+
+class Upstream:
+    __slots__ = ("url", "breaker", "healthy", "models", "in_flight", "waiting", "running", "kv_usage", "_metrics")
+
+    def __init__(self, url: str, breaker: CircuitBreaker, metrics: GatewayMetrics) -> None:
+        self.url = url
+        self.breaker = breaker
+        # Unknown until the first probe; optimistic so a gateway can serve during its first seconds.
+        self.healthy = True
+        self.models: frozenset[str] = frozenset()
+        self.in_flight = 0
+        self.waiting = 0.0
+        self.running = 0.0
+        self.kv_usage = 0.0
+        self._metrics = metrics
+
+    def load(self) -> float:
+        return self.in_flight + self.waiting
+
+    def pressure(self) -> float:
+        return self.kv_usage
+
+    def usable(self, now: float) -> bool:
+        return self.healthy and self.breaker.available(now)
+
+    def publish(self) -> None:
+        up = 1 if self.healthy and self.breaker.state is not State.OPEN else 0
+        self._metrics.upstream_healthy.labels(self.url).set(up)
+        self._metrics.upstream_waiting.labels(self.url).set(self.waiting)
+        self._metrics.upstream_kv.labels(self.url).set(self.kv_usage)
+
+
+class UpstreamPool:
+    def __init__(self, settings: GatewaySettings, session: aiohttp.ClientSession, metrics: GatewayMetrics) -> None:
+        self._settings = settings
+        self._session = session
+        self._metrics = metrics
+        self._by_url: dict[str, Upstream] = {}
+        self._dns_urls: set[str] = set()
+        self.router = Router(settings.affinity_load_factor)
+        self._tasks: list[asyncio.Task] = []
+        self._probe_timeout = aiohttp.ClientTimeout(total=settings.health_timeout_s)
+        self._headers = {}
+        if settings.upstream_api_key is not None:
+            self._headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        self._set_members(settings.upstreams)
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def _set_members(self, urls: Iterable[str]) -> None:
+        wanted = set(urls)
+        for url in wanted - self._by_url.keys():
+            breaker = CircuitBreaker(self._settings.breaker_failures, self._settings.breaker_cooldown_s)
+            self._by_url[url] = Upstream(url, breaker, self._metrics)
+        for url in self._by_url.keys() - wanted:
+            # In-flight requests keep their reference and finish normally.
+            del self._by_url[url]
+        self.router.update_members(self._by_url)
+
+    async def _resolve(self) -> set[str]:
+        loop = asyncio.get_running_loop()
+        urls: set[str] = set()
+        for entry in self._settings.upstream_dns:
+            host, _, port = entry.rpartition(":")
+            host = host.strip("[]")
+            try:
+                infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("dns lookup failed", extra={"host": host, "error": str(exc)})
+                continue
+            for family, _, _, _, addr in infos:
+                ip = addr[0]
+                urls.add(f"http://[{ip}]:{port}" if family == socket.AF_INET6 else f"http://{ip}:{port}")
+        return urls
+
+    async def refresh_dns(self) -> None:
+        if not self._settings.upstream_dns:
+            return
+        resolved = await self._resolve()
+        if resolved != self._dns_urls:
+            log.info("upstreams resolved", extra={"count": len(resolved)})
+            self._dns_urls = resolved
+            self._set_members(set(self._settings.upstreams) | resolved)
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        async with self._session.get(url, timeout=self._probe_timeout, headers=self._headers) as resp:
+            return resp.status, await resp.read()
+
+    async def probe(self, up: Upstream) -> None:
+        try:
+            status, _ = await self._get(up.url + "/health")
+            healthy = status == 200
+            if healthy:
+                status, body = await self._get(up.url + "/v1/models")
+                if status == 200:
+                    up.models = frozenset(m["id"] for m in orjson.loads(body).get("data", ()) if isinstance(m, dict))
+                status, body = await self._get(up.url + "/metrics")
+                if status == 200:
+                    load = parse_vllm_load(body)
+                    up.waiting, up.running, up.kv_usage = load["waiting"], load["running"], load["kv_usage"]
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError):
+            healthy = False
+        if healthy != up.healthy:
+            log.info("upstream health changed", extra={"upstream": up.url, "healthy": healthy})
+        up.healthy = healthy
+        if not healthy:
+            up.waiting = up.running = 0.0
+        up.publish()
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(up) for up in list(self._by_url.values())))
+
+    async def _every(self, interval: float, work) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await work()
+            except Exception as exc:  # a background loop must outlive any one bad round
+                log.error("background refresh failed", extra={"error": type(exc).__name__})
+
+    async def start(self) -> None:
+        await self.refresh_dns()
+        await self.probe_all()
+        self._tasks = [
+            asyncio.create_task(self._every(self._settings.health_interval_s, self.probe_all)),
+            asyncio.create_task(self._every(self._settings.dns_refresh_s, self.refresh_dns)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def members(self) -> list[Upstream]:
+        return list(self._by_url.values())
+
+    def models(self) -> set[str]:
+        out: set[str] = set()
+        for up in self._by_url.values():
+            out |= up.models
+        return out
+
+    def healthy_count(self) -> int:
+        now = time.monotonic()
+        return sum(1 for up in self._by_url.values() if up.usable(now))
+
+    def serves(self, model: str) -> bool:
+        return any(model in up.models for up in self._by_url.values())
+
+    def choose(self, model: str, prefix: str | None, exclude: set[str]) -> Upstream | None:
+        now = time.monotonic()
+        candidates = [
+            up for up in self._by_url.values()
+            if up.url not in exclude and model in up.models and up.usable(now)
+        ]
+        while candidates:
+            up = self.router.choose(candidates, prefix)
+            if up is None:
+                return None
+            if up.breaker.acquire(now):  # type: ignore[union-attr]
+                return up  # type: ignore[return-value]
+            candidates.remove(up)  # type: ignore[arg-type]
+        return None
+
+    def record(self, up: Upstream, ok: bool) -> None:
+        before = up.breaker.state
+        if ok:
+            up.breaker.success()
+        elif up.breaker.failure():
+            self._metrics.circuit_opened.labels(up.url).inc()
+            log.warning("upstream circuit opened", extra={"upstream": up.url})
+        if up.breaker.state is not before:
+            up.publish()
