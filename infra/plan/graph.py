@@ -23,6 +23,7 @@ class Resource:
     dependencies: tuple[str, ...]
     inputs: dict[str, Any]
     has_secret: bool = False
+    id: str = ""  # the id the (mock) provider gave it
 
     @property
     def is_provider(self) -> bool:
@@ -58,6 +59,9 @@ class Graph:
 
     def of_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
+
+    def by_id(self) -> dict[str, Resource]:
+        return {r.id: r for r in self.resources if r.id}
 
     def by_urn(self) -> dict[str, Resource]:
         return {r.urn: r for r in self.resources}

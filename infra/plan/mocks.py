@@ -132,6 +132,7 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
 
     def RegisterResource(self, request):
         urn = self.make_urn(request.parent, request.type, request.name)
+        response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs, has_secret = mask_secrets(rpc.deserialize_properties(request.object))
             self.graph.add(
@@ -145,9 +146,10 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
                     dependencies=tuple(request.dependencies),
                     inputs=inputs,
                     has_secret=has_secret,
+                    id=response.id,
                 )
             )
-        return super().RegisterResource(request)
+        return response
 
     def RegisterResourceOutputs(self, request):
         if request.urn.split("::")[2] == "pulumi:pulumi:Stack":

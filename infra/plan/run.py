@@ -22,7 +22,6 @@ from infra.config import PROJECT, ConfigError
 from infra.plan.graph import SECRET, Graph
 from infra.plan.mocks import PlanMocks, RecordingMonitor
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def offline_secret(key: str) -> str:
@@ -43,12 +42,14 @@ def _engine_value(key: str, value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def stack_names(root: Path = ROOT) -> list[str]:
+def stack_names(root: Path) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
 
 
-def read_stack_file(stack: str, root: Path = ROOT) -> tuple[dict[str, str], list[str]]:
-    """(config map, secret keys) for `pulumi.runtime.set_all_config`."""
+def read_stack_file(stack: str, root: Path | None = None) -> tuple[dict[str, str], list[str]]:
+    """(config map, secret keys) for `pulumi.runtime.set_all_config`, from the project
+    directory (where Pulumi.yaml is; the working directory by default)."""
+    root = root or Path.cwd()
     path = root / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         known = ", ".join(stack_names(root)) or "none"
@@ -121,6 +122,6 @@ def _quiet_logger() -> logging.Logger:
     return logger
 
 
-def record_stack(stack: str, root: Path = ROOT) -> Graph:
+def record_stack(stack: str, root: Path | None = None) -> Graph:
     config, secret_keys = read_stack_file(stack, root)
     return record(stack, config, secret_keys)

@@ -90,13 +90,14 @@ def gpu_pool_labels(site: Site, pool_name: str, instance: InstanceType) -> dict[
     }
 
 
-def resource_tags(cfg: StackConfig, site: Site) -> dict[str, str]:
-    """Cost tags every taggable resource carries (labels on GCP)."""
+def resource_tags(cfg: StackConfig, site: Site | None) -> dict[str, str]:
+    """Cost tags every taggable resource carries (labels on GCP); stack-wide resources
+    such as budgets carry `site: all`."""
     return {
         **cfg.tags,
         "project": "llm-platform",
         "stack": pulumi.get_stack(),
-        "site": site.name,
+        "site": site.name if site else "all",
         "managed-by": "pulumi",
     }
 

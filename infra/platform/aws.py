@@ -287,6 +287,7 @@ class Redis(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         subnets = aws.elasticache.SubnetGroup(
             f"{name}-subnets",
+            name=f"llm-platform-{pulumi.get_stack()}-{site.name}",
             description=f"{name} private subnets",
             subnet_ids=[s.id for s in network.private_subnets],
             tags=tags,
@@ -601,7 +602,8 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
 def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.ResourceOptions) -> aws.budgets.Budget:
     """A monthly cost budget over this stack's tagged spend, alerting on actual and forecast."""
     stack = pulumi.get_stack()
-    provider = aws.Provider("budget-aws", region=site.region, opts=opts)
+    tags = resource_tags(cfg, None)
+    provider = aws.Provider("budget-aws", region=site.region, default_tags={"tags": tags}, opts=opts)
     notifications = [
         {
             "comparison_operator": "GREATER_THAN",
@@ -626,6 +628,6 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
         # Counts only this stack's spend: the `stack` tag must be an active cost allocation tag.
         cost_filters=[{"name": "TagKeyValue", "values": [f"user:stack${stack}"]}],
         notifications=notifications,
-        tags={**cfg.tags, "project": "llm-platform", "stack": stack, "managed-by": "pulumi"},
+        tags=tags,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider)),
     )

@@ -1,0 +1,46 @@
+"""Recorded graphs of every shipped stack, shared by the infra tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.plan.run import record, record_stack, stack_names, to_engine_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = stack_names(REPO)
+# Values that must never show up in plain text anywhere the plan writes.
+SENTINELS = {
+    "hfToken": "hf_SENTINEL0hf0token0value",
+    "apiKeys": {"team-a": "sk-SENTINEL0team0a0key", "team-b": "sk-SENTINEL0team0b0key"},
+    "fallbackApiKey": "sk-SENTINEL0fallback0key",
+}
+
+
+def stack_config(stack: str) -> dict:
+    return yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def record_raw(stack: str, raw: dict, secrets: dict | None = None):
+    """Record a graph from a raw stack-file config mapping, secrets passed as secure values."""
+    config, secret_keys = to_engine_config(raw)
+    for key, value in (secrets or {}).items():
+        full = f"llm-platform:{key}"
+        config[full] = value if isinstance(value, str) else __import__("json").dumps(value)
+        secret_keys.append(full)
+    return record(stack, config, secret_keys)
+
+
+@pytest.fixture(scope="session")
+def graphs():
+    """{stack: graph} for every shipped Pulumi.<stack>.yaml."""
+    assert SHIPPED, "no Pulumi.<stack>.yaml files found"
+    return {stack: record_stack(stack, REPO) for stack in SHIPPED}
+
+
+@pytest.fixture(scope="session")
+def graphs_with_secrets():
+    """Every shipped stack again, with every secret config key set to a sentinel."""
+    return {stack: record_raw(stack, stack_config(stack), SENTINELS) for stack in SHIPPED}

@@ -1,0 +1,191 @@
+"""Every bad value fails before any resource exists, with one line naming the key path."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from infra.catalog import catalog
+from infra.config import ConfigError, parse
+from tests.infra.conftest import REPO, SHIPPED, stack_config
+
+
+def base() -> dict:
+    return {k.split(":", 1)[1]: copy.deepcopy(v) for k, v in stack_config("dev").items() if k.startswith("llm-platform:")}
+
+
+def error_for(mutate) -> ConfigError:
+    raw = base()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse(raw)
+    text = str(info.value)
+    assert "\n" not in text
+    return info.value
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_shipped_stacks_parse(stack):
+    raw = {k.split(":", 1)[1]: v for k, v in stack_config(stack).items() if k.startswith("llm-platform:")}
+    cfg = parse(raw)
+    assert cfg.sites and cfg.models
+
+
+def test_unknown_gpu_type_lists_known_ones():
+    err = error_for(lambda r: r["sites"][0]["gpuPools"][0].update(instanceType="g9.huge"))
+    assert err.path == "sites[0].gpuPools[0].instanceType"
+    assert "g9.huge" in err.message
+    for known in catalog("aws").instances:
+        assert known in err.message
+
+
+def test_negative_count():
+    err = error_for(lambda r: r["sites"][0]["gpuPools"][0]["nodes"].update(min=-1))
+    assert err.path == "sites[0].gpuPools[0].nodes.min"
+    assert "greater than or equal to 0" in err.message
+
+
+def test_min_above_max():
+    err = error_for(lambda r: r["models"][0]["replicas"].update(min=5, max=2))
+    assert err.path == "models[0].replicas"
+    assert "min (5) must be <= max (2)" in err.message
+
+
+def test_tensor_parallel_must_divide_gpus_per_node():
+    def mutate(r):
+        r["sites"][0]["gpuPools"][0]["instanceType"] = "g6.12xlarge"  # 4 GPUs
+        r["models"][0]["tensorParallelSize"] = 3
+
+    err = error_for(mutate)
+    assert err.path == "models[0].tensorParallelSize"
+    assert "valid: 1, 2, 4" in err.message
+
+
+def test_tensor_parallel_larger_than_node():
+    err = error_for(lambda r: r["models"][0].update(tensorParallelSize=2))
+    assert err.path == "models[0].tensorParallelSize"
+    assert "valid: 1" in err.message
+
+
+def test_unknown_cloud():
+    err = error_for(lambda r: r["sites"][0].update(cloud="oracle"))
+    assert err.path == "sites[0].cloud"
+    assert "'aws'" in err.message and "'gcp'" in err.message and "'azure'" in err.message
+
+
+def test_missing_region():
+    err = error_for(lambda r: r["sites"][0].pop("region"))
+    assert err.path == "sites[0].region"
+    assert "missing" in err.message
+
+
+def test_unknown_key_is_named():
+    err = error_for(lambda r: r["sites"][0]["gpuPools"][0].update(gpuCount=4))
+    assert err.path == "sites[0].gpuPools[0].gpuCount"
+    assert "unknown key" in err.message
+
+
+def test_unknown_top_level_key():
+    err = error_for(lambda r: r.update(site=[]))
+    assert err.path == "llm-platform:site"
+
+
+def test_model_pool_must_exist_on_each_site():
+    err = error_for(lambda r: r["models"][0].update(gpuPool="h100"))
+    assert err.path == "sites[0].models[0]"
+    assert "'h100'" in err.message and "l4-spot" in err.message
+
+
+def test_site_model_must_exist():
+    err = error_for(lambda r: r["sites"][0]["models"].append("nope"))
+    assert err.path == "sites[0].models[1]"
+
+
+def test_duplicate_pool_names():
+    err = error_for(lambda r: r["sites"][0]["gpuPools"].append(copy.deepcopy(r["sites"][0]["gpuPools"][0])))
+    assert err.path == "sites[0].gpuPools[1].name"
+    assert "duplicate" in err.message
+
+
+def test_unserved_model():
+    def mutate(r):
+        extra = copy.deepcopy(r["models"][0])
+        extra["name"] = "orphan"
+        r["models"].append(extra)
+
+    err = error_for(mutate)
+    assert err.path == "models[1]"
+    assert "served by no site" in err.message
+
+
+def test_api_open_to_the_world_is_refused():
+    err = error_for(lambda r: r["sites"][0].update(apiAllowedCidrs=["0.0.0.0/0"]))
+    assert err.path == "sites[0].apiAllowedCidrs"
+
+
+def test_extra_args_must_be_real_vllm_flags():
+    err = error_for(lambda r: r["models"][0].update(extraArgs=["--swap-space", "4"]))
+    assert err.path == "models[0].extraArgs"
+    assert "--swap-space" in err.message and "vLLM 0.33" in err.message
+
+
+def test_extra_args_accept_real_flags_and_negations():
+    raw = base()
+    raw["models"][0]["extraArgs"] = ["--max-num-seqs", "64", "--no-enable-prefix-caching", "--kv-cache-dtype=fp8"]
+    assert parse(raw).models[0].extra_args[0] == "--max-num-seqs"
+
+
+def test_extra_args_cannot_override_derived_flags():
+    err = error_for(lambda r: r["models"][0].update(extraArgs=["--port", "9000"]))
+    assert "--port" in err.message
+
+
+def test_latest_image_refused():
+    err = error_for(lambda r: r["images"].update(vllm="vllm/vllm-openai:latest"))
+    assert err.path == "images.vllm"
+
+
+def test_tag_values_follow_label_rules():
+    err = error_for(lambda r: r["tags"].update(team="ML Platform"))
+    assert err.path == "tags"
+
+
+def test_budget_share_over_total():
+    err = error_for(lambda r: r["budget"].update(byCloud={"aws": 10_000}))
+    assert err.path == "budget.byCloud"
+
+
+def test_cli_exits_2_with_one_line(tmp_path):
+    raw = stack_config("dev")
+    raw["llm-platform:sites"][0]["gpuPools"][0]["nodes"]["min"] = -3
+    import yaml
+
+    (tmp_path / "Pulumi.broken.yaml").write_text(yaml.safe_dump({"config": raw}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra", "plan", "broken"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["config error: sites[0].gpuPools[0].nodes.min: Input should be greater than or equal to 0 (got -3)"]
+    assert not (tmp_path / "build").exists()
+
+
+def test_cli_unknown_stack(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra", "plan", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Pulumi.nope.yaml" in proc.stderr and "dev" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,93 @@
+"""The same invariants over stack configs hypothesis makes up: any valid config gives a
+graph whose GPU pods schedule, whose AWS resources are tagged and whose secrets stay secret."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infra.catalog import catalog
+from infra.config import parse
+from infra.plan.graph import SECRET
+from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
+from tests.infra.conftest import SENTINELS, record_raw
+
+AWS_TYPES = sorted(catalog("aws").instances)
+REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1"]
+
+
+@st.composite
+def stack_configs(draw):
+    pool_names = draw(st.lists(st.sampled_from(["a10", "l4", "l40s", "big"]), min_size=1, max_size=3, unique=True))
+    site_count = draw(st.integers(1, 2))
+    sites = []
+    gpus_by_pool: dict[str, int] = {}
+    for s in range(site_count):
+        pools = []
+        for name in pool_names:
+            itype = draw(st.sampled_from(AWS_TYPES))
+            gpus = catalog("aws").instances[itype].gpus
+            gpus_by_pool[name] = min(gpus_by_pool.get(name, gpus), gpus)
+            low = draw(st.integers(0, 2))
+            pools.append(
+                {"name": name, "instanceType": itype, "spot": draw(st.booleans()),
+                 "nodes": {"min": low, "max": low + draw(st.integers(1, 4))}}
+            )
+        sites.append(
+            {
+                "name": f"site-{s}",
+                "cloud": "aws",
+                "region": draw(st.sampled_from(REGIONS)),
+                "networkCidr": f"10.{s * 16}.0.0/16",
+                "apiAllowedCidrs": draw(st.sampled_from([[], ["198.51.100.0/24"]])),
+                "natPerZone": draw(st.booleans()),
+                "systemPool": {"instanceType": "m7i.large", "nodes": {"min": 1, "max": 3}},
+                "gpuPools": pools,
+                "redis": {"size": draw(st.sampled_from(["small", "medium", "large"])), "replicas": draw(st.integers(0, 2))},
+                "models": [],
+            }
+        )
+    models = []
+    for m in range(draw(st.integers(1, 3))):
+        pool = draw(st.sampled_from(pool_names))
+        gpus = gpus_by_pool[pool]
+        tp = draw(st.sampled_from([d for d in (1, 2, 4, 8) if gpus % d == 0 and d <= gpus]))
+        low = draw(st.integers(0, 2))
+        models.append(
+            {
+                "name": f"model-{m}",
+                "hfRepo": "org/model",
+                "paramsBillion": draw(st.floats(0.5, 70)),
+                "tensorParallelSize": tp,
+                "maxModelLen": draw(st.sampled_from([2048, 8192, 32768])),
+                "gpuPool": pool,
+                "replicas": {"min": low, "max": low + draw(st.integers(1, 3))},
+                "quantization": draw(st.sampled_from([None, "awq", "fp8"])),
+            }
+        )
+        for site in sites:
+            site["models"].append(f"model-{m}")
+    return {
+        "llm-platform:budget": {"monthlyAmount": draw(st.floats(100, 1e6)), "emails": ["a@example.com"]},
+        "llm-platform:tags": {"team": "t", "env": "gen", "cost-center": "c1"},
+        "llm-platform:models": models,
+        "llm-platform:sites": sites,
+    }
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stack_configs())
+def test_generated_stacks_hold_the_invariants(raw):
+    parse({k.split(":", 1)[1]: v for k, v in raw.items()})
+    graph = record_raw("gen", raw, SENTINELS)
+    assert unschedulable_gpu_pods(graph) == []
+    assert len(gpu_pools(graph)) == sum(len(s["gpuPools"]) for s in raw["llm-platform:sites"])
+    gpu_pods = [p for p in pods(graph) if p.gpus]
+    assert len(gpu_pods) == sum(len(s["models"]) for s in raw["llm-platform:sites"])
+    text = str(graph.to_plan())
+    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key"):
+        assert value not in text
+    for r in graph.of_type("kubernetes:core/v1:Secret"):
+        assert r.inputs["stringData"] == SECRET
+    for r in graph.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+        assert r.inputs["authToken"] == SECRET
