@@ -28,13 +28,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": _plan}
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from infra.config import json_schema
+
+    Path(args.stack).write_text(json.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {args.stack}")
+    return 0
+
+
+COMMANDS = {"plan": _plan, "schema": _schema}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
     parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml")
+    parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml (for schema: the output file)")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -341,3 +341,10 @@ def from_pulumi() -> StackConfig:
         except (TypeError, json.JSONDecodeError):
             raw[key] = value
     return parse(raw)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the structured keys, as written in a stack file (camelCase)."""
+    schema = StackConfig.model_json_schema(by_alias=True)
+    schema["title"] = "llm-platform stack config (values under the llm-platform: namespace)"
+    return schema

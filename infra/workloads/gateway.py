@@ -20,8 +20,9 @@ KEYS_DIR = "/etc/gateway/keys"
 
 
 def upstream_dns(models: list[ModelSpec], namespace: str) -> str:
-    """`model=host:port` per model: headless Services the gateway re-resolves to find replicas."""
-    return ",".join(f"{m.name}=vllm-{m.name}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
+    """`host:port` of each model's headless Service: the gateway re-resolves them to find
+    every ready replica and learns which model each serves from its /v1/models."""
+    return ",".join(f"vllm-{m.name}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
 
 
 class Gateway(pulumi.ComponentResource):
@@ -49,15 +50,13 @@ class Gateway(pulumi.ComponentResource):
             {"name": "GATEWAY_DEFAULT_RPM", "value": str(cfg.rate_limits.requests_per_minute)},
             {"name": "GATEWAY_DEFAULT_TPM", "value": str(cfg.rate_limits.tokens_per_minute)},
         ]
-        if cfg.fallback:
-            env.append({"name": "GATEWAY_FALLBACK_BASE_URL", "value": cfg.fallback.base_url})
-            if has_fallback_key:
-                env.append(
-                    {
-                        "name": "GATEWAY_FALLBACK_API_KEY",
-                        "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}},
-                    }
-                )
+        if cfg.fallback and has_fallback_key:
+            env += [
+                {"name": "GATEWAY_FALLBACK_BASE_URL", "value": cfg.fallback.base_url},
+                {"name": "GATEWAY_FALLBACK_API_KEY", "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}}},
+            ]
+        elif cfg.fallback:
+            pulumi.log.warn("gateway.fallback is set but the fallbackApiKey secret is not; the fallback stays off", self)
 
         probe = {"port": "http"}
         self.deployment = k8s.apps.v1.Deployment(

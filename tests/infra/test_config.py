@@ -189,3 +189,13 @@ def test_cli_unknown_stack(tmp_path):
     assert proc.returncode == 2
     assert "Pulumi.nope.yaml" in proc.stderr and "dev" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_config_schema_file_is_current():
+    import json
+
+    from infra.config import json_schema
+
+    shipped = json.loads((REPO / "config.schema.json").read_text())
+    assert shipped == json_schema(), "regenerate with: .venv/bin/python -m infra schema config.schema.json"
+    assert "gpuPools" in json.dumps(shipped)

@@ -206,3 +206,20 @@ def test_cluster_hardening(graphs, stack):
         meta = template.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpPutResponseHopLimit"] == 1
         assert all(b["ebs"]["encrypted"] == "true" for b in template.inputs["blockDeviceMappings"])
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_gateway_env_is_what_the_gateway_reads(graphs_with_secrets, stack):
+    from app.gateway.settings import ENV_PREFIX, GatewaySettings
+
+    fields = {ENV_PREFIX + name.upper() for name in GatewaySettings.model_fields}
+    gateways = [p for p in pods(graphs_with_secrets[stack]) if p.name == "gateway"]
+    assert gateways
+    for pod in gateways:
+        env = pod.spec["containers"][0]["env"]
+        names = {e["name"] for e in env}
+        assert names <= fields, f"unknown gateway settings: {sorted(names - fields)}"
+        assert {"GATEWAY_UPSTREAM_DNS", "GATEWAY_REDIS_URL", "GATEWAY_API_KEYS_FILE"} <= names
+        dns = next(e["value"] for e in env if e["name"] == "GATEWAY_UPSTREAM_DNS")
+        # Parsed by the gateway's own validator, so the format cannot drift.
+        GatewaySettings.model_validate({"upstream_dns": dns, "api_keys_redis_hash": "k"})
