@@ -38,7 +38,13 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": _plan, "schema": _schema}
+def _preflight(args: argparse.Namespace) -> int:
+    from infra.preflight import run as preflight
+
+    return preflight(args.stack)
+
+
+COMMANDS = {"plan": _plan, "schema": _schema, "preflight": _preflight}
 
 
 def main(argv: list[str] | None = None) -> int:
