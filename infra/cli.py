@@ -28,6 +28,17 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost(args: argparse.Namespace) -> int:
+    from infra.cost import report as cost_report
+    from infra.plan.run import record_stack
+
+    est = cost_report.of_graph(record_stack(args.stack))
+    print(cost_report.table(est))
+    written = cost_report.write(est, BUILD / args.stack, args.stack)
+    print(f"wrote {written['json']} and {written['png']}")
+    return 0
+
+
 def _schema(args: argparse.Namespace) -> int:
     import json
 
@@ -44,7 +55,7 @@ def _preflight(args: argparse.Namespace) -> int:
     return preflight(args.stack)
 
 
-COMMANDS = {"plan": _plan, "schema": _schema, "preflight": _preflight}
+COMMANDS = {"plan": _plan, "cost": _cost, "schema": _schema, "preflight": _preflight}
 
 
 def main(argv: list[str] | None = None) -> int:

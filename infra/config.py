@@ -58,12 +58,21 @@ class _Model(BaseModel):
 class MinMax(_Model):
     min: int = Field(ge=0, description="Smallest count; 0 lets the pool or Deployment scale to zero.")
     max: int = Field(ge=1, description="Largest count.")
+    expected: int | None = Field(
+        default=None, ge=0, description="Typical count, for the cost estimate; defaults to min."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "MinMax":
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.expected is not None and not self.min <= self.expected <= self.max:
+            raise ValueError(f"expected ({self.expected}) must be within min..max ({self.min}..{self.max})")
         return self
+
+    @property
+    def typical(self) -> int:
+        return self.min if self.expected is None else self.expected
 
 
 class Budget(_Model):
@@ -92,6 +101,12 @@ class ModelSpec(_Model):
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica spans.")
     max_model_len: int = Field(ge=256, le=1_048_576, description="Context length vLLM reserves KV cache for.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98)
+    kv_bytes_per_token: int | None = Field(
+        default=None,
+        ge=1,
+        description="KV cache bytes per token (2 x layers x KV heads x head dim x dtype bytes); "
+        "defaults to an estimate from paramsBillion.",
+    )
     gpu_pool: Slug = Field(description="GPU pool name (in each site that serves it) the replicas run on.")
     replicas: MinMax = Field(description="vLLM replicas per site; min 0 scales to zero.")
     extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` flags, verbatim.")

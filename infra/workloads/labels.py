@@ -21,3 +21,10 @@ def vllm_selector(model: str) -> dict[str, str]:
 
 
 GATEWAY_SELECTOR = {COMPONENT: "gateway"}
+
+# Annotations on each vLLM Deployment: facts the readers of the graph (cost estimate,
+# GPU-fit policy, autoscaling) need and the pod spec does not carry.
+EXPECTED_REPLICAS = "llm-platform.io/expected-replicas"
+MAX_REPLICAS = "llm-platform.io/max-replicas"
+PARAMS_BILLION = "llm-platform.io/params-billion"
+KV_BYTES_PER_TOKEN = "llm-platform.io/kv-bytes-per-token"

@@ -7,8 +7,15 @@ import pulumi_kubernetes as k8s
 
 from infra.config import ModelSpec
 from infra.platform import Platform
-from infra.workloads.labels import labels, vllm_selector
-from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, pod_size
+from infra.workloads.labels import (
+    EXPECTED_REPLICAS,
+    KV_BYTES_PER_TOKEN,
+    MAX_REPLICAS,
+    PARAMS_BILLION,
+    labels,
+    vllm_selector,
+)
+from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, kv_bytes_per_token, pod_size
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
@@ -113,12 +120,18 @@ class ModelServer(pulumi.ComponentResource):
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
         }
+        annotations = {
+            EXPECTED_REPLICAS: str(model.replicas.typical),
+            MAX_REPLICAS: str(model.replicas.max),
+            PARAMS_BILLION: str(model.params_billion),
+            KV_BYTES_PER_TOKEN: str(kv_bytes_per_token(model)),
+        }
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy",
-            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels},
+            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels, "annotations": annotations},
             spec={
-                # Until queue-based autoscaling owns the count, keep at least one replica up.
-                "replicas": max(model.replicas.min, 1),
+                # The floor; with min 0 the model scales from zero on demand (see autoscaling).
+                "replicas": model.replicas.min,
                 "selector": {"matchLabels": selector},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                 "template": {

@@ -36,6 +36,12 @@ def weights_gib(model: ModelSpec) -> float:
     return model.params_billion * 1e9 * bytes_per_param.get(model.quantization or "", 2.0) / 2**30
 
 
+def kv_bytes_per_token(model: ModelSpec) -> int:
+    """KV cache per token. Without the architecture, 16 KiB per billion parameters at
+    fp16 is close for GQA models (Llama-3.1-8B: 128 KiB) and errs high for the rest."""
+    return model.kv_bytes_per_token or int(16 * 1024 * model.params_billion)
+
+
 def pod_size(model: ModelSpec, pool: NodePool) -> PodSize:
     replicas_per_node = max(pool.gpus_per_node // model.tensor_parallel_size, 1)
     # 5% slack per share absorbs rounding and a sidecar or two.
