@@ -39,3 +39,15 @@ test: env tools
 
 clean:
 	rm -rf build .pytest_cache .hypothesis
+
+# A local gateway stack to try: redis-server, two simulator replicas, the gateway on :8000.
+serve: env tools
+	$(PY) -m app.devstack
+
+# Direct vs nginx vs gateway, streaming; nginx is installed here because only the bench needs it.
+BENCH_ARGS ?=
+bench: env tools
+	@command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null) || \
+	  { echo "error: could not install nginx; install it with your package manager" >&2; exit 1; }
+	$(PY) bench/gateway.py $(BENCH_ARGS)

@@ -1,0 +1,208 @@
+"""Local processes for trying the gateway, testing it and benchmarking it.
+
+`python -m app.devstack` (what `make serve` runs) starts redis-server, two simulator replicas
+and the gateway, prints the base URL and a freshly made API key, and runs until Ctrl-C.
+The helpers are also what the tests and bench/gateway.py start their processes with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_key() -> tuple[str, str]:
+    """A new API key and the sha256 hex digest the gateway stores for it."""
+    key = "sk-" + secrets.token_urlsafe(24)
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+class Proc:
+    """A child process whose output goes to a log file (a pipe nobody reads would fill and block)."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None,
+                 url: str = "") -> None:
+        self.name = name
+        self.url = url
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        full_env = {**os.environ, **(env or {})}
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        self.popen = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """Hard kill, as a crashed replica would go."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+    def wait_http(self, path: str, timeout: float = 60, expect: int = 200) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=2) as resp:
+                    if resp.status == expect:
+                        return
+                    last = str(resp.status)
+            except urllib.error.HTTPError as exc:
+                last = str(exc.code)
+                if exc.code == expect:
+                    return
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not answering {path} with {expect} after {timeout}s ({last}):\n"
+                           f"{self.log()[-3000:]}")
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> Proc:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make tools installs it)")
+    port = port or free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(log_dir)]
+    proc = Proc(f"redis-{port}", argv, log_dir, url=f"redis://127.0.0.1:{port}/0")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.stop()
+    raise TimeoutError(f"redis-server did not start:\n{proc.log()}")
+
+
+def start_simulator(log_dir: Path, port: int | None = None, env: Mapping[str, str] | None = None,
+                    wait: bool = True, **flags: object) -> Proc:
+    port = port or free_port()
+    argv = [sys.executable, "-m", "app.simulator", "--port", str(port)]
+    for name, value in flags.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    proc = Proc(f"simulator-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    if wait:
+        proc.wait_http("/health")
+    return proc
+
+
+def start_gateway(log_dir: Path, env: Mapping[str, str], port: int | None = None, workers: int = 1,
+                  wait: str | None = "/readyz") -> Proc:
+    port = port or free_port()
+    argv = [sys.executable, "-m", "app.gateway", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers)]
+    proc = Proc(f"gateway-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    if wait:
+        proc.wait_http(wait)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.devstack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    parser.add_argument("--replicas", type=int, default=2, help="simulator replicas (default 2)")
+    args = parser.parse_args(argv)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="llm-devstack-"))
+    procs: list[Proc] = []
+    # Background jobs start with SIGINT ignored; Ctrl-C and SIGTERM both mean "stop everything".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        redis = start_redis(log_dir)
+        procs.append(redis)
+        sims = [start_simulator(log_dir) for _ in range(args.replicas)]
+        procs += sims
+        key, digest = make_key()
+        keys_file = log_dir / "api-keys"
+        keys_file.write_text(f"dev {digest}\n")
+        gateway = start_gateway(log_dir, port=args.port, env={
+            "GATEWAY_UPSTREAMS": ",".join(s.url for s in sims),
+            "GATEWAY_REDIS_URL": redis.url,
+            "GATEWAY_API_KEYS_FILE": str(keys_file),
+        })
+        procs.append(gateway)
+        base = f"http://127.0.0.1:{args.port}/v1"
+        print(f"""
+gateway   {base}
+api key   {key}
+replicas  {", ".join(s.url for s in sims)}
+logs      {log_dir}
+
+  curl -N {base}/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "sim-model", "stream": true, "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="{key}"); \\
+print(c.chat.completions.create(model="sim-model", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+
+Ctrl-C stops everything.""", flush=True)
+        while all(p.alive() for p in procs):
+            time.sleep(0.5)
+        dead = [p for p in procs if not p.alive()]
+        for p in dead:
+            print(f"{p.name} exited; its log:\n{p.log()[-2000:]}", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not leave children behind half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()
