@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools plan test serve bench clean
+.PHONY: env tools plan preflight test serve bench clean
 
 # System tools the tests use for real (redis-server, ...), from Debian's packages.
 APT_TOOLS := redis-server
@@ -33,6 +33,10 @@ env: $(VENV)/.synced
 
 plan: env
 	$(PY) -m infra plan $(STACK)
+
+# Real cloud APIs (needs credentials): GPU types offered per region and zone, GPU quotas vs max nodes.
+preflight: env
+	$(PY) -m infra preflight $(STACK)
 
 test: env tools
 	$(PY) -m pytest

@@ -22,22 +22,22 @@ TOTAL = "cores"
 SPOT = "lowPriorityCores"
 
 
-def default_client() -> tuple[Any, str]:
+def default_client(subscription: str | None = None) -> tuple[Any, str]:
     try:
         from azure.identity import DefaultAzureCredential
         from azure.mgmt.compute import ComputeManagementClient
     except ImportError:
         raise ImportError(SKIP) from None
-    subscription = os.environ.get("AZURE_SUBSCRIPTION_ID")
+    subscription = subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
     if not subscription:
-        raise PreflightError("azure: set AZURE_SUBSCRIPTION_ID (and sign in with `az login`)")
+        raise PreflightError("azure: no subscription; set the site's azure.subscriptionId or AZURE_SUBSCRIPTION_ID")
     return ComputeManagementClient(DefaultAzureCredential(), subscription), subscription
 
 
 def check_site(site: Site, client: Any = None, subscription: str | None = None) -> SiteResult:
     if client is None:
         try:
-            client, subscription = default_client()
+            client, subscription = default_client(getattr(getattr(site, "azure", None), "subscription_id", None))
         except ImportError:
             return SiteResult(name=site.name, cloud="azure", region=site.region, skipped=SKIP)
     try:

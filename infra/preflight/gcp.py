@@ -47,7 +47,7 @@ class Clients:
         self.accelerators = accelerators
 
 
-def default_clients() -> Clients:
+def default_clients(project: str | None = None) -> Clients:
     try:
         import google.auth
         from google.auth.exceptions import DefaultCredentialsError
@@ -60,9 +60,9 @@ def default_clients() -> Clients:
         raise PreflightError(
             "gcp: no credentials found; run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
         ) from None
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or project
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or project
     if not project:
-        raise PreflightError("gcp: no project; set GOOGLE_CLOUD_PROJECT")
+        raise PreflightError("gcp: no project; set the site's gcp.project or GOOGLE_CLOUD_PROJECT")
     return Clients(project, compute_v1.RegionsClient(), compute_v1.ProjectsClient(), compute_v1.AcceleratorTypesClient())
 
 
@@ -79,10 +79,14 @@ def _zones_by_accelerator(clients: Clients, region: str, accelerators: set[str])
     return {name: sorted(z) for name, z in zones.items()}
 
 
+def _configured_zones(site: Site) -> list[str]:
+    return list(getattr(getattr(site, "gcp", None), "gpu_zones", None) or ())
+
+
 def check_site(site: Site, clients: Clients | None = None) -> SiteResult:
     if clients is None:
         try:
-            clients = default_clients()
+            clients = default_clients(getattr(getattr(site, "gcp", None), "project", None))
         except ImportError:
             return SiteResult(name=site.name, cloud="gcp", region=site.region, skipped=SKIP)
     try:
@@ -121,6 +125,9 @@ def _check(site: Site, clients: Clients) -> SiteResult:
         spec = specs[pool.name]
         pool_zones = zones.get(spec.accelerator or "", [])
         problems = [] if pool_zones else [f"{spec.accelerator} ({pool.instance_type}) is not offered in any zone of {region}; pick another region"]
+        lacking = [z for z in _configured_zones(site) if pool_zones and z not in pool_zones]
+        if lacking:
+            problems.append(f"gcp.gpuZones {', '.join(lacking)} lack {spec.accelerator}; use zones from {', '.join(pool_zones)}")
         pools.append(
             PoolResult(
                 name=pool.name,
