@@ -34,6 +34,12 @@ env: $(VENV)/.synced
 plan: env
 	$(PY) -m infra plan $(STACK)
 
+policy: env
+	$(PY) -m infra policy $(STACK)
+
+cost: env
+	$(PY) -m infra cost $(STACK)
+
 # Real cloud APIs (needs credentials): GPU types offered per region and zone, GPU quotas vs max nodes.
 preflight: env
 	$(PY) -m infra preflight $(STACK)

@@ -15,7 +15,17 @@ from infra.config import ConfigError
 BUILD = Path("build")
 
 
+def _policy_check(graph, stack: str, pack_config: str | None):
+    from infra.plan import policy_run
+    from policy.rules import POLICIES
+
+    path = Path(pack_config) if pack_config else Path("policy") / f"config.{stack}.json"
+    violations = policy_run.run(graph, POLICIES, policy_run.load_pack_config(path))
+    return policy_run.summary(violations, POLICIES), policy_run.blocking(violations)
+
+
 def _plan(args: argparse.Namespace) -> int:
+    from infra.cost import report as cost_report
     from infra.plan import report
     from infra.plan.run import record_stack
 
@@ -24,8 +34,24 @@ def _plan(args: argparse.Namespace) -> int:
     print(report.tree(graph))
     written = report.write(graph, BUILD / args.stack)
     count = sum(1 for _ in written["manifests"].rglob("*.yaml"))
-    print(f"wrote {written['plan']} and {count} manifests under {written['manifests']}/")
+    est = cost_report.of_graph(graph)
+    costs = cost_report.write(est, BUILD / args.stack, args.stack)
+    print()
+    print(cost_report.table(est))
+    print()
+    text, _ = _policy_check(graph, args.stack, args.pack_config)
+    print(text)
+    print()
+    print(f"wrote {written['plan']}, {count} manifests under {written['manifests']}/, {costs['json']}, {costs['png']}")
     return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from infra.plan.run import record_stack
+
+    text, blocked = _policy_check(record_stack(args.stack), args.stack, args.pack_config)
+    print(text)
+    return 1 if blocked else 0
 
 
 def _cost(args: argparse.Namespace) -> int:
@@ -55,13 +81,16 @@ def _preflight(args: argparse.Namespace) -> int:
     return preflight(args.stack)
 
 
-COMMANDS = {"plan": _plan, "cost": _cost, "schema": _schema, "preflight": _preflight}
+COMMANDS = {"plan": _plan, "policy": _policy, "cost": _cost, "schema": _schema, "preflight": _preflight}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml (for schema: the output file)")
+    parser.add_argument(
+        "--pack-config", help="policy pack config (default: policy/config.<stack>.json, as in CI)", default=None
+    )
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

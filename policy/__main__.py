@@ -1,0 +1,18 @@
+"""Entry point Pulumi runs for `--policy-pack policy`: serve the rules to the engine."""
+
+import sys
+from pathlib import Path
+
+# The analyzer runs this directory as a script; the rules import the repo's catalog.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+
+from policy.rules import POLICIES  # noqa: E402
+
+PolicyPack(
+    name="llm-platform",
+    policies=POLICIES,
+    # Per stack, policy/config.<stack>.json raises this (mandatory in prod) or lowers it.
+    enforcement_level=EnforcementLevel.ADVISORY,
+)

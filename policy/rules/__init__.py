@@ -1,0 +1,5 @@
+"""Every rule of the pack, by theme."""
+
+from policy.rules import cost, gpu_fit, reliability, security
+
+POLICIES = [*security.POLICIES, *reliability.POLICIES, *cost.POLICIES, *gpu_fit.POLICIES]

@@ -1,0 +1,80 @@
+"""Reading resources the way the rules need: pod specs, tags, node pools, the graph.
+
+Stack rules turn the analyzer's resources into the same `Graph` the offline plan records,
+so scheduling and cost are computed by one piece of code everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from functools import cache
+from typing import Any, Iterator, Mapping
+
+from pulumi_policy import PolicyResource
+
+from infra.plan.graph import Graph, Resource
+
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
+SECRETISH_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_?KEY|CREDENTIALS?)$|_KEY$|REDIS_URL$", re.IGNORECASE)
+COST_TAGS = ("project", "stack", "site", "managed-by")
+_OPEN = ("0.0.0.0/0", "::/0")
+
+
+def is_open(cidrs: Any) -> bool:
+    return any(c in _OPEN for c in (cidrs or []))
+
+
+def pod_spec(props: Mapping[str, Any]) -> dict[str, Any] | None:
+    spec = (props.get("spec") or {}).get("template", {}).get("spec")
+    return spec if isinstance(spec, dict) else None
+
+
+def containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from spec.get("initContainers") or []
+    yield from spec.get("containers") or []
+
+
+@cache
+def takes_tags(type_token: str) -> str | None:
+    """The tag input of a cloud resource type (`tags`, or `labels` on GCP), or None."""
+    package, module_path, name = type_token.split(":")
+    sdk = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure_native"}.get(package)
+    if not sdk:
+        return None
+    module_name = sdk if module_path == "index" else f"{sdk}.{module_path.split('/')[0]}"
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return None
+    params = inspect.signature(cls._internal_init).parameters
+    for key in ("tags", "labels", "resource_labels"):
+        if key in params:
+            return key
+    return None
+
+
+def camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def graph_of(resources: list[PolicyResource], stack: str = "") -> Graph:
+    graph = Graph(stack=stack)
+    for r in resources:
+        if r.resource_type == "pulumi:pulumi:Stack":
+            continue
+        graph.add(
+            Resource(
+                urn=r.urn,
+                type=r.resource_type,
+                name=r.name,
+                parent=r.parent.urn if r.parent else None,
+                provider=r.provider.urn if r.provider else None,
+                custom=not r.resource_type.startswith("llm-platform:"),
+                dependencies=tuple(d.urn for d in r.dependencies or []),
+                inputs=dict(r.props),
+            )
+        )
+    return graph

@@ -1,0 +1,143 @@
+"""Every rule: passes on the shipped stacks, and fails on a graph broken just for it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+from pulumi_policy import EnforcementLevel
+
+from infra.plan import policy_run
+from infra.plan.graph import Graph
+from policy.rules import POLICIES
+from tests.infra.conftest import REPO, SHIPPED, stack_config
+
+BY_NAME = {p.name: p for p in POLICIES}
+STRICT = {"all": "mandatory"}
+
+
+def first(graph: Graph, typ: str, where=lambda r: True):
+    return next(r for r in graph if r.type == typ and where(r))
+
+
+def vllm(r):
+    return r.inputs["metadata"]["name"].startswith("vllm-")
+
+
+def container(r):
+    return r.inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+def _gpu_group(r):
+    return "nvidia.com/gpu.present" in (r.inputs.get("labels") or {})
+
+
+BREAKERS = {
+    "cluster-endpoint-restricted": lambda g: first(g, "aws:eks/cluster:Cluster").inputs["vpcConfig"].update(
+        endpointPublicAccess=True, publicAccessCidrs=["0.0.0.0/0"]),
+    "kubernetes-secrets-encrypted": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.pop("encryptionConfig"),
+    "control-plane-logging": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.update(enabledClusterLogTypes=["api"]),
+    "node-metadata-protected": lambda g: first(g, "aws:ec2/launchTemplate:LaunchTemplate").inputs["metadataOptions"].update(
+        httpTokens="optional"),
+    "disks-encrypted": lambda g: first(g, "aws:ec2/launchTemplate:LaunchTemplate").inputs["blockDeviceMappings"][0]["ebs"].update(
+        encrypted="false"),
+    "redis-tls-auth-private": lambda g: first(g, "aws:elasticache/replicationGroup:ReplicationGroup").inputs.update(
+        transitEncryptionEnabled=False),
+    "least-privilege-identities": lambda g: first(g, "aws:iam/rolePolicy:RolePolicy").inputs.update(
+        policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})),
+    "containers-hardened": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm))["securityContext"].update(
+        allowPrivilegeEscalation=True),
+    "no-secret-env-literal": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm))["env"].append(
+        {"name": "HF_TOKEN", "value": "hf_plain"}),
+    "images-pinned": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).update(image="vllm/vllm-openai:latest"),
+    "gpu-pools-tainted-and-tolerated": lambda g: first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs.update(taints=[]),
+    "gateway-ha": lambda g: first(g, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
+        .inputs["spec"].update(replicas=1),
+    "subnets-multi-zone": lambda g: [r.inputs.update(availabilityZone="us-east-1a") for r in g.of_type("aws:ec2/subnet:Subnet")],
+    "vllm-probes": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).pop("startupProbe"),
+    "budget-per-cloud": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(
+        notifications=[n for n in first(g, "aws:budgets/budget:Budget").inputs["notifications"] if n["notificationType"] == "ACTUAL"]),
+    "cost-tags": lambda g: first(g, "aws:ec2/vpc:Vpc").inputs["tags"].pop("stack"),
+    "dev-gpu-pools-scale-to-zero": lambda g: first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs["scalingConfig"].update(minSize=1),
+    "cost-within-budget": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(limitAmount="10.00"),
+    "model-fits-gpu": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).inputs["metadata"]["annotations"].update(
+        {"llm-platform.io/params-billion": "70"}),
+}
+
+
+def test_every_rule_has_a_breaker():
+    assert set(BREAKERS) == set(BY_NAME)
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_shipped_stacks_pass_every_rule(graphs, stack):
+    violations = policy_run.run(graphs[stack], POLICIES, STRICT | {"gateway-ha": "disabled" if stack == "dev" else "mandatory",
+                                                               "dev-gpu-pools-scale-to-zero": "mandatory" if stack == "dev" else "disabled"})
+    assert [f"{v.policy}: {v.message}" for v in violations] == []
+
+
+@pytest.mark.parametrize("name", sorted(BREAKERS))
+def test_rule_catches_its_breakage(graphs, name):
+    graph = copy.deepcopy(graphs["prod" if name == "gateway-ha" else "dev"])
+    policy = BY_NAME[name]
+    assert policy_run.run(graph, [policy], STRICT) == []
+    BREAKERS[name](graph)
+    violations = policy_run.run(graph, [policy], STRICT)
+    assert violations and all(v.policy == name for v in violations)
+    assert policy_run.blocking(violations)
+
+
+def test_rules_have_severity_and_remediation():
+    for policy in POLICIES:
+        assert policy.severity is not None and policy.remediation_steps and policy.description
+
+
+def test_pack_config_levels():
+    policy = BY_NAME["images-pinned"]
+    assert policy_run._level(policy, {})[0] == EnforcementLevel.ADVISORY
+    assert policy_run._level(policy, {"all": "mandatory"})[0] == EnforcementLevel.MANDATORY
+    assert policy_run._level(policy, {"all": "mandatory", "images-pinned": "disabled"})[0] == EnforcementLevel.DISABLED
+    assert policy_run._level(policy, {"images-pinned": {"enforcementLevel": "mandatory", "x": 1}}) == (
+        EnforcementLevel.MANDATORY, {"x": 1})
+    assert policy_run._level(BY_NAME["model-fits-gpu"], {})[0] == EnforcementLevel.MANDATORY
+    for stack in SHIPPED:
+        config = json.loads((REPO / "policy" / f"config.{stack}.json").read_text())
+        for name in config:
+            assert name == "all" or name in BY_NAME, f"config.{stack}.json names unknown rule {name}"
+
+
+def _policy_cli(tmp_path, mutate) -> subprocess.CompletedProcess:
+    import yaml
+
+    raw = stack_config("dev")
+    mutate(raw)
+    (tmp_path / "Pulumi.broken.yaml").write_text(yaml.safe_dump({"config": raw}))
+    return subprocess.run(
+        [sys.executable, "-m", "infra", "policy", "broken"],
+        cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_cli_fails_a_model_that_cannot_fit(tmp_path):
+    def mutate(raw):
+        raw["llm-platform:models"][0].update(paramsBillion=70, hfRepo="meta-llama/Llama-3.1-70B-Instruct")
+
+    proc = _policy_cli(tmp_path, mutate)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "model-fits-gpu [mandatory" in proc.stdout
+
+
+def test_cli_fails_a_stack_over_budget(tmp_path):
+    proc = _policy_cli(tmp_path, lambda raw: raw["llm-platform:budget"].update(monthlyAmount=300))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cost-within-budget [mandatory" in proc.stdout and "exceeds the budget" in proc.stdout
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_make_policy_passes_shipped_stacks(stack):
+    proc = subprocess.run([sys.executable, "-m", "infra", "policy", stack], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
