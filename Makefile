@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools plan preflight test serve bench clean
+.PHONY: env tools plan policy cost preflight test serve bench clean
 
 # System tools the tests use for real (redis-server, ...), from Debian's packages.
 APT_TOOLS := redis-server
