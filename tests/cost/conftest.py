@@ -1,0 +1,1 @@
+from tests.infra.conftest import graphs  # noqa: F401
