@@ -1,0 +1,69 @@
+"""Real processes for the gateway tests: redis-server, simulator replicas and gateways on free ports."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator  # noqa: E402
+from gateway_testkit import FAST, Keys, gateway_env  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("processes")
+
+
+@pytest.fixture(scope="session")
+def keys(log_dir: Path) -> Keys:
+    made = {name: make_key() for name in ("alice", "rpm5", "tpm", "other_models", "spare")}
+    options = {"rpm5": "rpm=5", "tpm": "tpm=60", "other_models": "models=other-model"}
+    lines = ["# test keys"] + [f"{name} {digest} {options.get(name, '')}".rstrip() for name, (_, digest) in made.items()]
+    path = log_dir / "api-keys"
+    path.write_text("\n".join(lines) + "\n")
+    plain = {name: key for name, (key, _) in made.items()}
+    return Keys(path, plain["alice"], plain["rpm5"], plain["tpm"], plain["other_models"], plain)
+
+
+@pytest.fixture(scope="session")
+def redis_server(log_dir: Path) -> Iterator[Proc]:
+    proc = start_redis(log_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def procs(log_dir: Path) -> Iterator[Callable[..., Proc]]:
+    """Starts processes that are all stopped at the end of the session, whatever happens."""
+    started: list[Proc] = []
+
+    def track(proc: Proc) -> Proc:
+        started.append(proc)
+        return proc
+
+    yield track
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def replicas(log_dir: Path, procs) -> list[Proc]:
+    return [procs(start_simulator(log_dir, **FAST)) for _ in range(2)]
+
+
+@pytest.fixture(scope="session")
+def gateway(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: list[Proc]) -> Proc:
+    return procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas])))
+
+
+@pytest.fixture(scope="session")
+def gateway_b(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: list[Proc]) -> Proc:
+    """A second gateway replica on the same Redis and replicas."""
+    return procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas])))

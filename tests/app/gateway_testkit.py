@@ -1,0 +1,72 @@
+"""Helpers shared by the gateway tests (conftest.py holds the fixtures)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Simulator timing for functional tests: quick, but slow enough to observe streams and queues.
+FAST = {"ttft_ms": 20, "itl_ms": 5}
+
+
+@dataclass(frozen=True)
+class Keys:
+    path: Path
+    alice: str  # default limits, every model
+    rpm5: str  # rpm=5
+    tpm: str  # tpm=60: one small request drains it
+    other_models: str  # models=other-model
+    by_id: dict[str, str]
+
+
+def gateway_env(keys: Keys, redis_url: str, upstreams: list[str], **extra: object) -> dict[str, str]:
+    env = {
+        "GATEWAY_UPSTREAMS": ",".join(upstreams),
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_API_KEYS_FILE": str(keys.path),
+        "GATEWAY_HEALTH_INTERVAL_S": "0.5",
+    }
+    env.update({f"GATEWAY_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text to {'name{labels}': value}, labels as written."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
+    total = 0.0
+    for key, value in samples.items():
+        base = key.split("{", 1)[0]
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in key for k, v in labels.items()):
+            total += value
+    return total
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        time.sleep(interval)
+    if last is not None:
+        raise last
+    raise AssertionError(f"condition not met within {timeout}s")
