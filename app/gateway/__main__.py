@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .auth import KeyFileError, load_key_file
+from .keyfile import KeyFileError, load_key_file
 from .settings import ENV_PREFIX, GatewaySettings, describe_error
 
 

@@ -1,86 +1,20 @@
-"""API keys: only SHA-256 digests are stored, in a mounted Secret file and/or a Redis hash.
-
-File format, one key per line ('#' starts a comment):
-
-    <key-id> <sha256 hex of the key> [rpm=N] [tpm=N] [models=name1,name2]
-"""
+"""API key lookup: digests from a mounted Secret file (see keyfile.py) and/or a Redis hash."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .keyfile import ApiKey, KeyFileError, digest_of, load_key_file, parse_entry
+
 log = logging.getLogger("gateway")
-
-_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    key_id: str
-    digest: str
-    rpm: int | None = None
-    tpm: int | None = None
-    models: frozenset[str] | None = None
-
-    def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
-
-
-class KeyFileError(ValueError):
-    pass
-
-
-def digest_of(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def parse_entry(key_id: str, digest: str, options: list[str], where: str) -> ApiKey:
-    if not _KEY_ID.fullmatch(key_id):
-        raise KeyFileError(f"{where}: key id {key_id!r} must be 1-64 of A-Z a-z 0-9 . _ -")
-    digest = digest.lower()
-    if not _HEX.fullmatch(digest):
-        raise KeyFileError(f"{where}: second field must be the 64-hex-digit sha256 of the key")
-    values: dict[str, object] = {}
-    for opt in options:
-        name, sep, value = opt.partition("=")
-        if name in ("rpm", "tpm") and sep and value.isdigit():
-            values[name] = int(value)
-        elif name == "models" and sep and value:
-            values["models"] = frozenset(v for v in value.split(",") if v)
-        else:
-            raise KeyFileError(f"{where}: unknown option {opt!r} (expected rpm=N, tpm=N or models=a,b)")
-    return ApiKey(key_id, digest, **values)  # type: ignore[arg-type]
-
-
-def load_key_file(path: Path) -> dict[str, ApiKey]:
-    keys: dict[str, ApiKey] = {}
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read ({exc.strerror})") from None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        fields = line.split()
-        where = f"{path}:{lineno}"
-        if len(fields) < 2:
-            raise KeyFileError(f"{where}: expected '<key-id> <sha256 hex> [options]'")
-        entry = parse_entry(fields[0], fields[1], fields[2:], where)
-        keys[entry.digest] = entry
-    return keys
 
 
 class KeyStore:

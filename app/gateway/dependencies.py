@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .auth import ApiKey
+from .keyfile import ApiKey
 from .context import GatewayContext
 from .errors import OpenAIError
 from .ratelimit import retry_after_header

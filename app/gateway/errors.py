@@ -6,6 +6,7 @@ import logging
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi import HTTPException as FastAPIHTTPException
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -50,9 +51,10 @@ class OpenAIError(Exception):
         )
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(FastAPIHTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while reading a body into a 400.
     def __init__(self, limit: int) -> None:
-        super().__init__(limit)
+        super().__init__(413, f"Request body is larger than the limit of {limit} bytes.")
         self.limit = limit
 
 
@@ -87,14 +89,11 @@ def install(app: FastAPI) -> None:
         message, param = validation_message(exc)
         return OpenAIError(400, message, param=param).response(request_id(request))
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
-        msg = f"Request body is larger than the limit of {exc.limit} bytes."
-        return OpenAIError(413, msg, code="request_too_large").response(request_id(request))
-
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
+        if isinstance(exc, BodyTooLarge):
+            err = OpenAIError(413, str(exc.detail), code="request_too_large")
+        elif exc.status_code == 404:
             err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url")
         elif exc.status_code == 405:
             err = OpenAIError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")

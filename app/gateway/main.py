@@ -17,7 +17,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .auth import ApiKey, KeyStore
+from .auth import KeyStore
+from .keyfile import ApiKey
 from .context import GatewayContext
 from .edge import EdgeMiddleware
 from .dependencies import authenticate, enforce_limits, get_context

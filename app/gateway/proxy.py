@@ -24,7 +24,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .auth import ApiKey
+from .keyfile import ApiKey
 from .context import GatewayContext
 from .errors import JSON, error_body
 from .upstreams import Upstream

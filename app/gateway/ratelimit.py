@@ -13,7 +13,7 @@ from typing import Literal
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .auth import ApiKey
+from .keyfile import ApiKey
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("gateway")
