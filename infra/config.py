@@ -176,6 +176,35 @@ class Redis(_Model):
     replicas: int = Field(default=0, ge=0, le=5, description="Read replicas for failover; 0 in dev.")
 
 
+class GcpSite(_Model):
+    """What only a GCP site needs: the project it builds in and the billing account the
+    stack's budget watches."""
+
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="GCP project id the site builds in.")
+    billing_account: str = Field(
+        pattern=r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$",
+        description="Billing account (XXXXXX-XXXXXX-XXXXXX) paying for the project; the GCP budget lives on it.",
+    )
+    gpu_zones: list[Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]] = Field(
+        default_factory=list,
+        description="Zones of the region for the GPU node pools (where the GPU type has capacity); empty = GKE's default zones.",
+    )
+
+
+_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+class AzureSite(_Model):
+    """What only an Azure site needs; without it the ambient `az login` subscription is used."""
+
+    subscription_id: str | None = Field(
+        default=None, pattern=_UUID, description="Subscription the site (and the Azure budget) builds in."
+    )
+    admin_group_object_ids: list[Annotated[str, Field(pattern=_UUID)]] = Field(
+        default_factory=list, description="Entra ID groups that get cluster-admin on AKS through Azure RBAC."
+    )
+
+
 class Site(_Model):
     name: Slug
     cloud: Literal["aws", "gcp", "azure"]
@@ -192,6 +221,8 @@ class Site(_Model):
     redis: Redis = Redis()
     monitoring: bool = True
     models: list[Slug] = Field(min_length=1, description="Names of the stack's models served here.")
+    gcp: GcpSite | None = Field(default=None, description="Required on cloud gcp sites: project and billing account.")
+    azure: AzureSite | None = Field(default=None, description="Optional on cloud azure sites: subscription, admin groups.")
 
     @field_validator("network_cidr")
     @classmethod
@@ -257,6 +288,7 @@ def _check_references(cfg: StackConfig) -> None:
         if cloud not in cfg.clouds():
             raise ConfigError(f"budget.byCloud.{cloud}", f"no site uses {cloud}; clouds in use: {', '.join(cfg.clouds())}")
 
+    _check_cloud_blocks(cfg)
     model_names = [m.name for m in cfg.models]
     for s, site in enumerate(cfg.sites):
         at = f"sites[{s}]"
@@ -288,6 +320,50 @@ def _check_references(cfg: StackConfig) -> None:
                     f"{tp} must divide the {gpus} GPUs per node of {pools[model.gpu_pool].instance_type} "
                     f"in {site.name}; valid: {', '.join(map(str, valid))}",
                 )
+
+
+# Azure allows five notifications per budget; AKS pool names are 1-12 lowercase alphanumerics.
+AZURE_MAX_BUDGET_NOTIFICATIONS = 5
+
+
+def azure_pool_name(name: str) -> str:
+    """The AKS agent pool name for a pool: our slug without hyphens, at most 12 characters."""
+    return re.sub(r"[^a-z0-9]", "", name)[:12]
+
+
+def _check_cloud_blocks(cfg: StackConfig) -> None:
+    """Each cloud's own block belongs on that cloud's sites only, and each cloud's limits hold."""
+    for s, site in enumerate(cfg.sites):
+        at = f"sites[{s}]"
+        for cloud in ("gcp", "azure"):
+            if getattr(site, cloud) is not None and site.cloud != cloud:
+                raise ConfigError(f"{at}.{cloud}", f"only for cloud {cloud} sites; this site is {site.cloud}")
+        if site.cloud == "gcp" and site.gcp is None:
+            raise ConfigError(f"{at}.gcp", "required for cloud gcp: {project: <project id>, billingAccount: XXXXXX-XXXXXX-XXXXXX}")
+        if site.cloud == "gcp" and site.gcp is not None:
+            for z, zone in enumerate(site.gcp.gpu_zones):
+                if not zone.startswith(site.region + "-"):
+                    raise ConfigError(f"{at}.gcp.gpuZones[{z}]", f"{zone!r} is not a zone of region {site.region}")
+        if site.cloud == "azure":
+            seen: dict[str, str] = {}
+            for p, pool in enumerate(site.gpu_pools):
+                short = azure_pool_name(pool.name)
+                if short in seen or short == "system":
+                    other = seen.get(short, "system")
+                    raise ConfigError(
+                        f"{at}.gpuPools[{p}].name",
+                        f"on Azure {pool.name!r} becomes agent pool {short!r}, as {other!r} does; pick names that differ "
+                        "in their first 12 letters and digits",
+                    )
+                seen[short] = pool.name
+    if "azure" in cfg.clouds():
+        count = len(cfg.budget.actual_thresholds_pct) + len(cfg.budget.forecast_thresholds_pct)
+        if count > AZURE_MAX_BUDGET_NOTIFICATIONS:
+            raise ConfigError(
+                "budget.actualThresholdsPct",
+                f"Azure budgets allow {AZURE_MAX_BUDGET_NOTIFICATIONS} notifications; actual and forecast thresholds "
+                f"add up to {count}",
+            )
 
 
 def _unique(names: list[str], path: str, key: str) -> None:

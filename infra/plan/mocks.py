@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from typing import Any
 
 from pulumi.runtime import mocks as sdk_mocks
@@ -20,6 +21,12 @@ from infra.plan.graph import SECRET, Graph, Resource
 
 ACCOUNT_ID = "123456789012"
 PROJECT_ID = "llm-platform-project"
+PROJECT_NUMBER = "412345678901"
+SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000001"
+TENANT_ID = "00000000-0000-4000-8000-0000000000aa"
+DEPLOYER_OBJECT_ID = "00000000-0000-4000-8000-0000000000de"
+# What a kubeconfig's exec plugin says about the cloud behind a Kubernetes provider.
+_EXEC_CLOUDS = {"aws": "aws", "gke-gcloud-auth-plugin": "gcp", "kubelogin": "azure"}
 
 
 def _short(seed: str, n: int = 8) -> str:
@@ -61,6 +68,12 @@ def _plain(value: Any) -> Any:
 class PlanMocks(sdk_mocks.Mocks):
     def __init__(self) -> None:
         self.provider_regions: dict[str, str] = {}
+        self.provider_projects: dict[str, str] = {}
+        self.provider_clouds: dict[str, str] = {}  # Kubernetes provider id -> the cloud of its cluster
+
+    @staticmethod
+    def _ref_id(provider_ref: str | None) -> str:
+        return (provider_ref or "").rsplit("::", 1)[-1]
 
     def _region(self, provider_ref: str | None, default: str = "us-east-1") -> str:
         if not provider_ref:
@@ -75,8 +88,15 @@ class PlanMocks(sdk_mocks.Mocks):
         if typ.startswith("pulumi:providers:"):
             rid = f"provider-{_short(name)}"
             self.provider_regions[rid] = inputs.get("region") or inputs.get("location") or "us-east-1"
+            self.provider_projects[rid] = inputs.get("project") or PROJECT_ID
+            if typ == "pulumi:providers:kubernetes":
+                self.provider_clouds[rid] = _kubeconfig_cloud(inputs.get("kubeconfig"))
             return rid, state
         region = self._region(args.provider)
+        if typ.startswith("gcp:"):
+            return _gcp_resource(typ, name, inputs, state, region, self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID))
+        if typ.startswith("azure-native:"):
+            return _azure_resource(typ, name, inputs, state, region)
         arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{region}:{ACCOUNT_ID}:{name}"
         if typ.startswith("aws:"):
             state.setdefault("arn", arn)
@@ -111,8 +131,12 @@ class PlanMocks(sdk_mocks.Mocks):
             state["result"] = rpc.wrap_rpc_secret((hashlib.sha256(name.encode()).hexdigest() * 4)[:length])
         elif typ == "kubernetes:core/v1:Service":
             if (inputs.get("spec") or {}).get("type") == "LoadBalancer":
-                host = f"{_short(name, 32)}.elb.{region}.amazonaws.com"
-                state["status"] = {"loadBalancer": {"ingress": [{"hostname": host}]}}
+                # AWS load balancers answer with a hostname; GCP and Azure with an address.
+                if self.provider_clouds.get(self._ref_id(args.provider), "aws") == "aws":
+                    ingress = {"hostname": f"{_short(name, 32)}.elb.{region}.amazonaws.com"}
+                else:
+                    ingress = {"ip": _ip("34" if self.provider_clouds.get(self._ref_id(args.provider)) == "gcp" else "20", name)}
+                state["status"] = {"loadBalancer": {"ingress": [ingress]}}
         return rid, state
 
     def call(self, args: sdk_mocks.MockCallArgs) -> tuple[dict, list | None]:
@@ -122,7 +146,203 @@ class PlanMocks(sdk_mocks.Mocks):
             return {"id": region, "names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 4)], "groupNames": names}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/plan", "userId": "PLAN"}, []
+        if args.token == "gcp:organizations/getProject:getProject":
+            project = args.args.get("projectId") or self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID)
+            return {"projectId": project, "number": PROJECT_NUMBER, "name": project, "id": f"projects/{project}"}, []
+        if args.token == "azure-native:authorization:getClientConfig":
+            return {
+                "clientId": "00000000-0000-4000-8000-0000000000c1",
+                "objectId": DEPLOYER_OBJECT_ID,
+                "subscriptionId": SUBSCRIPTION_ID,
+                "tenantId": TENANT_ID,
+            }, []
+        if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":
+            cluster = args.args["resourceName"]
+            server = f"https://{cluster}-{_short(cluster, 8)}.hcp.{region}.azmk8s.io:443"
+            kubeconfig = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": _mock_ca(cluster)}}],
+                "users": [{"name": f"clusterUser_{cluster}", "user": {"exec": {"command": "kubelogin"}}}],
+            }
+            value = base64.b64encode(json.dumps(kubeconfig).encode()).decode()
+            return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}, []
+        if args.token == "azure-native:redis:listRedisKeys":
+            seed = args.args["name"]
+            return {"primaryKey": _mock_key(seed + "-primary"), "secondaryKey": _mock_key(seed + "-secondary")}, []
         raise NotImplementedError(f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py")
+
+
+def mock_redis_key(seed: str) -> str:
+    """The access key the mock Azure Cache answers with; tests check it never reaches the plan."""
+    return _mock_key(seed + "-primary")
+
+
+def _mock_key(seed: str) -> str:
+    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
+
+
+def _mock_ca(seed: str) -> str:
+    return base64.b64encode(b"-----BEGIN CERTIFICATE-----\nmock-ca-" + seed.encode() + b"\n-----END CERTIFICATE-----\n").decode()
+
+
+def _ip(first: str, seed: str) -> str:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return f"{first}.{digest[0]}.{digest[1]}.{digest[2] % 254 + 1}"
+
+
+def _kubeconfig_cloud(kubeconfig: Any) -> str:
+    try:
+        users = json.loads(kubeconfig)["users"]
+        command = users[0]["user"]["exec"]["command"]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return "aws"
+    return _EXEC_CLOUDS.get(command, "aws")
+
+
+def mock_auth_string(name: str) -> str:
+    """The AUTH string the mock Memorystore answers with; tests check it never reaches the plan."""
+    return "memorystore-auth-" + _short(name, 24)
+
+
+def _gcp_resource(typ: str, name: str, inputs: dict, state: dict, region: str, project: str) -> tuple[str, dict]:
+    """GCP answers: ids are resource paths, names are what was asked for (or autonamed)."""
+    kind = typ.split(":")[-1]
+    given = inputs.get("name") or inputs.get("accountId") or inputs.get("repositoryId")
+    resource_name = given or f"{name}-{_short(name, 7)}"
+    state.setdefault("name", resource_name)
+    state.setdefault("project", project)
+    rid = f"projects/{project}/regions/{region}/{kind[0].lower() + kind[1:]}s/{resource_name}"
+    if typ == "gcp:compute/network:Network":
+        rid = f"projects/{project}/global/networks/{resource_name}"
+    elif typ == "gcp:compute/subnetwork:Subnetwork":
+        rid = f"projects/{project}/regions/{region}/subnetworks/{resource_name}"
+    elif typ == "gcp:compute/globalAddress:GlobalAddress":
+        rid = f"projects/{project}/global/addresses/{resource_name}"
+        state["address"] = "10.200.0.0"
+    elif typ == "gcp:container/cluster:Cluster":
+        rid = f"projects/{project}/locations/{inputs.get('location', region)}/clusters/{resource_name}"
+        state["endpoint"] = _ip("34", name)
+        state["masterAuth"] = {**(inputs.get("masterAuth") or {}), "clusterCaCertificate": _mock_ca(name)}
+        state["selfLink"] = f"https://container.googleapis.com/v1/{rid}"
+    elif typ == "gcp:container/nodePool:NodePool":
+        rid = f"{inputs.get('cluster', '')}/nodePools/{resource_name}"
+    elif typ == "gcp:serviceaccount/account:Account":
+        email = f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"
+        rid = f"projects/{project}/serviceAccounts/{email}"
+        state.update(email=email, member=f"serviceAccount:{email}", uniqueId=str(int(_short(name, 12), 16)))
+    elif typ == "gcp:kms/keyRing:KeyRing":
+        rid = f"projects/{project}/locations/{inputs.get('location', region)}/keyRings/{resource_name}"
+    elif typ == "gcp:kms/cryptoKey:CryptoKey":
+        rid = f"{inputs['keyRing']}/cryptoKeys/{resource_name}"
+    elif typ == "gcp:redis/instance:Instance":
+        rid = f"projects/{project}/locations/{region}/instances/{resource_name}"
+        state["host"] = f"10.200.{int(_short(name, 2), 16) % 16}.3"
+        state["port"] = 6378
+        state["authString"] = rpc.wrap_rpc_secret(mock_auth_string(name))
+        state["serverCaCerts"] = [{"cert": base64.b64decode(_mock_ca(name)).decode(), "serialNumber": "0"}]
+        state["currentLocationId"] = f"{region}-a"
+    elif typ == "gcp:artifactregistry/repository:Repository":
+        rid = f"projects/{project}/locations/{inputs.get('location', region)}/repositories/{resource_name}"
+        state["name"] = resource_name
+        state["registryUri"] = f"{inputs.get('location', region)}-docker.pkg.dev/{project}/{resource_name}"
+    elif typ == "gcp:billing/budget:Budget":
+        rid = f"billingAccounts/{inputs['billingAccount']}/budgets/{_short(name, 36)}"
+    elif typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+        rid = f"projects/{project}/notificationChannels/{int(_short(name, 12), 16)}"
+    return rid, state
+
+
+_AZURE_PROVIDERS = {
+    "resources:ResourceGroup": None,
+    "network:VirtualNetwork": "Microsoft.Network/virtualNetworks",
+    "network:Subnet": None,
+    "network:NatGateway": "Microsoft.Network/natGateways",
+    "network:PublicIPAddress": "Microsoft.Network/publicIPAddresses",
+    "network:PrivateEndpoint": "Microsoft.Network/privateEndpoints",
+    "network:PrivateDnsZoneGroup": None,
+    "privatedns:PrivateZone": "Microsoft.Network/privateDnsZones",
+    "privatedns:VirtualNetworkLink": None,
+    "containerservice:ManagedCluster": "Microsoft.ContainerService/managedClusters",
+    "containerservice:AgentPool": None,
+    "redis:Redis": "Microsoft.Cache/redis",
+    "containerregistry:Registry": "Microsoft.ContainerRegistry/registries",
+    "managedidentity:UserAssignedIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities",
+    "consumption:Budget": None,
+    "authorization:RoleAssignment": None,
+}
+# The input holding each type's own name (azure-native names it after the type).
+_AZURE_NAME_INPUTS = (
+    "resourceGroupName",
+    "virtualNetworkName",
+    "natGatewayName",
+    "publicIpAddressName",
+    "privateEndpointName",
+    "privateZoneName",
+    "resourceName",
+    "registryName",
+    "name",
+)
+
+
+def _azure_id(seed: str) -> str:
+    h = _short(seed, 32)
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+
+
+def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str) -> tuple[str, dict]:
+    """Azure answers: ids are ARM paths under the mock subscription."""
+    kind = typ.split(":", 1)[1]
+    rg = inputs.get("resourceGroupName", "rg")
+    sub = f"/subscriptions/{SUBSCRIPTION_ID}"
+    own = next((inputs[k] for k in _AZURE_NAME_INPUTS if k != "resourceGroupName" and inputs.get(k)), None)
+    resource_name = own or f"{name}{_short(name, 6)}"
+    arm = _AZURE_PROVIDERS.get(kind)
+    if kind == "resources:ResourceGroup":
+        resource_name = inputs.get("resourceGroupName") or f"{name}{_short(name, 6)}"
+        rid = f"{sub}/resourceGroups/{resource_name}"
+    elif kind == "network:Subnet":
+        resource_name = inputs.get("subnetName") or resource_name
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{inputs['virtualNetworkName']}/subnets/{resource_name}"
+    elif kind == "containerservice:AgentPool":
+        resource_name = inputs["agentPoolName"]
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{inputs['resourceName']}/agentPools/{resource_name}"
+    elif kind == "privatedns:VirtualNetworkLink":
+        resource_name = inputs.get("virtualNetworkLinkName") or resource_name
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateDnsZones/{inputs['privateZoneName']}/virtualNetworkLinks/{resource_name}"
+    elif kind == "network:PrivateDnsZoneGroup":
+        resource_name = inputs.get("privateDnsZoneGroupName") or resource_name
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateEndpoints/{inputs['privateEndpointName']}/privateDnsZoneGroups/{resource_name}"
+    elif kind in ("consumption:Budget", "authorization:RoleAssignment"):
+        resource_name = inputs.get("budgetName") or inputs.get("roleAssignmentName") or _azure_id(name)
+        sub_path = "Microsoft.Consumption/budgets" if kind == "consumption:Budget" else "Microsoft.Authorization/roleAssignments"
+        rid = f"{inputs.get('scope', sub)}/providers/{sub_path}/{resource_name}"
+    else:
+        rid = f"{sub}/resourceGroups/{rg}/providers/{arm or 'Microsoft.Resources/' + kind}/{resource_name}"
+    state["name"] = resource_name
+    state["azureApiVersion"] = "mock"
+    if kind == "containerservice:ManagedCluster":
+        prefix = inputs.get("dnsPrefix", resource_name)
+        state["fqdn"] = f"{prefix}-{_short(name, 8)}.hcp.{region}.azmk8s.io"
+        state["privateFQDN"] = f"{prefix}-{_short(name, 8)}.privatelink.{region}.azmk8s.io"
+        state["nodeResourceGroup"] = inputs.get("nodeResourceGroup") or f"MC_{rg}_{resource_name}_{region}"
+        state["identityProfile"] = {
+            "kubeletidentity": {
+                "objectId": _azure_id(name + "-kubelet-object"),
+                "clientId": _azure_id(name + "-kubelet-client"),
+                "resourceId": f"{sub}/resourceGroups/{state['nodeResourceGroup']}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{resource_name}-agentpool",
+            }
+        }
+        state["oidcIssuerProfile"] = {**(inputs.get("oidcIssuerProfile") or {}), "issuerURL": f"https://{region}.oic.prod-aks.azure.com/{TENANT_ID}/{_azure_id(name)}/"}
+    elif kind == "managedidentity:UserAssignedIdentity":
+        state.update(principalId=_azure_id(name + "-principal"), clientId=_azure_id(name + "-client"), tenantId=TENANT_ID)
+    elif kind == "redis:Redis":
+        state.update(hostName=f"{resource_name}.redis.cache.windows.net", port=6379, sslPort=6380)
+    elif kind == "containerregistry:Registry":
+        state["loginServer"] = f"{resource_name}.azurecr.io"
+    elif kind == "network:PublicIPAddress":
+        state["ipAddress"] = _ip("20", name)
+    return rid, state
 
 
 class RecordingMonitor(sdk_mocks.MockMonitor):

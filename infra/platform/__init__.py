@@ -51,6 +51,9 @@ class RedisEndpoint:
     port: int
     tls: bool
     auth_token: pulumi.Output[str]  # a Pulumi secret
+    # PEM of the private CA that signed the server's certificate, where clients cannot
+    # verify it against the public roots (Memorystore); None where they can.
+    ca_cert: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,15 @@ def _cloud_module(cfg: StackConfig, site: Site):
         from infra.platform import aws
 
         return aws
-    raise ConfigError(
-        f"sites[{cfg.sites.index(site)}].cloud", f"{site.cloud!r} sites are not available in this release; use aws"
-    )
+    if site.cloud == "gcp":
+        from infra.platform import gcp
+
+        return gcp
+    if site.cloud == "azure":
+        from infra.platform import azure
+
+        return azure
+    raise ConfigError(f"sites[{cfg.sites.index(site)}].cloud", f"unknown cloud {site.cloud!r}; use aws, gcp or azure")
 
 
 def check_clouds(cfg: StackConfig) -> None:

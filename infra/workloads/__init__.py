@@ -13,7 +13,14 @@ import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
 from infra.platform import Platform
-from infra.workloads.gateway import API_KEYS_SECRET, FALLBACK_SECRET, REDIS_SECRET, Gateway
+from infra.workloads.gateway import (
+    API_KEYS_SECRET,
+    FALLBACK_SECRET,
+    REDIS_CA_CONFIGMAP,
+    REDIS_CA_FILE,
+    REDIS_SECRET,
+    Gateway,
+)
 from infra.workloads.gpu_plumbing import GpuPlumbing
 from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
@@ -70,11 +77,17 @@ class Workloads(pulumi.ComponentResource):
             secret("hf-token", HF_TOKEN_SECRET, {"token": secrets.hf_token})
         redis = platform.redis
         scheme = "rediss" if redis.tls else "redis"
-        secret(
-            "redis",
-            REDIS_SECRET,
-            {"url": pulumi.Output.format("{0}://:{1}@{2}:{3}/0", scheme, redis.auth_token, redis.host, redis.port)},
-        )
+        redis_url = pulumi.Output.format("{0}://:{1}@{2}:{3}/0", scheme, redis.auth_token, redis.host, redis.port)
+        if redis.ca_cert is not None:
+            # A private CA is public data; redis-py takes its path as a URL query argument.
+            k8s.core.v1.ConfigMap(
+                f"{name}-redis-ca",
+                metadata={"name": REDIS_CA_CONFIGMAP, "namespace": NAMESPACE},
+                data={"ca.crt": redis.ca_cert},
+                opts=in_ns,
+            )
+            redis_url = pulumi.Output.concat(redis_url, f"?ssl_ca_certs={REDIS_CA_FILE}")
+        secret("redis", REDIS_SECRET, {"url": redis_url})
         keys = secrets.api_keys.apply(api_keys_file) if secrets.api_keys is not None else ""
         secret("api-keys", API_KEYS_SECRET, {"keys": keys})
         has_fallback_key = secrets.fallback_api_key is not None and cfg.gateway.fallback is not None

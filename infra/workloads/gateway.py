@@ -17,6 +17,9 @@ API_KEYS_SECRET = "gateway-api-keys"
 REDIS_SECRET = "gateway-redis"
 FALLBACK_SECRET = "gateway-fallback"
 KEYS_DIR = "/etc/gateway/keys"
+REDIS_CA_CONFIGMAP = "gateway-redis-ca"
+REDIS_CA_DIR = "/etc/gateway/redis-ca"
+REDIS_CA_FILE = f"{REDIS_CA_DIR}/ca.crt"
 
 
 def upstream_dns(models: list[ModelSpec], namespace: str) -> str:
@@ -59,6 +62,17 @@ class Gateway(pulumi.ComponentResource):
             pulumi.log.warn("gateway.fallback is set but the fallbackApiKey secret is not; the fallback stays off", self)
 
         probe = {"port": "http"}
+        mounts = [
+            {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ]
+        volumes: list[dict] = [
+            {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ]
+        if platform.redis.ca_cert is not None:
+            mounts.append({"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True})
+            volumes.append({"name": "redis-ca", "configMap": {"name": REDIS_CA_CONFIGMAP}})
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy",
             metadata=meta,
@@ -110,16 +124,10 @@ class Gateway(pulumi.ComponentResource):
                                     "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]},
                                 },
-                                "volumeMounts": [
-                                    {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
-                                    {"name": "tmp", "mountPath": "/tmp"},
-                                ],
+                                "volumeMounts": mounts,
                             }
                         ],
-                        "volumes": [
-                            {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET}},
-                            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                        ],
+                        "volumes": volumes,
                     },
                 },
             },
