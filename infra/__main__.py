@@ -13,9 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pulumi.runtime import settings  # noqa: E402
 
 if settings.SETTINGS.monitor is not None:
+    import pulumi  # noqa: E402
+
+    from infra.config import ConfigError  # noqa: E402
     from infra.stack import run  # noqa: E402
 
-    run()
+    try:
+        run()
+    except ConfigError as exc:
+        # RunError prints its message alone: one line naming the key, no traceback.
+        raise pulumi.RunError(f"config error: {exc}") from None
 else:
     from infra.cli import main  # noqa: E402
 
