@@ -84,4 +84,5 @@ class Graph:
         return chain[-1].name if chain else None
 
     def to_plan(self) -> dict[str, Any]:
-        return {"stack": self.stack, "resources": [r.as_plan_entry() for r in self.resources]}
+        # Sorted, so the same program gives the same file whatever order registrations took.
+        return {"stack": self.stack, "resources": [r.as_plan_entry() for r in sorted(self.resources, key=lambda r: r.urn)]}
