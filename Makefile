@@ -12,9 +12,9 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 .PHONY: env tools actionlint plan policy cost preflight test serve bench clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
-APT_TOOLS := redis-server shellcheck
+APT_TOOLS := redis-server shellcheck prometheus
 tools:
-	@missing=""; for b in redis-server shellcheck; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for b in redis-server shellcheck promtool; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$(APT_TOOLS)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null) \
