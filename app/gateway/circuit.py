@@ -58,11 +58,11 @@ class CircuitBreaker:
         now = time.monotonic() if now is None else now
         self.failures += 1
         if self.state is State.HALF_OPEN or (self.state is State.CLOSED and self.failures >= self._threshold):
-            reopened = self.state is State.HALF_OPEN
+            if self.state is State.HALF_OPEN:
+                # Still failing after a rest: rest longer before the next trial.
+                self._cooldown = min(self._cooldown * 2, self._max_cooldown)
             self.state = State.OPEN
             self._open_until = now + self._cooldown
-            if reopened:
-                self._cooldown = min(self._cooldown * 2, self._max_cooldown)
             self._trial_out = False
             return True
         return False
