@@ -30,7 +30,7 @@ from infra.catalog import CLOUDS, catalog, vllm_cli
 PROJECT = "llm-platform"
 # Keys in the project namespace that hold secrets; everything else must be a known key.
 SECRET_KEYS = ("hfToken", "apiKeys", "fallbackApiKey")
-STRUCTURED_KEYS = ("budget", "tags", "models", "gateway", "images", "sites")
+STRUCTURED_KEYS = ("budget", "tags", "models", "gateway", "images", "monitoring", "sites")
 
 Slug = Annotated[str, Field(pattern=r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")]
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
@@ -157,6 +157,19 @@ class Images(_Model):
         return image
 
 
+class Monitoring(_Model):
+    """Prometheus, Alertmanager and Grafana on every site whose `monitoring` is true."""
+
+    retention: str = Field(
+        default="15d", pattern=r"^[1-9][0-9]*(h|d|w|y)$", description="How long Prometheus keeps samples, e.g. 15d."
+    )
+    storage_gb: int = Field(default=50, ge=10, le=4000, description="Prometheus volume size in GB, per site.")
+    grafana_public: bool = Field(
+        default=False,
+        description="Expose Grafana through a LoadBalancer Service; false keeps it reachable only inside the cluster.",
+    )
+
+
 class SystemPool(_Model):
     instance_type: str = Field(min_length=1)
     nodes: MinMax = MinMax(min=2, max=4)
@@ -254,6 +267,7 @@ class StackConfig(_Model):
     models: list[ModelSpec] = Field(min_length=1)
     gateway: Gateway = Gateway()
     images: Images = Images()
+    monitoring: Monitoring = Monitoring()
     sites: list[Site] = Field(min_length=1)
 
     @field_validator("tags")

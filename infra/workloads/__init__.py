@@ -24,6 +24,8 @@ from infra.workloads.gateway import (
 from infra.workloads.gpu_plumbing import GpuPlumbing
 from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
+from infra.workloads.autoscaling import Autoscaling
+from infra.workloads.monitoring import Monitoring
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 NAMESPACE = "llm"
@@ -42,6 +44,7 @@ class Secrets:
 @dataclass(frozen=True)
 class SiteWorkloads:
     gateway_url: pulumi.Output[str]
+    grafana: str | None = None  # how to reach Grafana; None where monitoring is off
 
 
 def api_keys_file(keys: dict[str, str]) -> str:
@@ -95,6 +98,8 @@ class Workloads(pulumi.ComponentResource):
             secret("fallback", FALLBACK_SECRET, {"api-key": secrets.fallback_api_key})
 
         models = [cfg.model(m) for m in platform.site.models]
+        # KEDA scales on Prometheus, so autoscaling comes with monitoring.
+        monitored = platform.site.monitoring
         after_gpus = pulumi.ResourceOptions(
             parent=self, provider=platform.provider, depends_on=[ns, *plumbing.releases, *platform.ready]
         )
@@ -107,6 +112,7 @@ class Workloads(pulumi.ComponentResource):
                 cfg.images.vllm,
                 secrets.hf_token is not None,
                 after_gpus,
+                autoscaled=monitored,
             )
         gateway = Gateway(
             f"{name}-gateway",
@@ -117,7 +123,23 @@ class Workloads(pulumi.ComponentResource):
             platform.registry.apply(lambda prefix: f"{prefix}/gateway:{cfg.images.gateway_tag}"),
             has_fallback_key,
             in_ns,
+            keda_autoscaled=monitored,
         )
+        self.grafana: str | None = None
+        if monitored:
+            monitoring = Monitoring(f"{name}-monitoring", cfg, platform, NAMESPACE, k8s_opts)
+            Autoscaling(
+                f"{name}-autoscaling",
+                platform,
+                models,
+                cfg.gateway,
+                NAMESPACE,
+                monitoring.prometheus_url,
+                pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns, monitoring.release]),
+            )
+            self.grafana = monitoring.grafana
+            pulumi.export(f"{platform.site.name}.grafana", monitoring.grafana)
+            pulumi.export(f"{platform.site.name}.grafanaAdminPassword", monitoring.grafana_password)
         # Only the gateway (and Prometheus, for /metrics) may reach vLLM.
         k8s.networking.v1.NetworkPolicy(
             f"{name}-vllm-ingress",
@@ -147,7 +169,7 @@ class Workloads(pulumi.ComponentResource):
 
 def deploy(cfg: StackConfig, platform: Platform, secrets: Secrets) -> SiteWorkloads:
     workloads = Workloads(platform.site.name, cfg, platform, secrets, pulumi.ResourceOptions())
-    return SiteWorkloads(gateway_url=workloads.gateway_url)
+    return SiteWorkloads(gateway_url=workloads.gateway_url, grafana=workloads.grafana)
 
 
 __all__ = ["deploy", "Secrets", "SiteWorkloads", "NAMESPACE"]

@@ -39,6 +39,7 @@ class Gateway(pulumi.ComponentResource):
         image: pulumi.Input[str],
         has_fallback_key: bool,
         opts: pulumi.ResourceOptions,
+        keda_autoscaled: bool = False,
     ):
         super().__init__("llm-platform:workloads:Gateway", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -131,7 +132,8 @@ class Gateway(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(platform.ready)),
+            # The autoscaler owns the replica count after the first apply.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(platform.ready), ignore_changes=["spec.replicas"]),
         )
         self.service = k8s.core.v1.Service(
             f"{name}-svc",
@@ -144,19 +146,21 @@ class Gateway(pulumi.ComponentResource):
             },
             opts=child,
         )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata=meta,
-            spec={
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"},
-                "minReplicas": max(cfg.replicas.min, 1),
-                "maxReplicas": cfg.replicas.max,
-                "metrics": [
-                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
-                ],
-            },
-            opts=child,
-        )
+        if not keda_autoscaled:
+            # Where KEDA runs, its ScaledObject (CPU and in-flight requests) replaces this HPA.
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{name}-hpa",
+                metadata=meta,
+                spec={
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"},
+                    "minReplicas": max(cfg.replicas.min, 1),
+                    "maxReplicas": cfg.replicas.max,
+                    "metrics": [
+                        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+                    ],
+                },
+                opts=child,
+            )
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata=meta,

@@ -19,7 +19,8 @@ from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, kv_bytes_per_token, p
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
-VLLM_UID = 1000
+# A high UID of our own: the image defines no user, and a low one may match a host account.
+VLLM_UID = 10002
 
 
 class ModelServer(pulumi.ComponentResource):
@@ -32,6 +33,7 @@ class ModelServer(pulumi.ComponentResource):
         image: str,
         has_hf_token: bool,
         opts: pulumi.ResourceOptions,
+        autoscaled: bool = False,
     ):
         super().__init__("llm-platform:workloads:ModelServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -108,10 +110,14 @@ class ModelServer(pulumi.ComponentResource):
             "livenessProbe": {"httpGet": http_get, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
             # Endpoints drop the pod first; the sleep lets in-flight streams finish before SIGTERM.
             "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
+            # Everything vLLM writes goes to mounted volumes: HOME and temp files to /tmp, Hugging
+            # Face, torch.compile and Triton caches to the model cache, NCCL to /dev/shm.
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": VLLM_UID,
+                "runAsGroup": VLLM_UID,
                 "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]},
             },
             "volumeMounts": [
@@ -157,7 +163,8 @@ class ModelServer(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=child,
+            # Once KEDA owns the replica count, an update must not reset it to the floor.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"] if autoscaled else None),
         )
         # Headless, so the gateway resolves every ready replica and routes to each itself.
         self.service = k8s.core.v1.Service(

@@ -1,0 +1,254 @@
+"""Monitoring on one site: Prometheus, Alertmanager and Grafana from kube-prometheus-stack,
+NVIDIA's DCGM exporter, scrape targets for vLLM and the gateway, and the alert rules and
+dashboards kept as plain files under monitoring/ (rules are unit-tested with promtool there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+
+from infra.charts import DCGM_EXPORTER, KUBE_PROMETHEUS_STACK
+from infra.config import Monitoring as MonitoringConfig
+from infra.config import StackConfig
+from infra.platform import POOL_LABEL, Platform
+from infra.workloads.labels import COMPONENT, GATEWAY_SELECTOR
+
+REPO = Path(__file__).resolve().parents[2]
+RULES_DIR = REPO / "monitoring" / "rules"
+DASHBOARDS_DIR = REPO / "monitoring" / "dashboards"
+
+NAMESPACE = "monitoring"
+RELEASE = "kube-prometheus-stack"
+# fullnameOverride pins the Service names, so KEDA and users can find them.
+PROMETHEUS_URL = f"http://{RELEASE}-prometheus.{NAMESPACE}.svc.cluster.local:9090"
+GRAFANA_SERVICE = "grafana"
+GRAFANA_SECRET = "grafana-admin"
+DASHBOARD_LABEL = "grafana_dashboard"
+# kube-state-metrics turns allow-listed node labels into label_<name> on kube_node_labels.
+NODE_LABELS_ALLOWLIST = [POOL_LABEL, "llm-platform.io/site", "node.kubernetes.io/instance-type"]
+POOL_LABEL_METRIC = "label_" + "".join(c if c.isalnum() else "_" for c in POOL_LABEL)
+# Recording rules rendered per site from config (the rest live in monitoring/rules/).
+NODE_PRICE_RECORD = "llm_platform:node_price_usd_per_hour"
+BUDGET_RECORD = "llm_platform:budget_monthly_usd"
+GENERATED_RECORDS = (NODE_PRICE_RECORD, BUDGET_RECORD)
+
+
+def rule_files() -> dict[str, dict]:
+    """{file stem: Prometheus rule file ({groups: [...]})} from monitoring/rules/."""
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(RULES_DIR.glob("*.yaml"))}
+
+
+def dashboard_files() -> dict[str, str]:
+    """{file stem: dashboard JSON text} from monitoring/dashboards/."""
+    return {p.stem: p.read_text() for p in sorted(DASHBOARDS_DIR.glob("*.json"))}
+
+
+def pool_prices(platform: Platform) -> dict[str, float]:
+    """USD per node hour of each pool on the site, spot or on-demand, at catalog prices."""
+    from infra.cost import prices  # noqa: PLC0415 - the list prices of CPU nodes
+
+    out: dict[str, float] = {}
+    for pool in (platform.system_pool, *platform.gpu_pools):
+        if pool.instance is not None:
+            out[pool.labels.get(POOL_LABEL, pool.name)] = pool.instance.hourly(pool.spot)
+            continue
+        hourly = prices().get(platform.site.cloud, {}).get("instances", {}).get(pool.instance_type)
+        if hourly is not None:
+            out[pool.labels.get(POOL_LABEL, pool.name)] = hourly * (0.4 if pool.spot else 1.0)
+    return out
+
+
+def site_budget(cfg: StackConfig, site_name: str) -> float:
+    """This site's share of the monthly budget: its cloud's byCloud share split over the
+    cloud's sites, or the unassigned rest split over the sites of unlisted clouds."""
+    budget = cfg.budget
+    site = next(s for s in cfg.sites if s.name == site_name)
+    if site.cloud in budget.by_cloud:
+        peers = [s for s in cfg.sites if s.cloud == site.cloud]
+        return budget.by_cloud[site.cloud] / len(peers)
+    rest = budget.monthly_amount - sum(budget.by_cloud.values())
+    peers = [s for s in cfg.sites if s.cloud not in budget.by_cloud]
+    return rest / len(peers)
+
+
+def generated_rules(prices: dict[str, float], budget: float) -> dict:
+    """Facts from config as recording rules, so cost rules in PromQL can join on them."""
+    rules = [
+        {"record": NODE_PRICE_RECORD, "expr": f"vector({price:.6g})", "labels": {POOL_LABEL_METRIC: pool}}
+        for pool, price in sorted(prices.items())
+    ]
+    rules.append({"record": BUDGET_RECORD, "expr": f"vector({budget:.6g})"})
+    return {"groups": [{"name": "llm-platform-prices", "interval": "5m", "rules": rules}]}
+
+
+def grafana_access(public: bool) -> str:
+    if public:
+        return f"kubectl -n {NAMESPACE} get svc {GRAFANA_SERVICE} (LoadBalancer address, port 80)"
+    return f"kubectl -n {NAMESPACE} port-forward svc/{GRAFANA_SERVICE} 3000:80, then open http://localhost:3000"
+
+
+def chart_values(mon: MonitoringConfig, platform: Platform) -> dict:
+    system = dict(platform.system_pool.labels)
+    grafana_service: dict = {"type": "LoadBalancer" if mon.grafana_public else "ClusterIP"}
+    if mon.grafana_public:
+        grafana_service["annotations"] = dict(platform.lb_annotations)
+    return {
+        "fullnameOverride": RELEASE,
+        "prometheus": {
+            "prometheusSpec": {
+                "retention": mon.retention,
+                # Prometheus drops the oldest blocks before the volume fills.
+                "retentionSize": f"{int(mon.storage_gb * 0.85)}GB",
+                # Select every ServiceMonitor, PodMonitor, Probe and PrometheusRule, not
+                # only those carrying this release's label.
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "podMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "probeSelectorNilUsesHelmValues": False,
+                "nodeSelector": system,
+                "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+                "storageSpec": {
+                    "volumeClaimTemplate": {
+                        "spec": {
+                            "storageClassName": platform.storage.rwo,
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": f"{mon.storage_gb}Gi"}},
+                        }
+                    }
+                },
+            }
+        },
+        "alertmanager": {"alertmanagerSpec": {"nodeSelector": system}},
+        "prometheusOperator": {"nodeSelector": system},
+        "kube-state-metrics": {
+            "nodeSelector": system,
+            "metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_ALLOWLIST)}]"],
+        },
+        "grafana": {
+            "fullnameOverride": GRAFANA_SERVICE,
+            "nodeSelector": system,
+            "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            "service": grafana_service,
+            "sidecar": {
+                "dashboards": {"enabled": True, "label": DASHBOARD_LABEL, "labelValue": "1", "searchNamespace": NAMESPACE}
+            },
+        },
+    }
+
+
+def dcgm_values(platform: Platform) -> dict:
+    taints = sorted({t for pool in platform.gpu_pools for t in pool.taints}, key=lambda t: t.key)
+    return {
+        "tolerations": [{"key": t.key, "operator": "Exists", "effect": t.effect} for t in taints],
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "serviceMonitor": {"enabled": True, "interval": "15s"},
+    }
+
+
+class Monitoring(pulumi.ComponentResource):
+    """One site's monitoring; `prometheus_url` is where KEDA reads its triggers."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: StackConfig,
+        platform: Platform,
+        workloads_namespace: str,
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("llm-platform:workloads:Monitoring", name, None, opts)
+        mon = cfg.monitoring
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=platform.provider)
+        ns = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={
+                "name": NAMESPACE,
+                # node-exporter and the DCGM exporter read host paths and the host network.
+                "labels": {"pod-security.kubernetes.io/enforce": "privileged", "app.kubernetes.io/part-of": "llm-platform"},
+            },
+            opts=k8s_opts,
+        )
+        in_ns = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns])
+        password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, opts=pulumi.ResourceOptions(parent=self))
+        admin = k8s.core.v1.Secret(
+            f"{name}-grafana-admin",
+            metadata={"name": GRAFANA_SECRET, "namespace": NAMESPACE},
+            type="Opaque",
+            string_data={"admin-user": "admin", "admin-password": pulumi.Output.secret(password.result)},
+            opts=in_ns,
+        )
+        self.release = k8s.helm.v3.Release(
+            f"{name}-kube-prometheus-stack",
+            name=RELEASE,
+            chart=KUBE_PROMETHEUS_STACK.chart,
+            version=KUBE_PROMETHEUS_STACK.version,
+            repository_opts={"repo": KUBE_PROMETHEUS_STACK.repo},
+            namespace=NAMESPACE,
+            values=chart_values(mon, platform),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=platform.provider, depends_on=[ns, admin, *platform.ready]
+            ),
+        )
+        # CustomResources need the chart's CRDs first.
+        after_crds = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns, self.release])
+        k8s.helm.v3.Release(
+            f"{name}-dcgm-exporter",
+            name="dcgm-exporter",
+            chart=DCGM_EXPORTER.chart,
+            version=DCGM_EXPORTER.version,
+            repository_opts={"repo": DCGM_EXPORTER.repo},
+            namespace=NAMESPACE,
+            values=dcgm_values(platform),
+            opts=after_crds,
+        )
+
+        def pod_monitor(resource: str, monitor: str, selector: dict[str, str]) -> None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{resource}",
+                api_version="monitoring.coreos.com/v1",
+                kind="PodMonitor",
+                metadata={"name": monitor, "namespace": NAMESPACE},
+                spec={
+                    "namespaceSelector": {"matchNames": [workloads_namespace]},
+                    "selector": {"matchLabels": selector},
+                    "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+                },
+                opts=after_crds,
+            )
+
+        # Per pod, not per Service: the vLLM Service is headless and each replica's queue matters.
+        pod_monitor("vllm-monitor", "vllm", {COMPONENT: "vllm"})
+        pod_monitor("gateway-monitor", "gateway", dict(GATEWAY_SELECTOR))
+
+        def prometheus_rule(stem: str, content: dict) -> None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-rules-{stem}",
+                api_version="monitoring.coreos.com/v1",
+                kind="PrometheusRule",
+                metadata={"name": f"llm-platform-{stem}", "namespace": NAMESPACE},
+                spec={"groups": content["groups"]},
+                opts=after_crds,
+            )
+
+        for stem, content in rule_files().items():
+            prometheus_rule(stem, content)
+        prometheus_rule("prices", generated_rules(pool_prices(platform), site_budget(cfg, platform.site.name)))
+
+        for stem, text in dashboard_files().items():
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{stem}",
+                metadata={"name": f"dashboard-{stem}", "namespace": NAMESPACE, "labels": {DASHBOARD_LABEL: "1"}},
+                data={f"{stem}.json": json.dumps(json.loads(text), separators=(",", ":"))},
+                opts=in_ns,
+            )
+
+        self.prometheus_url = PROMETHEUS_URL
+        self.grafana = grafana_access(mon.grafana_public)
+        self.grafana_password = pulumi.Output.secret(password.result)
+        self.register_outputs({"grafana": self.grafana, "prometheusUrl": PROMETHEUS_URL})
