@@ -216,6 +216,10 @@ class AzureSite(_Model):
     admin_group_object_ids: list[Annotated[str, Field(pattern=_UUID)]] = Field(
         default_factory=list, description="Entra ID groups that get cluster-admin on AKS through Azure RBAC."
     )
+    deployer_principal_type: Literal["User", "ServicePrincipal", "Group"] = Field(
+        default="User",
+        description="What signs in to run `pulumi up` (it gets AKS RBAC Cluster Admin to deploy the workloads).",
+    )
 
 
 class Site(_Model):

@@ -129,6 +129,8 @@ class PlanMocks(sdk_mocks.Mocks):
         elif typ == "random:index/randomPassword:RandomPassword":
             length = int(inputs.get("length", 32))
             state["result"] = rpc.wrap_rpc_secret((hashlib.sha256(name.encode()).hexdigest() * 4)[:length])
+        elif typ == "random:index/randomString:RandomString":
+            state["result"] = _short(name, int(inputs.get("length", 8)))
         elif typ == "kubernetes:core/v1:Service":
             if (inputs.get("spec") or {}).get("type") == "LoadBalancer":
                 # AWS load balancers answer with a hostname; GCP and Azure with an address.
@@ -321,6 +323,16 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
         rid = f"{sub}/resourceGroups/{rg}/providers/{arm or 'Microsoft.Resources/' + kind}/{resource_name}"
     state["name"] = resource_name
     state["azureApiVersion"] = "mock"
+    identity = inputs.get("identity") or {}
+    if isinstance(identity.get("userAssignedIdentities"), list):
+        # Asked for as a list of ids, answered as a map of id to the identity's ids.
+        state["identity"] = {
+            **identity,
+            "userAssignedIdentities": {
+                i: {"principalId": _azure_id(i + "-principal"), "clientId": _azure_id(i + "-client")}
+                for i in identity["userAssignedIdentities"]
+            },
+        }
     if kind == "containerservice:ManagedCluster":
         prefix = inputs.get("dnsPrefix", resource_name)
         state["fqdn"] = f"{prefix}-{_short(name, 8)}.hcp.{region}.azmk8s.io"

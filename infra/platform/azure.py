@@ -1,0 +1,578 @@
+"""An Azure site: VNet, AKS, agent pools, Azure Cache for Redis, ACR, budget -> Platform."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+
+import pulumi
+import pulumi_azure_native.authorization as authorization
+import pulumi_azure_native.consumption as consumption
+import pulumi_azure_native.containerregistry as containerregistry
+import pulumi_azure_native.containerservice as containerservice
+import pulumi_azure_native.managedidentity as managedidentity
+import pulumi_azure_native.network as network
+import pulumi_azure_native.privatedns as privatedns
+import pulumi_azure_native.provider as azure_provider
+import pulumi_azure_native.redis as azure_redis
+import pulumi_azure_native.resources as resources
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+
+from infra.catalog import instance
+from infra.config import GpuPool, Site, StackConfig, azure_pool_name
+from infra.platform import (
+    GPU_TAINT_KEY,
+    POOL_LABEL,
+    NodePool,
+    Platform,
+    RedisEndpoint,
+    StorageClasses,
+    Taint,
+    gpu_pool_labels,
+    resource_tags,
+)
+from infra.platform.allocatable import allocatable
+
+# Azure Cache for Redis SKUs: (family, capacity) per size; Premium where size needs it.
+REDIS_SKUS = {"small": ("C", 1), "medium": ("C", 2), "large": ("P", 1)}
+REDIS_TLS_PORT = 6380
+# AKS taints spot nodes itself; pods must tolerate it, so it is part of the pool's data.
+SPOT_TAINT = Taint("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+# The AKS AAD server application every Entra-integrated cluster's tokens are issued for.
+AKS_AAD_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
+# Built-in role definition ids (the same in every tenant).
+ROLE_NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+ROLE_ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+ROLE_AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+# Each pool's pods per node; AKS reserves kubelet memory per pod, and 110 keeps that
+# reservation within what infra.platform.allocatable assumes.
+MAX_PODS = 110
+# Overlay pod and service ranges live outside the VNet; the first that does not overlap it.
+_POD_CIDRS = ("10.244.0.0/16", "172.20.0.0/16", "192.168.0.0/16")
+_SERVICE_CIDRS = ("172.16.0.0/16", "10.250.0.0/16", "192.168.0.0/20")
+
+
+def _stack_site(site: Site) -> str:
+    return f"{pulumi.get_stack()}-{site.name}"
+
+
+def _outside(candidates: tuple[str, ...], *taken: str) -> ipaddress.IPv4Network:
+    used = [ipaddress.ip_network(t) for t in taken]
+    return next(
+        ipaddress.ip_network(c) for c in candidates if not any(ipaddress.ip_network(c).overlaps(u) for u in used)
+    )
+
+
+def _role(subscription: pulumi.Output[str], role_id: str) -> pulumi.Output[str]:
+    return subscription.apply(lambda s: f"/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{role_id}")
+
+
+class Network(pulumi.ComponentResource):
+    """A resource group and VNet with a node subnet (egress through a NAT gateway, so
+    nodes need no public addresses) and a subnet for private endpoints."""
+
+    def __init__(self, name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions):
+        super().__init__("llm-platform:azure:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        net = ipaddress.ip_network(site.network_cidr)
+        # Overlay networking gives pods addresses outside the VNet, so nodes get most of it.
+        nodes, rest = net.subnets(prefixlen_diff=1)
+        endpoints = next(rest.subnets(new_prefix=max(24, rest.prefixlen)))
+        self.resource_group = resources.ResourceGroup(
+            f"{name}-rg", resource_group_name=f"rg-llm-{_stack_site(site)}", location=site.region, tags=tags, opts=child
+        )
+        rg = self.resource_group.name
+        self.vnet = network.VirtualNetwork(
+            f"{name}-vnet",
+            resource_group_name=rg,
+            virtual_network_name=f"vnet-llm-{_stack_site(site)}",
+            location=site.region,
+            address_space={"address_prefixes": [site.network_cidr]},
+            tags=tags,
+            # Subnets are their own resources below; the VNet must not fight over them.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["subnets"]),
+        )
+        ip = network.PublicIPAddress(
+            f"{name}-nat-ip",
+            resource_group_name=rg,
+            location=site.region,
+            sku={"name": "Standard", "tier": "Regional"},
+            public_ip_allocation_method="Static",
+            public_ip_address_version="IPv4",
+            tags=tags,
+            opts=child,
+        )
+        self.nat = network.NatGateway(
+            f"{name}-nat",
+            resource_group_name=rg,
+            location=site.region,
+            sku={"name": "Standard"},
+            public_ip_addresses=[{"id": ip.id}],
+            idle_timeout_in_minutes=10,
+            tags=tags,
+            opts=child,
+        )
+        self.nodes = network.Subnet(
+            f"{name}-nodes",
+            resource_group_name=rg,
+            virtual_network_name=self.vnet.name,
+            subnet_name="nodes",
+            address_prefix=str(nodes),
+            nat_gateway={"id": self.nat.id},
+            default_outbound_access=False,
+            opts=child,
+        )
+        self.endpoints = network.Subnet(
+            f"{name}-endpoints",
+            resource_group_name=rg,
+            virtual_network_name=self.vnet.name,
+            subnet_name="private-endpoints",
+            address_prefix=str(endpoints),
+            private_endpoint_network_policies="Enabled",
+            default_outbound_access=False,
+            # Azure updates one subnet of a VNet at a time.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.nodes]),
+        )
+        self.register_outputs({"vnet": self.vnet.id})
+
+
+def _agent_pool(site: Site, pool: NodePool, subnet_id: pulumi.Input[str], disk_gb: int, tags: dict[str, str]) -> dict:
+    """Settings every pool shares: autoscaled in the node subnet, encrypted at host, GPU
+    drivers installed by AKS, our labels and taints."""
+    profile = {
+        "vm_size": pool.instance_type,
+        "os_type": "Linux",
+        "os_sku": "Ubuntu",
+        "os_disk_size_gb": disk_gb,
+        "os_disk_type": "Managed",
+        "type": "VirtualMachineScaleSets",
+        "mode": "User" if pool.instance else "System",
+        "count": pool.min_nodes,
+        "enable_auto_scaling": True,
+        "min_count": pool.min_nodes,
+        "max_count": pool.max_nodes,
+        "max_pods": MAX_PODS,
+        "vnet_subnet_id": subnet_id,
+        "enable_node_public_ip": False,
+        # Temp disks and caches encrypted too (needs the EncryptionAtHost feature on the subscription).
+        "enable_encryption_at_host": True,
+        "node_labels": dict(pool.labels),
+        "node_taints": [f"{t.key}={t.value}:{t.effect}" for t in pool.taints],
+        "tags": tags,
+    }
+    if pool.instance:
+        profile["gpu_profile"] = {"driver": "Install"}
+    if pool.spot:
+        profile.update(
+            scale_set_priority="Spot",
+            scale_set_eviction_policy="Delete",
+            # -1: pay up to the on-demand price, so capacity, not price, decides eviction.
+            spot_max_price=-1,
+        )
+    else:
+        profile["upgrade_settings"] = {"max_surge": "1" if pool.instance else "33%"}
+    return profile
+
+
+class Cluster(pulumi.ComponentResource):
+    """AKS with a user-assigned control-plane identity, Entra ID sign-in with Azure RBAC
+    and no local accounts, OIDC issuer and workload identity, Azure CNI overlay with
+    Cilium network policy, and an API server that is private unless the config lists CIDRs."""
+
+    def __init__(
+        self,
+        name: str,
+        site: Site,
+        net: Network,
+        system_pool: NodePool,
+        client: pulumi.Output[authorization.GetClientConfigResult],
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("llm-platform:azure:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.cluster_name = f"aks-llm-{_stack_site(site)}"
+        rg = net.resource_group.name
+        subscription = client.subscription_id
+        identity = managedidentity.UserAssignedIdentity(
+            f"{name}-identity", resource_group_name=rg, location=site.region, tags=tags, opts=child
+        )
+        # The control plane attaches load balancers and NICs in our VNet, so it needs the
+        # VNet before the cluster exists (a system-assigned identity would come too late).
+        vnet_access = authorization.RoleAssignment(
+            f"{name}-vnet-access",
+            principal_id=identity.principal_id,
+            principal_type="ServicePrincipal",
+            role_definition_id=_role(subscription, ROLE_NETWORK_CONTRIBUTOR),
+            scope=net.vnet.id,
+            opts=child,
+        )
+        pods = _outside(_POD_CIDRS, site.network_cidr)
+        services = _outside(_SERVICE_CIDRS, site.network_cidr, str(pods))
+        private = not site.api_allowed_cidrs
+        admin_groups = list(site.azure.admin_group_object_ids) if site.azure else []
+        self.cluster = containerservice.ManagedCluster(
+            f"{name}-aks",
+            resource_group_name=rg,
+            resource_name_=self.cluster_name,
+            location=site.region,
+            dns_prefix=self.cluster_name,
+            kubernetes_version=site.kubernetes_version,
+            sku={"name": "Base", "tier": "Standard"},
+            identity={"type": "UserAssigned", "user_assigned_identities": [identity.id]},
+            node_resource_group=f"rg-llm-{_stack_site(site)}-nodes",
+            enable_rbac=True,
+            aad_profile={"managed": True, "enable_azure_rbac": True, "admin_group_object_ids": admin_groups},
+            disable_local_accounts=True,
+            oidc_issuer_profile={"enabled": True},
+            security_profile={
+                "workload_identity": {"enabled": True},
+                "image_cleaner": {"enabled": True, "interval_hours": 168},
+            },
+            network_profile={
+                "network_plugin": "azure",
+                "network_plugin_mode": "overlay",
+                "network_dataplane": "cilium",
+                "network_policy": "cilium",
+                "pod_cidr": str(pods),
+                "service_cidr": str(services),
+                "dns_service_ip": str(services.network_address + 10),
+                "outbound_type": "userAssignedNATGateway",
+                "load_balancer_sku": "standard",
+            },
+            api_server_access_profile=(
+                {"enable_private_cluster": True}
+                if private
+                else {"enable_private_cluster": False, "authorized_ip_ranges": list(site.api_allowed_cidrs)}
+            ),
+            auto_upgrade_profile={"upgrade_channel": "patch", "node_os_upgrade_channel": "NodeImage"},
+            # AKS cannot exist without a system pool, so it is declared inline.
+            agent_pool_profiles=[
+                {"name": "system", **_agent_pool(site, system_pool, net.nodes.id, site.system_pool.disk_gb, tags)}
+            ],
+            tags=tags,
+            # The autoscaler owns the node counts once the cluster exists.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[vnet_access], ignore_changes=["agentPoolProfiles[0].count"]
+            ),
+        )
+        # Whoever runs `pulumi up` deploys the workloads through Azure RBAC, not a local account.
+        self.deployer_admin = authorization.RoleAssignment(
+            f"{name}-deployer-admin",
+            principal_id=client.object_id,
+            principal_type=site.azure.deployer_principal_type if site.azure else "User",
+            role_definition_id=_role(subscription, ROLE_AKS_RBAC_CLUSTER_ADMIN),
+            scope=self.cluster.id,
+            opts=child,
+        )
+        self.kubelet_object_id = self.cluster.identity_profile.apply(_kubelet_object_id)
+        self.resource_group = rg
+        self.register_outputs({"name": self.cluster.name, "fqdn": self.cluster.fqdn})
+
+    def kubeconfig(self, provider: azure_provider.Provider) -> pulumi.Output[str]:
+        """A kubeconfig that signs in through kubelogin (Entra ID); only the server and CA come
+        from AKS, which publishes its CA in no other cluster property."""
+        creds = containerservice.list_managed_cluster_user_credentials_output(
+            resource_group_name=self.resource_group,
+            resource_name=self.cluster.name,
+            opts=pulumi.InvokeOutputOptions(provider=provider),
+        )
+        return pulumi.Output.secret(
+            pulumi.Output.all(self.cluster.name, creds.kubeconfigs).apply(lambda a: _kubelogin_config(a[0], a[1]))
+        )
+
+
+def _kubelet_object_id(profile) -> str:
+    kubelet = (profile or {})["kubeletidentity"]
+    return kubelet["object_id"] if isinstance(kubelet, dict) else kubelet.object_id
+
+
+def _kubelogin_config(name: str, kubeconfigs) -> str:
+    first = kubeconfigs[0]
+    value = first["value"] if isinstance(first, dict) else first.value
+    cluster = yaml.safe_load(base64.b64decode(value))["clusters"][0]["cluster"]
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {
+                    "name": name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "kubelogin",
+                            # The Azure CLI's sign-in; CI overrides it with AAD_LOGIN_METHOD.
+                            "args": ["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP],
+                            "installHint": "az aks install-cli (installs kubelogin)",
+                            "provideClusterInfo": False,
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+class NodeGroup(pulumi.ComponentResource):
+    """An AKS user agent pool for one GPU pool."""
+
+    def __init__(
+        self,
+        name: str,
+        site: Site,
+        cluster: Cluster,
+        net: Network,
+        pool: NodePool,
+        disk_gb: int,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions,
+    ):
+        super().__init__("llm-platform:azure:NodeGroup", name, None, opts)
+        self.agent_pool = containerservice.AgentPool(
+            f"{name}-pool",
+            resource_group_name=cluster.resource_group,
+            resource_name_=cluster.cluster.name,
+            agent_pool_name=azure_pool_name(pool.name),
+            **_agent_pool(site, pool, net.nodes.id, disk_gb, tags),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
+        )
+        self.register_outputs({"name": self.agent_pool.name})
+
+
+class Redis(pulumi.ComponentResource):
+    """Azure Cache for Redis reachable only through a private endpoint in the VNet: TLS 1.2+
+    only, the non-TLS port off, public network access off."""
+
+    def __init__(self, name: str, site: Site, net: Network, tags: dict[str, str], opts: pulumi.ResourceOptions):
+        super().__init__("llm-platform:azure:Redis", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        rg = net.resource_group.name
+        family, capacity = REDIS_SKUS[site.redis.size]
+        replicas = site.redis.replicas
+        tier = "Premium" if family == "P" else ("Standard" if replicas else "Basic")
+        self.cache = azure_redis.Redis(
+            f"{name}-cache",
+            resource_group_name=rg,
+            # Cache names are global DNS names: left to Pulumi's autonaming (random suffix).
+            location=site.region,
+            sku={"name": tier, "family": family, "capacity": capacity},
+            redis_version="6",
+            enable_non_ssl_port=False,
+            minimum_tls_version="1.2",
+            public_network_access="Disabled",
+            # Standard already pairs a replica with the primary; Premium takes a count.
+            replicas_per_primary=replicas if tier == "Premium" and replicas else None,
+            tags=tags,
+            opts=child,
+        )
+        zone = privatedns.PrivateZone(
+            f"{name}-dns",
+            resource_group_name=rg,
+            private_zone_name="privatelink.redis.cache.windows.net",
+            location="Global",
+            tags=tags,
+            opts=child,
+        )
+        privatedns.VirtualNetworkLink(
+            f"{name}-dns-link",
+            resource_group_name=rg,
+            private_zone_name=zone.name,
+            virtual_network={"id": net.vnet.id},
+            registration_enabled=False,
+            location="Global",
+            tags=tags,
+            opts=child,
+        )
+        self.endpoint = network.PrivateEndpoint(
+            f"{name}-endpoint",
+            resource_group_name=rg,
+            location=site.region,
+            subnet={"id": net.endpoints.id},
+            private_link_service_connections=[
+                {"name": "redis", "private_link_service_id": self.cache.id, "group_ids": ["redisCache"]}
+            ],
+            tags=tags,
+            opts=child,
+        )
+        # The cache's public name resolves to the endpoint's address inside the VNet.
+        network.PrivateDnsZoneGroup(
+            f"{name}-dns-group",
+            resource_group_name=rg,
+            private_endpoint_name=self.endpoint.name,
+            private_dns_zone_group_name="redis",
+            private_dns_zone_configs=[{"name": "redis", "private_dns_zone_id": zone.id}],
+            opts=child,
+        )
+        keys = azure_redis.list_redis_keys_output(
+            name=self.cache.name, resource_group_name=rg, opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        self.key = pulumi.Output.secret(keys.primary_key)
+        self.register_outputs({"host": self.cache.host_name})
+
+
+class Registry(pulumi.ComponentResource):
+    """An Azure Container Registry without an admin user, which the kubelet identity may pull from."""
+
+    def __init__(
+        self, name: str, site: Site, cluster: Cluster, client, tags: dict[str, str], opts: pulumi.ResourceOptions
+    ):
+        super().__init__("llm-platform:azure:Registry", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # Registry names are global, letters and digits only.
+        suffix = random.RandomString(f"{name}-suffix", length=6, special=False, upper=False, opts=child)
+        stem = "".join(ch for ch in f"llm{_stack_site(site)}" if ch.isalnum())[:40]
+        self.registry = containerregistry.Registry(
+            f"{name}-acr",
+            resource_group_name=cluster.resource_group,
+            registry_name=suffix.result.apply(lambda s: f"{stem}{s}"),
+            location=site.region,
+            sku={"name": "Standard"},
+            admin_user_enabled=False,
+            anonymous_pull_enabled=False,
+            tags=tags,
+            opts=child,
+        )
+        authorization.RoleAssignment(
+            f"{name}-kubelet-pull",
+            principal_id=cluster.kubelet_object_id,
+            principal_type="ServicePrincipal",
+            role_definition_id=_role(client.subscription_id, ROLE_ACR_PULL),
+            scope=self.registry.id,
+            opts=child,
+        )
+        self.prefix = self.registry.login_server
+        self.register_outputs({"prefix": self.prefix})
+
+
+def _pool(site: Site, pool: GpuPool) -> NodePool:
+    spec = instance("azure", pool.instance_type)
+    cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
+    taints = (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if pool.spot else ())
+    return NodePool(
+        name=pool.name,
+        instance=spec,
+        instance_type=pool.instance_type,
+        labels=gpu_pool_labels(site, pool.name, spec),
+        taints=taints,
+        allocatable_cpu_millis=cpu,
+        allocatable_memory_mib=mem,
+        min_nodes=pool.nodes.min,
+        max_nodes=pool.nodes.max,
+        spot=pool.spot,
+    )
+
+
+def _system_pool(site: Site) -> NodePool:
+    # As on AWS: system sizes are not in the GPU catalog, so size for the smallest we allow.
+    cpu, mem = allocatable(2, 8)
+    return NodePool(
+        name="system",
+        instance=None,
+        instance_type=site.system_pool.instance_type,
+        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
+        taints=(),
+        allocatable_cpu_millis=cpu,
+        allocatable_memory_mib=mem,
+        min_nodes=site.system_pool.nodes.min,
+        max_nodes=site.system_pool.nodes.max,
+        spot=False,
+    )
+
+
+def _provider(name: str, site: Site, opts: pulumi.ResourceOptions) -> azure_provider.Provider:
+    subscription = site.azure.subscription_id if site.azure else None
+    return azure_provider.Provider(name, location=site.region, subscription_id=subscription, opts=opts)
+
+
+def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platform:
+    tags = resource_tags(cfg, site)
+    site_component = pulumi.ComponentResource("llm-platform:azure:Site", site.name, None, opts)
+    provider = _provider(f"{site.name}-azure", site, pulumi.ResourceOptions(parent=site_component))
+    child = pulumi.ResourceOptions(parent=site_component, providers={"azure-native": provider})
+    client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+
+    net = Network(f"{site.name}-net", site, tags, child)
+    system_pool = _system_pool(site)
+    cluster = Cluster(f"{site.name}-cluster", site, net, system_pool, client, tags, child)
+    gpu_pools = tuple(_pool(site, p) for p in site.gpu_pools)
+    groups = [
+        NodeGroup(f"{site.name}-{pool.name}", site, cluster, net, pool, spec.disk_gb, tags, child)
+        for pool, spec in zip(gpu_pools, site.gpu_pools)
+    ]
+    kubeconfig = cluster.kubeconfig(provider)
+    k8s_provider = k8s.Provider(
+        f"{site.name}-k8s",
+        kubeconfig=kubeconfig,
+        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[cluster.cluster, cluster.deployer_admin]),
+    )
+    redis = Redis(f"{site.name}-redis", site, net, tags, child)
+    registry = Registry(f"{site.name}-registry", site, cluster, client, tags, child)
+    site_component.register_outputs({"cluster": cluster.cluster.name})
+
+    return Platform(
+        site=site,
+        provider=k8s_provider,
+        cluster_name=cluster.cluster.name,
+        kubeconfig=kubeconfig,
+        system_pool=system_pool,
+        gpu_pools=gpu_pools,
+        redis=RedisEndpoint(host=redis.cache.host_name, port=REDIS_TLS_PORT, tls=True, auth_token=redis.key),
+        # The load balancer's public IP carries the cost tags like everything else.
+        lb_annotations={"service.beta.kubernetes.io/azure-pip-tags": ",".join(f"{k}={v}" for k, v in tags.items())},
+        # Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
+        # to load weights, so replicas of a model download them once.
+        storage=StorageClasses(rwo="managed-csi", rwx="azurefile-csi-premium"),
+        registry=registry.prefix,
+        # AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
+        needs_device_plugin=True,
+        ready=(*(g.agent_pool for g in groups),),
+    )
+
+
+def _month_start() -> str:
+    today = datetime.datetime.now(datetime.timezone.utc)
+    return f"{today:%Y-%m}-01T00:00:00Z"
+
+
+def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.ResourceOptions) -> consumption.Budget:
+    """A monthly cost budget over this stack's tagged spend in the subscription, alerting on
+    actual and forecast spend. Subscription scope with a `stack` tag filter rather than the
+    site's resource group: AKS puts the VMs (most of the spend) in its own node resource
+    group, which carries the cluster's tags but sits outside ours."""
+    stack = pulumi.get_stack()
+    provider = _provider("budget-azure", site, opts)
+    client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+    notifications = {
+        f"{kind.lower()}-{pct:g}".replace(".", "-"): {
+            "enabled": True,
+            "operator": "GreaterThan",
+            "threshold": pct,
+            "threshold_type": kind,
+            "contact_emails": list(cfg.budget.emails),
+        }
+        for kind, thresholds in (("Actual", cfg.budget.actual_thresholds_pct), ("Forecasted", cfg.budget.forecast_thresholds_pct))
+        for pct in thresholds
+    }
+    return consumption.Budget(
+        "budget-azure",
+        budget_name=f"llm-platform-{stack}",
+        scope=client.subscription_id.apply(lambda s: f"/subscriptions/{s}"),
+        amount=round(amount, 2),
+        category="Cost",
+        time_grain="Monthly",
+        time_period={"start_date": _month_start()},
+        filter={"tags": {"name": "stack", "operator": "In", "values": [stack]}},
+        notifications=notifications,
+        # Azure keeps the start date; a later month's run must not try to move it.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider, ignore_changes=["timePeriod"])),
+    )
