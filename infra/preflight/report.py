@@ -97,8 +97,10 @@ class Report:
                 continue
             out.write(f"{site.name} ({where})\n")
             width = max(len(p.name) for p in site.pools)
+            heads = {p.name: _head(p) for p in site.pools}
+            head_width = max(map(len, heads.values()))
             for pool in site.pools:
-                out.write(f"  {pool.name:<{width}}  {_pool_line(pool)}\n")
+                out.write(f"  {pool.name:<{width}}  {heads[pool.name]:<{head_width}}  {_status(pool)}\n")
                 for problem in pool.problems:
                     out.write(f"  {'':<{width}}    - {problem}\n")
                 for quota in pool.quotas:
@@ -117,15 +119,17 @@ class Report:
         )
 
 
-def _pool_line(pool: PoolResult) -> str:
-    kind = "spot" if pool.spot else "on-demand"
-    head = f"{pool.instance_type} {kind} x{pool.max_nodes}"
+def _head(pool: PoolResult) -> str:
+    return f"{pool.instance_type} {'spot' if pool.spot else 'on-demand'} x{pool.max_nodes}"
+
+
+def _status(pool: PoolResult) -> str:
     if not pool.offered:
-        return f"{head}  NOT OFFERED"
+        return "NOT OFFERED"
     zones = f"zones {', '.join(pool.zones)}" if pool.zones else "zones unknown"
     quotas = "; ".join(f"{q.code} needs {_num(q.needed)} of {_num(q.current)} {q.unit}" for q in pool.quotas)
     detail = zones + (f"; quota {quotas}" if quotas else "")
-    return f"{head}  {'ok' if pool.status == 'ok' else 'REQUEST'}  {detail}"
+    return f"{'ok' if pool.status == 'ok' else 'REQUEST'}  {detail}"
 
 
 def _num(value: float) -> str:
