@@ -34,6 +34,9 @@ def _plan(args: argparse.Namespace) -> int:
     print(report.tree(graph))
     written = report.write(graph, BUILD / args.stack)
     count = sum(1 for _ in written["manifests"].rglob("*.yaml"))
+    from infra.plan import diagram
+
+    picture = diagram.write(graph, BUILD / args.stack)
     est = cost_report.of_graph(graph)
     costs = cost_report.write(est, BUILD / args.stack, args.stack)
     print()
@@ -42,7 +45,7 @@ def _plan(args: argparse.Namespace) -> int:
     text, _ = _policy_check(graph, args.stack, args.pack_config)
     print(text)
     print()
-    print(f"wrote {written['plan']}, {count} manifests under {written['manifests']}/, {costs['json']}, {costs['png']}")
+    print(f"wrote {written['plan']}, {count} manifests under {written['manifests']}/, {costs['json']}, {costs['png']}, {picture}")
     return 0
 
 
