@@ -38,7 +38,7 @@ def containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 
 @cache
 def takes_tags(type_token: str) -> str | None:
-    """The tag input of a cloud resource type (`tags`, or `labels` on GCP), or None."""
+    """The cost-tag input of a cloud resource type (`tags`; GCP's `labels` and kin), or None."""
     package, module_path, name = type_token.split(":")
     sdk = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure_native"}.get(package)
     if not sdk:
@@ -49,7 +49,8 @@ def takes_tags(type_token: str) -> str | None:
     except (ImportError, AttributeError):
         return None
     params = inspect.signature(cls._internal_init).parameters
-    for key in ("tags", "labels", "resource_labels"):
+    # user_labels before labels: on a monitoring notification channel `labels` is its address.
+    for key in ("tags", "user_labels", "resource_labels", "labels"):
         if key in params:
             return key
     return None
