@@ -287,6 +287,11 @@ _AZURE_NAME_INPUTS = (
 )
 
 
+def azure_autoname(name: str) -> str:
+    """The name the mock gives an Azure resource created without one (Pulumi appends a suffix)."""
+    return f"{name}{_short(name, 6)}"
+
+
 def _azure_id(seed: str) -> str:
     h = _short(seed, 32)
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
@@ -298,7 +303,7 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
     rg = inputs.get("resourceGroupName", "rg")
     sub = f"/subscriptions/{SUBSCRIPTION_ID}"
     own = next((inputs[k] for k in _AZURE_NAME_INPUTS if k != "resourceGroupName" and inputs.get(k)), None)
-    resource_name = own or f"{name}{_short(name, 6)}"
+    resource_name = own or azure_autoname(name)
     arm = _AZURE_PROVIDERS.get(kind)
     if kind == "resources:ResourceGroup":
         resource_name = inputs.get("resourceGroupName") or f"{name}{_short(name, 6)}"

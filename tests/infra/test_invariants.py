@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import re
-from functools import cache
 
 import pytest
 
@@ -16,8 +13,16 @@ from infra.plan.graph import SECRET, Graph
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods, why_not
 from infra.workloads.vllm_args import flags
 from tests.infra.conftest import SENTINELS, SHIPPED
-
-COST_TAGS = ("project", "stack", "site", "team", "env", "cost-center", "managed-by")
+from tests.infra.invariants import (
+    COST_TAGS,
+    leaked_values,
+    missing_redis,
+    open_redis,
+    provider_mismatches,
+    site_clouds,
+    tag_input,
+    untagged,
+)
 
 
 def _sentinel_strings() -> list[str]:
@@ -35,10 +40,12 @@ def test_every_gpu_pod_is_schedulable(graphs, stack):
     assert unschedulable_gpu_pods(graph) == []
 
 
-def test_schedulability_check_catches_a_broken_pod(graphs):
-    graph = graphs["dev"]
-    pod = next(p for p in pods(graph) if p.gpus)
-    pool = next(p for p in gpu_pools(graph) if p.site == pod.site)
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_schedulability_check_catches_a_broken_pod(graphs, cloud):
+    graph = graphs["prod"]
+    sites = {s for s, c in site_clouds(graph).items() if c == cloud}
+    pool = next(p for p in gpu_pools(graph) if p.site in sites and p.spot)
+    pod = next(p for p in pods(graph) if p.gpus and p.site == pool.site and why_not(p, pool) is None)
     assert why_not(pod, pool) is None
     untolerated = type(pod)(pod.site, pod.name, {**pod.spec, "tolerations": []})
     assert "not tolerated" in why_not(untolerated, pool)
@@ -57,9 +64,12 @@ def test_no_secret_in_plan_or_manifests(graphs_with_secrets, stack, tmp_path):
     # The generated Redis AUTH token must not leak either; read it from the mock's answer.
     token_inputs = [r for r in graph if r.type == "random:index/randomPassword:RandomPassword"]
     assert token_inputs
+    generated = leaked_values(graph)
     for text in texts:
         for sentinel in _sentinel_strings():
             assert sentinel not in text
+        for value in generated:
+            assert value not in text
         assert "offline-secret" not in text
     secrets = [r for r in graph if r.type == "kubernetes:core/v1:Secret"]
     assert {r.inputs["metadata"]["name"] for r in secrets} >= {"hf-token", "gateway-api-keys", "gateway-redis"}
@@ -78,63 +88,57 @@ def test_no_secret_as_env_literal(graphs_with_secrets, stack):
                     assert "valueFrom" in env and "value" not in env, f"{pod.name}: {env['name']} is a literal"
 
 
-@cache
-def _takes_tags(type_token: str) -> bool:
-    """Whether the pulumi_aws resource class for a type token has a `tags` input."""
-    pkg, module_path, cls_name = type_token.split(":")
-    module = importlib.import_module(f"pulumi_aws.{module_path.split('/')[0]}" if module_path != "index" else "pulumi_aws")
-    cls = getattr(module, cls_name)
-    return "tags" in inspect.signature(cls._internal_init).parameters
-
-
 @pytest.mark.parametrize("stack", SHIPPED)
-def test_every_taggable_aws_resource_has_cost_tags(graphs, stack):
+def test_every_taggable_resource_has_cost_tags(graphs, stack):
     graph: Graph = graphs[stack]
-    aws = [r for r in graph if r.custom and r.type.startswith("aws:")]
-    taggable = [r for r in aws if _takes_tags(r.type)]
-    assert len(taggable) > 20
-    for r in taggable:
-        tags = r.inputs.get("tags") or {}
-        missing = [t for t in COST_TAGS if t not in tags]
-        assert not missing, f"{r.type} {r.name} lacks cost tags {missing}"
-        assert tags["stack"] == stack
-    # Providers tag what a resource forgets, instances included.
+    clouds = set(site_clouds(graph).values())
+    for prefix, cloud in (("aws:", "aws"), ("gcp:", "gcp"), ("azure-native:", "azure")):
+        taggable = [r for r in graph if r.custom and r.type.startswith(prefix) and tag_input(r.type)]
+        assert (len(taggable) > 5) == (cloud in clouds), f"{cloud}: {len(taggable)} taggable resources"
+    assert untagged(graph) == []
+    # Providers tag (label) what a resource forgets, instances and disks included.
     for provider in graph.of_type("pulumi:providers:aws"):
         assert set(COST_TAGS) <= set(json.loads(provider.inputs["defaultTags"])["tags"])
+    for provider in graph.of_type("pulumi:providers:gcp"):
+        assert set(COST_TAGS) <= set(json.loads(provider.inputs["defaultLabels"]))
 
 
 def test_tag_check_can_fail():
-    assert _takes_tags("aws:ec2/vpc:Vpc")
-    assert not _takes_tags("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert tag_input("aws:ec2/vpc:Vpc") == "tags"
+    assert tag_input("aws:iam/rolePolicyAttachment:RolePolicyAttachment") is None
+    assert tag_input("gcp:redis/instance:Instance") == "labels"
+    assert tag_input("gcp:container/cluster:Cluster") == "resourceLabels"
+    assert tag_input("gcp:compute/network:Network") is None
+    assert tag_input("azure-native:containerservice:ManagedCluster") == "tags"
+    assert tag_input("azure-native:network:Subnet") is None
+    graph = Graph(stack="s")
+    from infra.plan.graph import Resource
+
+    graph.add(Resource("urn:x", "gcp:redis/instance:Instance", "r", None, None, True, (), {"labels": {"team": "t"}}))
+    assert untagged(graph) and "lacks" in untagged(graph)[0]
 
 
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_redis_never_open_to_the_internet(graphs, stack):
     graph = graphs[stack]
-    ids = graph.by_id()
-    groups = graph.of_type("aws:elasticache/replicationGroup:ReplicationGroup")
-    assert groups
-    for group in groups:
-        assert group.inputs["transitEncryptionEnabled"] and group.inputs["atRestEncryptionEnabled"]
-        assert group.inputs["authToken"] == SECRET
-        for sg_id in group.inputs["securityGroupIds"]:
-            sg = ids[sg_id]
-            for rule in sg.inputs.get("ingress") or []:
-                assert "0.0.0.0/0" not in rule.get("cidrBlocks", []) and "::/0" not in rule.get("ipv6CidrBlocks", [])
-            rules = [r for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-                     if r.inputs["securityGroupId"] == sg_id]
-            assert rules, "Redis security group has no ingress rule at all"
-            for rule in rules:
-                assert "cidrIpv4" not in rule.inputs and "cidrIpv6" not in rule.inputs
-                assert rule.inputs["referencedSecurityGroupId"].startswith("sg-")
-        subnet_group = next(
-            r for r in graph.of_type("aws:elasticache/subnetGroup:SubnetGroup")
-            if r.inputs["name"] == group.inputs["subnetGroupName"]
-        )
-        for subnet_id in subnet_group.inputs["subnetIds"]:
-            subnet = ids[subnet_id]
-            assert "kubernetes.io/role/internal-elb" in subnet.inputs["tags"]
-            assert not subnet.inputs.get("mapPublicIpOnLaunch")
+    assert missing_redis(graph) == []
+    assert open_redis(graph) == []
+
+
+def test_redis_check_can_fail(graphs):
+    from dataclasses import replace
+
+    graph = graphs["prod"]
+    broken = Graph(stack="prod")
+    for r in graph:
+        if r.type == "azure-native:redis:Redis":
+            r = replace(r, inputs={**r.inputs, "publicNetworkAccess": "Enabled"})
+        if r.type == "gcp:redis/instance:Instance":
+            r = replace(r, inputs={**r.inputs, "connectMode": "DIRECT_PEERING"})
+        broken.add(r)
+    problems = open_redis(broken)
+    assert any("public network access" in p for p in problems)
+    assert any("private service access" in p for p in problems)
 
 
 def test_dev_gpu_pools_scale_to_zero(graphs):
@@ -146,12 +150,8 @@ def test_dev_gpu_pools_scale_to_zero(graphs):
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_kubernetes_objects_use_a_site_provider(graphs, stack):
     graph = graphs[stack]
-    providers = {r.urn for r in graph.of_type("pulumi:providers:kubernetes")}
-    k8s = [r for r in graph if r.custom and r.type.startswith("kubernetes:")]
-    assert k8s
-    for r in k8s:
-        # A default provider would deploy to whatever cluster the user's kubeconfig points at.
-        assert r.provider in providers, f"{r.type} {r.name} uses {r.provider}"
+    assert any(r.custom and r.type.startswith("kubernetes:") for r in graph)
+    assert provider_mismatches(graph) == []
 
 
 @pytest.mark.parametrize("stack", SHIPPED)
@@ -176,6 +176,74 @@ def test_plan_json_shape(graphs, stack, tmp_path):
         assert set(r) == {"urn", "type", "name", "parent", "provider", "inputs"}
         assert isinstance(r["inputs"], dict)
         assert r["provider"] is None or r["provider"].startswith("urn:pulumi:")
+
+
+def test_prod_plan_holds_every_cloud(graphs, tmp_path):
+    """What `make plan STACK=prod` writes holds, per cloud: the cluster, a GPU node pool with a
+    GPU type, the managed Redis, the budget, and the vLLM and gateway Deployments on that
+    cluster's Kubernetes provider."""
+    from tests.infra.invariants import BUDGET_TYPES, CLUSTER_TYPES, GPU_POOL_TYPES, REDIS_TYPES
+
+    plan = json.loads(report.write(graphs["prod"], tmp_path)["plan"].read_text())
+    by_urn = {r["urn"]: r for r in plan["resources"]}
+
+    def site_of(entry: dict) -> str:
+        while entry["parent"] in by_urn:
+            entry = by_urn[entry["parent"]]
+        return entry["name"]
+
+    def of_type(typ: str) -> list[dict]:
+        return [r for r in plan["resources"] if r["type"] == typ]
+
+    gpu_type = {
+        "aws": lambda r: r["inputs"]["amiType"].endswith("NVIDIA") and r["inputs"]["instanceTypes"],
+        "gcp": lambda r: (r["inputs"]["nodeConfig"].get("guestAccelerators") or [{}])[0].get("type", "").startswith("nvidia-"),
+        "azure": lambda r: r["inputs"]["vmSize"].startswith("Standard_N") and "gpuProfile" in r["inputs"],
+    }
+    for cloud in ("aws", "gcp", "azure"):
+        clusters = of_type(CLUSTER_TYPES[cloud])
+        assert clusters, f"{cloud}: no cluster"
+        assert any(gpu_type[cloud](p) for p in of_type(GPU_POOL_TYPES[cloud])), f"{cloud}: no GPU node pool"
+        assert of_type(REDIS_TYPES[cloud]) and len(of_type(BUDGET_TYPES[cloud])) == 1
+        for cluster in clusters:
+            site = site_of(cluster)
+            providers = [p["urn"] for p in of_type("pulumi:providers:kubernetes") if site_of(p) == site]
+            assert len(providers) == 1
+            on_cluster = {
+                d["inputs"]["metadata"]["name"]
+                for d in of_type("kubernetes:apps/v1:Deployment")
+                if d["provider"] == providers[0] and site_of(d) == site
+            }
+            assert "gateway" in on_cluster and any(n.startswith("vllm-") for n in on_cluster), f"{site}: {on_cluster}"
+    assert {r["type"] for r in plan["resources"] if r["type"].startswith("pulumi:providers:")} >= {
+        "pulumi:providers:aws",
+        "pulumi:providers:gcp",
+        "pulumi:providers:azure-native",
+        "pulumi:providers:kubernetes",
+    }
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_kubeconfigs_are_secrets(graphs, stack):
+    providers = graphs[stack].of_type("pulumi:providers:kubernetes")
+    assert providers and all(p.inputs["kubeconfig"] == SECRET for p in providers)
+
+
+def test_aks_kubeconfig_signs_in_through_entra_id():
+    import base64
+
+    import yaml
+
+    from infra.platform.azure import AKS_AAD_SERVER_APP, _kubelogin_config
+
+    cluster = {"server": "https://c.hcp.eastus.azmk8s.io:443", "certificate-authority-data": "Q0E="}
+    aks = {"clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "u", "user": {"token": "local-token"}}]}
+    text = _kubelogin_config("c", [{"name": "clusterUser", "value": base64.b64encode(yaml.safe_dump(aks).encode()).decode()}])
+    config = json.loads(text)
+    assert config["clusters"][0]["cluster"] == cluster
+    assert config["users"][0]["user"]["exec"]["command"] == "kubelogin"
+    assert AKS_AAD_SERVER_APP in config["users"][0]["user"]["exec"]["args"]
+    assert "local-token" not in text
 
 
 def test_dev_plan_holds_the_required_resources(graphs):
@@ -206,6 +274,61 @@ def test_cluster_hardening(graphs, stack):
         meta = template.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpPutResponseHopLimit"] == 1
         assert all(b["ebs"]["encrypted"] == "true" for b in template.inputs["blockDeviceMappings"])
+    _gke_hardening(graphs[stack])
+    _aks_hardening(graphs[stack])
+
+
+def _gke_hardening(graph: Graph) -> None:
+    accounts = {r.id.rsplit("/", 1)[-1] for r in graph.of_type("gcp:serviceaccount/account:Account")}
+    for cluster in graph.of_type("gcp:container/cluster:Cluster"):
+        i = cluster.inputs
+        assert i["privateClusterConfig"]["enablePrivateNodes"]
+        cidrs = [b["cidrBlock"] for b in i["masterAuthorizedNetworksConfig"].get("cidrBlocks") or []]
+        assert i["privateClusterConfig"]["enablePrivateEndpoint"] == (not cidrs)
+        assert not any(c.endswith("/0") for c in cidrs)
+        assert i["workloadIdentityConfig"]["workloadPool"].endswith(".svc.id.goog")
+        assert i["enableShieldedNodes"] and i["removeDefaultNodePool"]
+        assert i["databaseEncryption"]["state"] == "ENCRYPTED" and "/cryptoKeys/" in i["databaseEncryption"]["keyName"]
+        # Dataplane V2 is what enforces NetworkPolicy on GKE.
+        assert i["datapathProvider"] == "ADVANCED_DATAPATH"
+        assert i["releaseChannel"]["channel"] in ("RAPID", "REGULAR", "STABLE")
+        assert "APISERVER" in i["loggingConfig"]["enableComponents"]
+    node_configs = [c.inputs["nodeConfig"] for c in graph.of_type("gcp:container/cluster:Cluster")]
+    node_configs += [p.inputs["nodeConfig"] for p in graph.of_type("gcp:container/nodePool:NodePool")]
+    for node in node_configs:
+        # Never the default compute service account, which can do almost anything in the project.
+        assert node["serviceAccount"] in accounts
+        assert node["workloadMetadataConfig"]["mode"] == "GKE_METADATA"
+        assert node["shieldedInstanceConfig"] == {"enableSecureBoot": True, "enableIntegrityMonitoring": True}
+        assert "/cryptoKeys/" in node["bootDiskKmsKey"]
+    for pool in graph.of_type("gcp:container/nodePool:NodePool"):
+        for accel in pool.inputs["nodeConfig"].get("guestAccelerators") or []:
+            assert accel["gpuDriverInstallationConfig"]["gpuDriverVersion"] in ("LATEST", "DEFAULT")
+
+
+def _aks_hardening(graph: Graph) -> None:
+    for cluster in graph.of_type("azure-native:containerservice:ManagedCluster"):
+        i = cluster.inputs
+        assert i["disableLocalAccounts"] and i["aadProfile"]["managed"] and i["aadProfile"]["enableAzureRBAC"]
+        assert i["oidcIssuerProfile"]["enabled"] and i["securityProfile"]["workloadIdentity"]["enabled"]
+        assert i["identity"]["type"] in ("UserAssigned", "SystemAssigned")
+        assert i["networkProfile"]["networkPolicy"] in ("cilium", "calico", "azure")
+        api = i["apiServerAccessProfile"]
+        ranges = api.get("authorizedIPRanges") or []
+        assert api.get("enablePrivateCluster") or (ranges and not any(r.endswith("/0") for r in ranges))
+        assert i["autoUpgradeProfile"]["upgradeChannel"] != "none"
+    pools = list(graph.of_type("azure-native:containerservice:AgentPool"))
+    pools += [
+        type(c)(c.urn, c.type, c.name, c.parent, c.provider, c.custom, (), p)
+        for c in graph.of_type("azure-native:containerservice:ManagedCluster")
+        for p in c.inputs["agentPoolProfiles"]
+    ]
+    for pool in pools:
+        assert pool.inputs["enableEncryptionAtHost"] and not pool.inputs["enableNodePublicIP"]
+        if pool.inputs.get("scaleSetPriority") == "Spot":
+            assert pool.inputs["scaleSetEvictionPolicy"] == "Delete" and pool.inputs["spotMaxPrice"] == -1
+            # AKS taints spot nodes; the pool says so, so pods that run there tolerate it.
+            assert "kubernetes.azure.com/scalesetpriority=spot:NoSchedule" in pool.inputs["nodeTaints"]
 
 
 @pytest.mark.parametrize("stack", SHIPPED)

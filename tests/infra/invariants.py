@@ -1,0 +1,209 @@
+"""Graph invariants shared by the shipped-stack tests and the generated-stack tests.
+
+Each check reads only the recorded graph and returns one line per problem, so a failing
+assertion says which resource broke which rule, on whichever cloud.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import ipaddress
+from functools import cache
+
+from infra.plan.graph import SECRET, Graph, Resource
+from infra.plan.mocks import azure_autoname, mock_auth_string, mock_redis_key
+
+COST_TAGS = ("project", "stack", "site", "team", "env", "cost-center", "managed-by")
+_SDKS = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure_native"}
+# Where a type's `labels` input is its configuration, not cost labels, and what carries them instead.
+_LABEL_INPUT_OVERRIDES = {"gcp:monitoring/notificationChannel:NotificationChannel": "userLabels"}
+
+REDIS_TYPES = {
+    "aws": "aws:elasticache/replicationGroup:ReplicationGroup",
+    "gcp": "gcp:redis/instance:Instance",
+    "azure": "azure-native:redis:Redis",
+}
+CLUSTER_TYPES = {
+    "aws": "aws:eks/cluster:Cluster",
+    "gcp": "gcp:container/cluster:Cluster",
+    "azure": "azure-native:containerservice:ManagedCluster",
+}
+GPU_POOL_TYPES = {
+    "aws": "aws:eks/nodeGroup:NodeGroup",
+    "gcp": "gcp:container/nodePool:NodePool",
+    "azure": "azure-native:containerservice:AgentPool",
+}
+BUDGET_TYPES = {
+    "aws": "aws:budgets/budget:Budget",
+    "gcp": "gcp:billing/budget:Budget",
+    "azure": "azure-native:consumption:Budget",
+}
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+@cache
+def tag_input(type_token: str) -> str | None:
+    """The input (camelCase, as recorded) a cloud resource type takes its cost tags in:
+    `tags` on AWS and Azure, `labels`/`resource_labels` on GCP; None where it takes none.
+    Read from the SDK class itself, so a new resource type is checked without a list."""
+    if type_token in _LABEL_INPUT_OVERRIDES:
+        return _LABEL_INPUT_OVERRIDES[type_token]
+    package, module_path, name = type_token.split(":")
+    sdk = _SDKS.get(package)
+    if sdk is None:
+        return None
+    module = importlib.import_module(sdk if module_path == "index" else f"{sdk}.{module_path.split('/')[0]}")
+    params = inspect.signature(getattr(module, name)._internal_init).parameters
+    for key in ("tags", "labels", "resource_labels"):
+        if key in params:
+            return _camel(key)
+    return None
+
+
+def untagged(graph: Graph) -> list[str]:
+    """Taggable cloud resources (and GKE nodes, whose labels sit in nodeConfig) without the cost tags."""
+    problems = []
+    for r in graph:
+        if not r.custom or r.is_provider:
+            continue
+        key = tag_input(r.type)
+        carriers = []
+        if key:
+            carriers.append((key, r.inputs.get(key) or {}))
+        if r.type == "gcp:container/nodePool:NodePool":
+            carriers.append(("nodeConfig.resourceLabels", r.inputs["nodeConfig"].get("resourceLabels") or {}))
+        for where, tags in carriers:
+            missing = [t for t in COST_TAGS if t not in tags]
+            if missing:
+                problems.append(f"{r.type} {r.name}: {where} lacks {missing}")
+            elif tags["stack"] != graph.stack:
+                problems.append(f"{r.type} {r.name}: {where} has stack={tags['stack']}, not {graph.stack}")
+    return problems
+
+
+def _open(cidr: str) -> bool:
+    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+
+
+def _aws_redis(graph: Graph, group: Resource) -> list[str]:
+    ids = graph.by_id()
+    out = []
+    inputs = group.inputs
+    if not (inputs.get("transitEncryptionEnabled") and inputs.get("atRestEncryptionEnabled")):
+        out.append(f"{group.name}: TLS or encryption at rest is off")
+    if inputs.get("authToken") != SECRET:
+        out.append(f"{group.name}: the AUTH token is not a secret")
+    for sg_id in inputs["securityGroupIds"]:
+        for rule in ids[sg_id].inputs.get("ingress") or []:
+            if any(_open(c) for c in rule.get("cidrBlocks", []) + rule.get("ipv6CidrBlocks", [])):
+                out.append(f"{group.name}: security group {sg_id} is open to the internet")
+        rules = [
+            r
+            for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+            if r.inputs["securityGroupId"] == sg_id
+        ]
+        if not rules:
+            out.append(f"{group.name}: security group {sg_id} has no ingress rule at all")
+        for rule in rules:
+            if "cidrIpv4" in rule.inputs or "cidrIpv6" in rule.inputs:
+                out.append(f"{group.name}: ingress by CIDR instead of the cluster's security group")
+    subnet_group = next(
+        r for r in graph.of_type("aws:elasticache/subnetGroup:SubnetGroup") if r.inputs["name"] == inputs["subnetGroupName"]
+    )
+    for subnet_id in subnet_group.inputs["subnetIds"]:
+        subnet = ids[subnet_id]
+        if "kubernetes.io/role/internal-elb" not in subnet.inputs["tags"] or subnet.inputs.get("mapPublicIpOnLaunch"):
+            out.append(f"{group.name}: subnet {subnet_id} is not private")
+    return out
+
+
+def _gcp_redis(graph: Graph, instance: Resource) -> list[str]:
+    inputs = instance.inputs
+    out = []
+    site = graph.site_of(instance)
+    networks = {r.id for r in graph.of_type("gcp:compute/network:Network") if graph.site_of(r) == site}
+    if inputs.get("connectMode") != "PRIVATE_SERVICE_ACCESS" or inputs.get("authorizedNetwork") not in networks:
+        out.append(f"{instance.name}: not on private service access to its site's VPC")
+    if not inputs.get("authEnabled") or inputs.get("transitEncryptionMode") != "SERVER_AUTHENTICATION":
+        out.append(f"{instance.name}: AUTH or TLS is off")
+    # Memorystore has no public address; only a firewall rule could widen who reaches the VPC.
+    for fw in graph.of_type("gcp:compute/firewall:Firewall"):
+        if any(_open(c) for c in fw.inputs.get("sourceRanges") or []):
+            out.append(f"{fw.name}: firewall open to the internet in {site}")
+    return out
+
+
+def _azure_redis(graph: Graph, cache_: Resource) -> list[str]:
+    inputs = cache_.inputs
+    out = []
+    if inputs.get("publicNetworkAccess") != "Disabled":
+        out.append(f"{cache_.name}: public network access is on")
+    if inputs.get("enableNonSslPort") is not False or inputs.get("minimumTlsVersion") != "1.2":
+        out.append(f"{cache_.name}: the non-TLS port is on or TLS below 1.2 is allowed")
+    for rule in graph.of_type("azure-native:redis:FirewallRule"):
+        if rule.inputs.get("startIp") == "0.0.0.0" and rule.inputs.get("endIp") == "255.255.255.255":
+            out.append(f"{rule.name}: Redis firewall open to the internet")
+    site = graph.site_of(cache_)
+    subnets = {r.id for r in graph.of_type("azure-native:network:Subnet") if graph.site_of(r) == site}
+    endpoints = [
+        e
+        for e in graph.of_type("azure-native:network:PrivateEndpoint")
+        if any(c.get("privateLinkServiceId") == cache_.id for c in e.inputs.get("privateLinkServiceConnections") or [])
+    ]
+    if not endpoints or any(e.inputs["subnet"]["id"] not in subnets for e in endpoints):
+        out.append(f"{cache_.name}: no private endpoint in its site's VNet")
+    return out
+
+
+_REDIS_CHECKS = {"aws": _aws_redis, "gcp": _gcp_redis, "azure": _azure_redis}
+
+
+def open_redis(graph: Graph) -> list[str]:
+    """Managed Redis that the internet could reach, or that takes connections without TLS and AUTH."""
+    problems = []
+    for cloud, typ in REDIS_TYPES.items():
+        for r in graph.of_type(typ):
+            problems += _REDIS_CHECKS[cloud](graph, r)
+    return problems
+
+
+def site_clouds(graph: Graph) -> dict[str, str]:
+    """{site name: cloud} from the site components the platforms register."""
+    return {
+        r.name: r.type.split(":")[1]
+        for r in graph
+        if not r.custom and r.type.startswith("llm-platform:") and r.type.endswith(":Site") and ":workloads:" not in r.type
+    }
+
+
+def missing_redis(graph: Graph) -> list[str]:
+    have = {graph.site_of(r) for typ in REDIS_TYPES.values() for r in graph.of_type(typ)}
+    return [f"{site}: no managed Redis" for site in site_clouds(graph) if site not in have]
+
+
+def leaked_values(graph: Graph) -> list[str]:
+    """Generated secrets the mock clouds answered with: none may appear anywhere the plan writes."""
+    values = [mock_auth_string(r.name) for r in graph.of_type(REDIS_TYPES["gcp"])]
+    values += [mock_redis_key(r.inputs.get("name") or azure_autoname(r.name)) for r in graph.of_type(REDIS_TYPES["azure"])]
+    return values
+
+
+def provider_mismatches(graph: Graph) -> list[str]:
+    """Kubernetes objects not on a Kubernetes provider of their own site."""
+    providers = {r.urn: r for r in graph.of_type("pulumi:providers:kubernetes")}
+    out = []
+    for r in graph:
+        if not (r.custom and r.type.startswith("kubernetes:")):
+            continue
+        provider = providers.get(r.provider or "")
+        if provider is None:
+            # A default provider would deploy to whatever cluster the user's kubeconfig points at.
+            out.append(f"{r.type} {r.name}: uses {r.provider}")
+        elif graph.site_of(provider) != graph.site_of(r):
+            out.append(f"{r.type} {r.name}: on {graph.site_of(r)} but uses {graph.site_of(provider)}'s cluster")
+    return out
