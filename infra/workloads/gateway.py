@@ -167,6 +167,18 @@ class Gateway(pulumi.ComponentResource):
             spec={"maxUnavailable": 1, "selector": {"matchLabels": GATEWAY_SELECTOR}},
             opts=child,
         )
+        # Clients (through the load balancer, source IPs kept) and Prometheus reach the one
+        # HTTP port; nothing else is open.
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=meta,
+            spec={
+                "podSelector": {"matchLabels": GATEWAY_SELECTOR},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+            },
+            opts=child,
+        )
         ingress = self.service.status.apply(
             lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None
         )
