@@ -49,6 +49,10 @@ class Proc:
         self._log = open(self.log_path, "ab")
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
+        # Children start many times over (tests, bench): let them share compiled bytecode in
+        # build/ (ignored by git) instead of compiling every module at every start.
+        full_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        full_env.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / "build" / "pycache"))
         self.popen = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -136,19 +136,26 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         engine: Engine, prompt: list[str], gen: Generation, chat: bool, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
-        head = {"id": rid, "object": obj, "created": created, "model": model}
+        head = {"id": rid, "object": obj, "created": int(time.time()), "model": model}
         usage_field = {"usage": None} if include_usage else {}
+        # Token events differ only in their text: encode the rest once, so a simulator serving
+        # many streams spends its CPU like vLLM's frontend would, not on JSON encoding.
+        if chat:
+            marker = {"index": 0, "delta": {"content": "\x00"}, "logprobs": None, "finish_reason": None}
+        else:
+            marker = {"index": 0, "text": "\x00", "logprobs": None, "finish_reason": None, "stop_reason": None}
+        template = b"data: " + orjson.dumps({**head, "choices": [marker], **usage_field}) + b"\n\n"
+        before, after = template.split(b'"\\u0000"')
         first = True
         async for text in engine.generate(prompt, gen):
-            if chat:
-                delta = {"role": "assistant", "content": text} if first else {"content": text}
+            if first and chat:
+                delta = {"role": "assistant", "content": text}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
             else:
-                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None, "stop_reason": None}
+                yield before + orjson.dumps(text) + after
             first = False
-            yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
         if chat:
             choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
         else:

@@ -1,0 +1,239 @@
+"""Gateway overhead: the same streaming load sent directly to a simulator, through nginx, and
+through the gateway, in one run, interleaved in rounds so drift hits all three alike.
+
+    make bench                                  # defaults: 64 streams, 32 tokens each
+    .venv/bin/python bench/gateway.py --concurrency 64 --requests 1280 --rounds 3
+
+Time to first token (TTFT) is measured from sending the request to the first body byte of the
+stream; total latency to the end of the stream. The gateway runs with its rate limits switched
+on (one Redis round trip per request) and routing, metrics and logging as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.devstack import Proc, free_port, make_key, start_gateway, start_redis, start_simulator  # noqa: E402
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  upstream simulator {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://simulator;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Samples:
+    ttft: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall: float = 0.0
+    done: int = 0
+    proxy_cpu: float = 0.0  # CPU seconds the proxy (and Redis, for the gateway) spent in measured runs
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = q / 100 * (len(ordered) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict, out: Samples | None) -> None:
+    start = time.perf_counter()
+    first = None
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
+            async for chunk in resp.content.iter_any():
+                if first is None and chunk:
+                    first = time.perf_counter()
+            end = time.perf_counter()
+    except Exception as exc:  # counted, and the first few shown: a bench must say why it failed
+        if out is not None:
+            out.errors += 1
+            if out.errors <= 3:
+                print(f"  error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    if out is not None and first is not None:
+        out.ttft.append(first - start)
+        out.total.append(end - start)
+        out.done += 1
+
+
+async def load(url: str, key: str | None, concurrency: int, requests: int, max_tokens: int, out: Samples) -> None:
+    body = (
+        '{"model": "sim-model", "stream": true, "max_tokens": %d, '
+        '"messages": [{"role": "user", "content": "Tell me about the bench."}]}' % max_tokens
+    ).encode()
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        # Warm-up: open the pooled connections on every hop, unmeasured.
+        await asyncio.gather(*(one(session, url, body, headers, None) for _ in range(concurrency)))
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await one(session, url, body, headers, out)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        out.wall += time.perf_counter() - started
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) of a process and its children, from /proc."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == root_pid or ppid == root_pid:
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=1280, help="measured requests per target, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--ttft-ms", type=float, default=50.0, help="simulated time to first token")
+    parser.add_argument("--itl-ms", type=float, default=10.0, help="simulated time per further token")
+    parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    args = parser.parse_args()
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    procs: list[Proc] = []
+    try:
+        redis = start_redis(work)
+        procs.append(redis)
+        # Prefill cost off: every target sees the same fixed TTFT, so differences are the proxies'.
+        sim = start_simulator(work, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, prefill_ms_per_token=0,
+                              max_num_seqs=100000)
+        procs.append(sim)
+        targets = {"direct": (sim.url, None)}
+        cpu_of: dict[str, list[int]] = {"direct": []}
+
+        nginx = find_nginx()
+        if nginx:
+            port = free_port()
+            conf = work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(workers=args.nginx_workers, dir=work, port=port,
+                                              upstream_port=sim.url.rsplit(":", 1)[1]))
+            proc = Proc("nginx", [nginx, "-c", str(conf), "-p", str(work)], work, url=f"http://127.0.0.1:{port}")
+            procs.append(proc)
+            proc.wait_http("/health")
+            targets["nginx"] = (proc.url, None)
+            cpu_of["nginx"] = [proc.pid]
+        else:
+            print("nginx not found (make bench installs it); skipping that row", file=sys.stderr)
+
+        key, digest = make_key()
+        keys = work / "keys"
+        keys.write_text(f"bench {digest} rpm=1000000000 tpm=1000000000000\n")
+        gw = start_gateway(work, workers=args.gateway_workers, env={
+            "GATEWAY_UPSTREAMS": sim.url,
+            "GATEWAY_REDIS_URL": redis.url,
+            "GATEWAY_API_KEYS_FILE": str(keys),
+            "GATEWAY_LOG_LEVEL": "warning",
+        })
+        procs.append(gw)
+        targets["gateway"] = (gw.url, key)
+        cpu_of["gateway"] = [gw.pid, redis.pid]
+
+        results = {name: Samples() for name in targets}
+        per_round = max(1, args.requests // args.rounds)
+        print(f"{os.cpu_count()} CPUs; {args.concurrency} concurrent streams; {args.max_tokens} tokens each; "
+              f"simulated TTFT {args.ttft_ms:g} ms, {args.itl_ms:g} ms/token; "
+              f"{per_round * args.rounds} requests per target in {args.rounds} rounds; "
+              f"gateway workers {args.gateway_workers}, nginx workers {args.nginx_workers}", flush=True)
+        for r in range(args.rounds):
+            for name, (url, key_) in targets.items():
+                before = sum(cpu_seconds(pid) for pid in cpu_of[name])
+                asyncio.run(load(url + "/v1/chat/completions", key_, args.concurrency, per_round, args.max_tokens,
+                                 results[name]))
+                # Includes the unmeasured warm-up requests, so per-request CPU is a slight overestimate.
+                results[name].proxy_cpu += sum(cpu_seconds(pid) for pid in cpu_of[name]) - before
+            print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+        base = results["direct"]
+        header = (f"| {'target':<8} | {'req/s':>7} | {'TTFT p50':>9} | {'TTFT p99':>9} | {'total p50':>9} | "
+                  f"{'total p99':>9} | {'+TTFT p50':>9} | {'+TTFT p99':>9} | {'proxy CPU/req':>13} | errors |")
+        print()
+        print(header)
+        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        for name, s in results.items():
+            ms = lambda v: f"{v * 1000:.2f} ms"  # noqa: E731
+            extra50 = "" if name == "direct" else f"{(pct(s.ttft, 50) - pct(base.ttft, 50)) * 1000:+.2f} ms"
+            extra99 = "" if name == "direct" else f"{(pct(s.ttft, 99) - pct(base.ttft, 99)) * 1000:+.2f} ms"
+            measured = s.done + args.concurrency * args.rounds
+            cpu = "" if name == "direct" else f"{s.proxy_cpu / measured * 1000:.2f} ms"
+            print(f"| {name:<8} | {s.done / s.wall if s.wall else 0:>7.1f} | {ms(pct(s.ttft, 50)):>9} | "
+                  f"{ms(pct(s.ttft, 99)):>9} | {ms(pct(s.total, 50)):>9} | {ms(pct(s.total, 99)):>9} | "
+                  f"{extra50:>9} | {extra99:>9} | {cpu:>13} | {s.errors:>6} |")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
