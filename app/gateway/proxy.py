@@ -110,8 +110,11 @@ class ProxyResponse(Response):
         ctx, p = self.ctx, self.plan
         ctx.metrics.overhead.observe(time.perf_counter() - p.started)
         tried: set[str] = set()
+        fallback = ctx.settings.fallback_base_url
         while self.attempts < ctx.settings.max_attempts:
             up = ctx.pool.choose(p.model, p.prefix, tried)
+            if up is None and not tried and not fallback:
+                up = await self._hold(tried)
             if up is None:
                 break
             if self.attempts:
@@ -120,7 +123,6 @@ class ProxyResponse(Response):
             tried.add(up.url)
             if await self._attempt(send, up.url, up, ctx.upstream_headers) is Outcome.DONE:
                 return
-        fallback = ctx.settings.fallback_base_url
         if fallback:
             # The fallback base URL already ends in /v1, like OpenAI's.
             outcome = await self._attempt(send, fallback.removesuffix("/v1"), None, ctx.fallback_headers)
@@ -128,6 +130,23 @@ class ProxyResponse(Response):
             if outcome is Outcome.DONE:
                 return
         await self._give_up(send, tried)
+
+    async def _hold(self, tried: set[str]) -> Upstream | None:
+        """Waits, counted in gateway_requests_waiting, for a replica of a model that has none up.
+
+        This is what lets a model scale to zero: the autoscaler sees the waiting request and
+        starts a replica, which the health probes and DNS refreshes then find.
+        """
+        ctx, p = self.ctx, self.plan
+        deadline = p.started + ctx.settings.hold_timeout_s
+        while (left := deadline - time.perf_counter()) > 0:
+            await asyncio.sleep(min(self._HOLD_POLL_S, left))
+            up = ctx.pool.choose(p.model, p.prefix, tried)
+            if up is not None:
+                return up
+        return None
+
+    _HOLD_POLL_S = 0.25
 
     async def _give_up(self, send: Send, tried: set[str]) -> None:
         if self._last_failure is not None:

@@ -35,6 +35,12 @@ class GatewaySettings(BaseSettings):
     upstream_dns: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated host:port of headless Services, re-resolved every dns_refresh_s"
     )
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated model names served even while no replica runs (scale to zero)"
+    )
+    hold_timeout_s: float = Field(
+        30.0, ge=0, description="how long a request for a known model waits for a replica when none is up"
+    )
     upstream_api_key: SecretStr | None = Field(None, description="sent to replicas started with vLLM's --api-key")
     dns_refresh_s: float = Field(10.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0, description="how often each replica's /health and /metrics are read")
@@ -77,6 +83,11 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _parse_upstreams(cls, value: object) -> object:
         return tuple(_base_url(u) for u in _split(value))  # type: ignore[union-attr]
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        return tuple(_split(value))  # type: ignore[arg-type]
 
     @field_validator("upstream_dns", mode="before")
     @classmethod

@@ -183,7 +183,7 @@ class UpstreamPool:
         return list(self._by_url.values())
 
     def models(self) -> set[str]:
-        out: set[str] = set()
+        out: set[str] = set(self._settings.models)
         for up in self._by_url.values():
             out |= up.models
         return out
@@ -193,7 +193,8 @@ class UpstreamPool:
         return sum(1 for up in self._by_url.values() if up.usable(now))
 
     def serves(self, model: str) -> bool:
-        return any(model in up.models for up in self._by_url.values())
+        """Whether the model is served here, even if no replica of it is up right now."""
+        return model in self._settings.models or any(model in up.models for up in self._by_url.values())
 
     def choose(self, model: str, prefix: str | None, exclude: set[str]) -> Upstream | None:
         now = time.monotonic()

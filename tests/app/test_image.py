@@ -28,7 +28,7 @@ def test_multi_stage_non_root_pinned_with_healthcheck():
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and not users[-1].startswith(("0", "root"))
-    assert re.search(r"^HEALTHCHECK .*\n?.*healthz", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n?.*app\.gateway\.healthcheck", text, re.M)
     assert "--require-hashes" in text
 
 

@@ -127,3 +127,20 @@ def test_upstreams_found_through_dns(log_dir, procs, keys, redis_server, replica
     out = _client(gw, keys.alice).completions.create(model="sim-model", prompt="dns", max_tokens=2)
     assert out.choices[0].text.split() == ["the", "quick"]
     assert metric_sum(scrape(gw.url), "gateway_upstream_healthy", upstream=f"http://127.0.0.1:{port}") == 1
+
+
+def test_request_is_held_until_a_replica_of_a_scaled_to_zero_model_starts(log_dir, procs, keys, redis_server):
+    port = free_port()
+    env = gateway_env(keys, redis_server.url, [f"http://127.0.0.1:{port}"], models="sim-model", hold_timeout_s=60)
+    gw = procs(start_gateway(log_dir, env, wait="/healthz"))
+    assert httpx.get(gw.url + "/readyz").status_code == 503
+    assert [m.id for m in _client(gw, keys.alice).models.list()] == ["sim-model"]
+    result: list[object] = []
+    waiter = threading.Thread(target=lambda: result.append(_client(gw, keys.alice).completions.create(
+        model="sim-model", prompt="wake up", max_tokens=2)))
+    waiter.start()
+    eventually(lambda: metric_sum(scrape(gw.url), "gateway_requests_waiting", model="sim-model") == 1, timeout=10)
+    procs(start_simulator(log_dir, port=port, **FAST))
+    waiter.join(60)
+    assert result and result[0].choices[0].text.split() == ["the", "quick"]
+    assert metric_sum(scrape(gw.url), "gateway_requests_waiting", model="sim-model") == 0
