@@ -1,5 +1,6 @@
-"""The same invariants over stack configs hypothesis makes up: any valid config gives a
-graph whose GPU pods schedule, whose AWS resources are tagged and whose secrets stay secret."""
+"""The same invariants over stack configs hypothesis makes up: any valid config, with sites
+on any of the three clouds, gives a graph whose GPU pods schedule, whose taggable resources
+carry the cost tags (labels on GCP), whose Redis is private and whose secrets stay secret."""
 
 from __future__ import annotations
 
@@ -11,9 +12,24 @@ from infra.config import parse
 from infra.plan.graph import SECRET
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
 from tests.infra.conftest import SENTINELS, record_raw
+from tests.infra.invariants import leaked_values, missing_redis, open_redis, provider_mismatches, untagged
 
-AWS_TYPES = sorted(catalog("aws").instances)
-REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1"]
+CLOUDS = ("aws", "gcp", "azure")
+GPU_TYPES = {cloud: sorted(catalog(cloud).instances) for cloud in CLOUDS}
+REGIONS = {
+    "aws": ["us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1"],
+    "gcp": ["us-central1", "europe-west4", "asia-northeast1"],
+    "azure": ["eastus", "westeurope", "japaneast"],
+}
+SYSTEM_TYPES = {"aws": "m7i.large", "gcp": "n2-standard-4", "azure": "Standard_D4s_v5"}
+
+
+def _cloud_block(draw, cloud: str) -> dict:
+    if cloud == "gcp":
+        return {"gcp": {"project": draw(st.sampled_from(["llm-gen-a", "llm-gen-b1"])), "billingAccount": "01A2B3-C4D5E6-F7A8B9"}}
+    if cloud == "azure" and draw(st.booleans()):
+        return {"azure": {"subscriptionId": "00000000-0000-4000-8000-000000000002", "deployerPrincipalType": "ServicePrincipal"}}
+    return {}
 
 
 @st.composite
@@ -23,10 +39,11 @@ def stack_configs(draw):
     sites = []
     gpus_by_pool: dict[str, int] = {}
     for s in range(site_count):
+        cloud = draw(st.sampled_from(CLOUDS))
         pools = []
         for name in pool_names:
-            itype = draw(st.sampled_from(AWS_TYPES))
-            gpus = catalog("aws").instances[itype].gpus
+            itype = draw(st.sampled_from(GPU_TYPES[cloud]))
+            gpus = catalog(cloud).instances[itype].gpus
             gpus_by_pool[name] = min(gpus_by_pool.get(name, gpus), gpus)
             low = draw(st.integers(0, 2))
             pools.append(
@@ -36,15 +53,16 @@ def stack_configs(draw):
         sites.append(
             {
                 "name": f"site-{s}",
-                "cloud": "aws",
-                "region": draw(st.sampled_from(REGIONS)),
+                "cloud": cloud,
+                "region": draw(st.sampled_from(REGIONS[cloud])),
                 "networkCidr": f"10.{s * 16}.0.0/16",
                 "apiAllowedCidrs": draw(st.sampled_from([[], ["198.51.100.0/24"]])),
                 "natPerZone": draw(st.booleans()),
-                "systemPool": {"instanceType": "m7i.large", "nodes": {"min": 1, "max": 3}},
+                "systemPool": {"instanceType": SYSTEM_TYPES[cloud], "nodes": {"min": 1, "max": 3}},
                 "gpuPools": pools,
                 "redis": {"size": draw(st.sampled_from(["small", "medium", "large"])), "replicas": draw(st.integers(0, 2))},
                 "models": [],
+                **_cloud_block(draw, cloud),
             }
         )
     models = []
@@ -85,9 +103,10 @@ def test_generated_stacks_hold_the_invariants(raw):
     gpu_pods = [p for p in pods(graph) if p.gpus]
     assert len(gpu_pods) == sum(len(s["models"]) for s in raw["llm-platform:sites"])
     text = str(graph.to_plan())
-    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key"):
+    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key", *leaked_values(graph)):
         assert value not in text
     for r in graph.of_type("kubernetes:core/v1:Secret"):
         assert r.inputs["stringData"] == SECRET
-    for r in graph.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
-        assert r.inputs["authToken"] == SECRET
+    assert untagged(graph) == []
+    assert missing_redis(graph) == [] and open_redis(graph) == []
+    assert provider_mismatches(graph) == []
