@@ -157,18 +157,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         body: ChatCompletionRequest,
         request: Request,
         key: ApiKey = Depends(enforce_limits),
-        ctx: GatewayContext = Depends(get_context),
     ) -> Response:
-        return _plan(request, ctx, key, body, "/v1/chat/completions")
+        return _plan(request, get_context(request), key, body, "/v1/chat/completions")
 
     @app.post("/v1/completions", response_model=None, responses=_ERRORS, tags=["openai"])
     async def completions(
         body: CompletionRequest,
         request: Request,
         key: ApiKey = Depends(enforce_limits),
-        ctx: GatewayContext = Depends(get_context),
     ) -> Response:
-        return _plan(request, ctx, key, body, "/v1/completions")
+        return _plan(request, get_context(request), key, body, "/v1/completions")
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, tags=["openai"])
     async def models(key: ApiKey = Depends(authenticate), ctx: GatewayContext = Depends(get_context)) -> ModelList:

@@ -31,6 +31,10 @@ class Decision:
 class RateLimiter:
     # After a Redis failure, skip Redis for this long rather than adding a timeout to every request.
     _BACKOFF_S = 1.0
+    # Finished requests' tokens are summed per key and charged in one pipelined round trip per
+    # interval: under load that halves the gateway's Redis writes, at the cost of TPM seeing
+    # a request's tokens this much later.
+    _CHARGE_INTERVAL_S = 0.05
 
     def __init__(
         self,
@@ -47,7 +51,8 @@ class RateLimiter:
         self._fail_mode = fail_mode
         self._metrics = metrics
         self._down_until = 0.0
-        self._pending: set[asyncio.Task] = set()
+        self._owed: dict[str, tuple[ApiKey, int]] = {}
+        self._flusher: asyncio.Task | None = None
 
     def limits(self, key: ApiKey) -> tuple[int, int]:
         rpm = self._default_rpm if key.rpm is None else key.rpm
@@ -94,20 +99,32 @@ class RateLimiter:
         _, tpm = self.limits(key)
         if tpm == 0 or tokens <= 0 or time.monotonic() < self._down_until:
             return
-        task = asyncio.ensure_future(self._charge(key, tpm, tokens))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        owed = self._owed.get(key.key_id)
+        self._owed[key.key_id] = (key, tokens + (owed[1] if owed else 0))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_later())
 
-    async def _charge(self, key: ApiKey, tpm: int, tokens: int) -> None:
-        rpm, _ = self.limits(key)
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._CHARGE_INTERVAL_S)
+        await self.flush()
+
+    async def flush(self) -> None:
+        owed, self._owed = self._owed, {}
+        if not owed:
+            return
         try:
-            await self._script(keys=self._keys(key), args=[rpm, tpm, "charge", tokens])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, tokens in owed.values():
+                    rpm, tpm = self.limits(key)
+                    await self._script(keys=self._keys(key), args=[rpm, tpm, "charge", tokens], client=pipe)
+                await pipe.execute()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed(exc)
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=2)
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
 
 
 def retry_after_header(seconds: float) -> str:
