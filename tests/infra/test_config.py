@@ -199,3 +199,76 @@ def test_config_schema_file_is_current():
     shipped = json.loads((REPO / "config.schema.json").read_text())
     assert shipped == json_schema(), "regenerate with: .venv/bin/python -m infra schema config.schema.json"
     assert "gpuPools" in json.dumps(shipped)
+
+
+def _on(cloud: str, raw: dict, **site) -> dict:
+    systems = {"gcp": "n2-standard-4", "azure": "Standard_D4s_v5"}
+    gpus = {"gcp": "g2-standard-8", "azure": "Standard_NC4as_T4_v3"}
+    s = raw["sites"][0]
+    s.update(cloud=cloud, region={"gcp": "us-central1", "azure": "eastus"}[cloud])
+    s["systemPool"]["instanceType"] = systems[cloud]
+    s["gpuPools"][0]["instanceType"] = gpus[cloud]
+    s.update(site)
+    return raw
+
+
+GCP_BLOCK = {"project": "llm-platform-test", "billingAccount": "01A2B3-C4D5E6-F7A8B9"}
+
+
+def test_gcp_site_needs_its_project_and_billing_account():
+    err = error_for(lambda r: _on("gcp", r))
+    assert err.path == "sites[0].gcp"
+    assert "project" in err.message and "billingAccount" in err.message
+
+
+def test_gcp_billing_account_format():
+    err = error_for(lambda r: _on("gcp", r, gcp={**GCP_BLOCK, "billingAccount": "123"}))
+    assert err.path == "sites[0].gcp.billingAccount"
+
+
+def test_gcp_zones_belong_to_the_region():
+    err = error_for(lambda r: _on("gcp", r, gcp={**GCP_BLOCK, "gpuZones": ["europe-west4-a"]}))
+    assert err.path == "sites[0].gcp.gpuZones[0]"
+    assert "us-central1" in err.message
+
+
+def test_cloud_block_only_on_its_cloud():
+    err = error_for(lambda r: r["sites"][0].update(gcp=GCP_BLOCK))
+    assert err.path == "sites[0].gcp"
+    assert "only for cloud gcp" in err.message
+
+
+def test_gcp_and_azure_sites_parse():
+    raw = _on("gcp", base(), gcp={**GCP_BLOCK, "gpuZones": ["us-central1-a"]})
+    assert parse(raw).sites[0].gcp.billing_account == GCP_BLOCK["billingAccount"]
+    raw = _on("azure", base(), azure={"subscriptionId": "00000000-0000-4000-8000-000000000001"})
+    assert parse(raw).sites[0].azure.deployer_principal_type == "User"
+    assert parse(_on("azure", base())).sites[0].azure is None
+
+
+def test_azure_subscription_is_a_uuid():
+    err = error_for(lambda r: _on("azure", r, azure={"subscriptionId": "my-sub"}))
+    assert err.path == "sites[0].azure.subscriptionId"
+
+
+def test_azure_pool_names_must_stay_distinct_when_shortened():
+    def mutate(r):
+        _on("azure", r)
+        second = copy.deepcopy(r["sites"][0]["gpuPools"][0])
+        r["sites"][0]["gpuPools"][0]["name"] = "a100-on-demand-1"
+        second["name"] = "a100-on-demand-2"
+        r["sites"][0]["gpuPools"].append(second)
+
+    err = error_for(mutate)
+    assert err.path == "sites[0].gpuPools[1].name"
+    assert "a100ondemand" in err.message
+
+
+def test_azure_budget_notification_limit():
+    def mutate(r):
+        _on("azure", r)
+        r["budget"].update(actualThresholdsPct=[25, 50, 75, 100], forecastThresholdsPct=[90, 100])
+
+    err = error_for(mutate)
+    assert err.path == "budget.actualThresholdsPct"
+    assert "5" in err.message
