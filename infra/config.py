@@ -140,6 +140,12 @@ class Gateway(_Model):
     replicas: MinMax = MinMax(min=2, max=6)
     rate_limits: RateLimits = RateLimits()
     redis_fail_mode: Literal["open", "closed"] = "open"
+    hold_timeout_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How long a request for a model with no ready replica waits (scale from zero: node + model load).",
+    )
     fallback: Fallback | None = None
     cpu: str = Field(default="1", pattern=r"^\d+(\.\d+)?m?$")
     memory: str = Field(default="1Gi", pattern=r"^\d+(Mi|Gi)$")

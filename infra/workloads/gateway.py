@@ -48,6 +48,9 @@ class Gateway(pulumi.ComponentResource):
 
         env: list[dict] = [
             {"name": "GATEWAY_UPSTREAM_DNS", "value": upstream_dns(models, namespace)},
+            # Known models are held, not refused, while they scale up from zero replicas.
+            {"name": "GATEWAY_MODELS", "value": ",".join(m.name for m in models)},
+            {"name": "GATEWAY_HOLD_TIMEOUT_S", "value": str(cfg.hold_timeout_seconds)},
             {"name": "GATEWAY_API_KEYS_FILE", "value": f"{KEYS_DIR}/keys"},
             {"name": "GATEWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "url"}}},
             {"name": "GATEWAY_REDIS_FAIL_MODE", "value": cfg.redis_fail_mode},

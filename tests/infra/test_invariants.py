@@ -12,7 +12,7 @@ from infra.plan import report
 from infra.plan.graph import SECRET, Graph
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods, why_not
 from infra.workloads.vllm_args import flags
-from tests.infra.conftest import SENTINELS, SHIPPED
+from tests.infra.conftest import SENTINELS, SHIPPED, stack_config
 from tests.infra.invariants import (
     COST_TAGS,
     leaked_values,
@@ -346,3 +346,6 @@ def test_gateway_env_is_what_the_gateway_reads(graphs_with_secrets, stack):
         dns = next(e["value"] for e in env if e["name"] == "GATEWAY_UPSTREAM_DNS")
         # Parsed by the gateway's own validator, so the format cannot drift.
         GatewaySettings.model_validate({"upstream_dns": dns, "api_keys_redis_hash": "k"})
+        served = next(e["value"] for e in env if e["name"] == "GATEWAY_MODELS").split(",")
+        site = next(s for s in stack_config(stack)["llm-platform:sites"] if s["name"] == pod.site)
+        assert sorted(served) == sorted(site["models"])
