@@ -250,16 +250,11 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
         budgets.append(float((props.get("amount") or {}).get("specifiedAmount", {}).get("units", 0)))
     elif t.startswith("azure-native:containerservice:ManagedCluster"):
         add("control plane", f"AKS {item.name}", _flat(p["azure"]["control_plane"]))
+        # The system pool is inline in the cluster; it costs like any agent pool.
+        for profile in props.get("agentPoolProfiles") or []:
+            _aks_pool(item, profile, demand, add)
     elif t.startswith("azure-native:containerservice:AgentPool"):
-        size = props["vmSize"]
-        spot = props.get("scaleSetPriority") == "Spot"
-        hourly, gpus, is_gpu = _instance_hourly("azure", size, spot)
-        low, high = props.get("minCount", props.get("count", 1)), props.get("maxCount", props.get("count", 1))
-        pool = (props.get("nodeLabels") or {}).get(POOL_LABEL, item.name)
-        nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
-        add("GPU nodes" if is_gpu else "system nodes", f"{pool}: {size}{' spot' if spot else ''} x {low}..{high}", _per_node(hourly, nodes))
-        disk = props.get("osDiskSizeGB", 128)
-        add("disks", f"{pool} OS disks {disk} GB", {s: disk * p["azure"]["disk_gb_month"] * nodes[s] for s in SCALES})
+        _aks_pool(item, props, demand, add)
     elif t.startswith("azure-native:network:NatGateway"):
         add("network", "NAT gateway", _flat(p["azure"]["nat_gateway"]))
     elif t.startswith("azure-native:redis:Redis") or t.startswith("azure-native:cache:Redis"):
@@ -268,3 +263,16 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
         add("redis", f"Azure Cache {key}", _flat(p["azure"]["redis"].get(key, p["azure"]["redis"]["Premium-P1"])))
     elif t.startswith("azure-native:consumption:Budget"):
         budgets.append(float(props.get("amount", 0)))
+
+
+def _aks_pool(item: Item, props: dict[str, Any], demand, add) -> None:
+    p = prices()
+    size = props["vmSize"]
+    spot = props.get("scaleSetPriority") == "Spot"
+    hourly, gpus, is_gpu = _instance_hourly("azure", size, spot)
+    low, high = props.get("minCount", props.get("count", 1)), props.get("maxCount", props.get("count", 1))
+    pool = (props.get("nodeLabels") or {}).get(POOL_LABEL, props.get("name", item.name))
+    nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
+    add("GPU nodes" if is_gpu else "system nodes", f"{pool}: {size}{' spot' if spot else ''} x {low}..{high}", _per_node(hourly, nodes))
+    disk = props.get("osDiskSizeGB", 128)
+    add("disks", f"{pool} OS disks {disk} GB", {s: disk * p["azure"]["disk_gb_month"] * nodes[s] for s in SCALES})

@@ -53,3 +53,11 @@ def test_table_lists_every_site_and_the_budget(graphs):
     for site in stack_config("prod")["llm-platform:sites"]:
         assert site["name"] in text
     assert "budget" in text and "headroom" in text
+
+
+def test_every_node_pool_of_every_cloud_is_priced(graphs):
+    """Each site's system pool and GPU pools show up as cost lines, inline pools included."""
+    est = cost_report.of_graph(graphs["prod"])
+    for site in stack_config("prod")["llm-platform:sites"]:
+        components = {l.component for l in est.lines if l.site == site["name"]}
+        assert {"system nodes", "GPU nodes", "control plane", "redis"} <= components, site["name"]
