@@ -141,3 +141,37 @@ def test_cli_fails_a_stack_over_budget(tmp_path):
 def test_make_policy_passes_shipped_stacks(stack):
     proc = subprocess.run([sys.executable, "-m", "infra", "policy", stack], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The same rules on the GCP and Azure resources of prod, each broken the way it is on AWS.
+CLOUD_BREAKERS = {
+    "gke-endpoint-open": ("cluster-endpoint-restricted", lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(
+        masterAuthorizedNetworksConfig={"cidrBlocks": [{"cidrBlock": "0.0.0.0/0"}]})),
+    "aks-endpoint-open": ("cluster-endpoint-restricted", lambda g: first(g, "azure-native:containerservice:ManagedCluster")
+        .inputs.update(apiServerAccessProfile={"enablePrivateCluster": False, "authorizedIPRanges": []})),
+    "gke-secrets-plain": ("kubernetes-secrets-encrypted", lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(
+        databaseEncryption={"state": "DECRYPTED"})),
+    "gke-public-nodes": ("node-metadata-protected", lambda g: first(g, "gcp:container/cluster:Cluster")
+        .inputs["privateClusterConfig"].update(enablePrivateNodes=False)),
+    "gke-node-metadata": ("node-metadata-protected", lambda g: first(g, "gcp:container/nodePool:NodePool")
+        .inputs["nodeConfig"].update(workloadMetadataConfig={"mode": "GCE_METADATA"})),
+    "gke-default-sa": ("least-privilege-identities", lambda g: first(g, "gcp:container/nodePool:NodePool")
+        .inputs["nodeConfig"].update(serviceAccount="123-compute@developer.gserviceaccount.com")),
+    "memorystore-no-auth": ("redis-tls-auth-private", lambda g: first(g, "gcp:redis/instance:Instance").inputs.update(
+        authEnabled=False)),
+    "azure-redis-public": ("redis-tls-auth-private", lambda g: first(g, "azure-native:redis:Redis").inputs.update(
+        publicNetworkAccess="Enabled")),
+    "gcp-budget-actual-only": ("budget-per-cloud", lambda g: first(g, "gcp:billing/budget:Budget").inputs.update(
+        thresholdRules=[{"thresholdPercent": 1.0, "spendBasis": "CURRENT_SPEND"}])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLOUD_BREAKERS))
+def test_rule_catches_its_breakage_on_gcp_and_azure(graphs, case):
+    name, breaker = CLOUD_BREAKERS[case]
+    graph = copy.deepcopy(graphs["prod"])
+    policy = BY_NAME[name]
+    assert policy_run.run(graph, [policy], STRICT) == []
+    breaker(graph)
+    violations = policy_run.run(graph, [policy], STRICT)
+    assert violations and all(v.policy == name for v in violations)
