@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.catalog import InstanceType
-from infra.config import ConfigError, Site, StackConfig
+from infra.config import ConfigError, GpuPool, Site, StackConfig
 
 POOL_LABEL = "llm-platform.io/pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -91,6 +91,47 @@ def gpu_pool_labels(site: Site, pool_name: str, instance: InstanceType) -> dict[
         "llm-platform.io/gpu": instance.gpu.model.lower(),
         "nvidia.com/gpu.present": "true",
     }
+
+
+def gpu_node_pool(site: Site, pool: GpuPool, taints: tuple[Taint, ...]) -> NodePool:
+    """A GPU pool as the workloads see it; each cloud passes the taints its nodes carry."""
+    from infra.catalog import instance  # noqa: PLC0415
+    from infra.platform.allocatable import allocatable  # noqa: PLC0415
+
+    spec = instance(site.cloud, pool.instance_type)
+    cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
+    return NodePool(
+        name=pool.name,
+        instance=spec,
+        instance_type=pool.instance_type,
+        labels=gpu_pool_labels(site, pool.name, spec),
+        taints=taints,
+        allocatable_cpu_millis=cpu,
+        allocatable_memory_mib=mem,
+        min_nodes=pool.nodes.min,
+        max_nodes=pool.nodes.max,
+        spot=pool.spot,
+    )
+
+
+def system_node_pool(site: Site) -> NodePool:
+    """The CPU pool. Its instance types are not in the GPU catalog, so it is sized as the
+    smallest type we allow (2 vCPU, 8 GiB): conservative for scheduling checks."""
+    from infra.platform.allocatable import allocatable  # noqa: PLC0415
+
+    cpu, mem = allocatable(2, 8)
+    return NodePool(
+        name="system",
+        instance=None,
+        instance_type=site.system_pool.instance_type,
+        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
+        taints=(),
+        allocatable_cpu_millis=cpu,
+        allocatable_memory_mib=mem,
+        min_nodes=site.system_pool.nodes.min,
+        max_nodes=site.system_pool.nodes.max,
+        spot=False,
+    )
 
 
 def resource_tags(cfg: StackConfig, site: Site | None) -> dict[str, str]:

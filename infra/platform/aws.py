@@ -10,20 +10,19 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.catalog import instance
-from infra.config import GpuPool, Site, StackConfig
+from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
-    POOL_LABEL,
     NodePool,
     Platform,
+    POOL_LABEL,
     RedisEndpoint,
     StorageClasses,
     Taint,
-    gpu_pool_labels,
+    gpu_node_pool,
     resource_tags,
+    system_node_pool,
 )
-from infra.platform.allocatable import allocatable
 from infra.charts import CLUSTER_AUTOSCALER
 
 ZONES = 3
@@ -512,40 +511,6 @@ def _autoscaler_policy(cluster_name: str) -> str:
     )
 
 
-def _pool(site: Site, pool: GpuPool) -> NodePool:
-    spec = instance("aws", pool.instance_type)
-    cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
-    return NodePool(
-        name=pool.name,
-        instance=spec,
-        instance_type=pool.instance_type,
-        labels=gpu_pool_labels(site, pool.name, spec),
-        taints=(Taint(GPU_TAINT_KEY, "true", "NoSchedule"),),
-        allocatable_cpu_millis=cpu,
-        allocatable_memory_mib=mem,
-        min_nodes=pool.nodes.min,
-        max_nodes=pool.nodes.max,
-        spot=pool.spot,
-    )
-
-
-def _system_pool(site: Site) -> NodePool:
-    # System instance types are not in the GPU catalog; size them from the type's name
-    # is unreliable, so the allocatable figures are those of the smallest type we allow.
-    return NodePool(
-        name="system",
-        instance=None,
-        instance_type=site.system_pool.instance_type,
-        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
-        taints=(),
-        allocatable_cpu_millis=allocatable(2, 8)[0],
-        allocatable_memory_mib=allocatable(2, 8)[1],
-        min_nodes=site.system_pool.nodes.min,
-        max_nodes=site.system_pool.nodes.max,
-        spot=False,
-    )
-
-
 def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platform:
     tags = resource_tags(cfg, site)
     site_component = pulumi.ComponentResource("llm-platform:aws:Site", site.name, None, opts)
@@ -559,9 +524,9 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
 
     network = Network(f"{site.name}-net", site, tags, child)
     cluster = Cluster(f"{site.name}-cluster", site, network, tags, child)
-    system_pool = _system_pool(site)
+    system_pool = system_node_pool(site)
     system = NodeGroup(f"{site.name}-system", cluster, network, system_pool, site.system_pool.disk_gb, False, tags, child)
-    gpu_pools = tuple(_pool(site, p) for p in site.gpu_pools)
+    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)) for p in site.gpu_pools)
     groups = [
         NodeGroup(f"{site.name}-{pool.name}", cluster, network, pool, spec.disk_gb, True, tags, child)
         for pool, spec in zip(gpu_pools, site.gpu_pools)

@@ -22,20 +22,18 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
-from infra.catalog import instance
-from infra.config import GpuPool, Site, StackConfig, azure_pool_name
+from infra.config import Site, StackConfig, azure_pool_name
 from infra.platform import (
     GPU_TAINT_KEY,
-    POOL_LABEL,
     NodePool,
     Platform,
     RedisEndpoint,
     StorageClasses,
     Taint,
-    gpu_pool_labels,
+    gpu_node_pool,
     resource_tags,
+    system_node_pool,
 )
-from infra.platform.allocatable import allocatable
 
 # Azure Cache for Redis SKUs: (family, capacity) per size; Premium where size needs it.
 REDIS_SKUS = {"small": ("C", 1), "medium": ("C", 2), "large": ("P", 1)}
@@ -454,41 +452,6 @@ class Registry(pulumi.ComponentResource):
         self.register_outputs({"prefix": self.prefix})
 
 
-def _pool(site: Site, pool: GpuPool) -> NodePool:
-    spec = instance("azure", pool.instance_type)
-    cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
-    taints = (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if pool.spot else ())
-    return NodePool(
-        name=pool.name,
-        instance=spec,
-        instance_type=pool.instance_type,
-        labels=gpu_pool_labels(site, pool.name, spec),
-        taints=taints,
-        allocatable_cpu_millis=cpu,
-        allocatable_memory_mib=mem,
-        min_nodes=pool.nodes.min,
-        max_nodes=pool.nodes.max,
-        spot=pool.spot,
-    )
-
-
-def _system_pool(site: Site) -> NodePool:
-    # As on AWS: system sizes are not in the GPU catalog, so size for the smallest we allow.
-    cpu, mem = allocatable(2, 8)
-    return NodePool(
-        name="system",
-        instance=None,
-        instance_type=site.system_pool.instance_type,
-        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
-        taints=(),
-        allocatable_cpu_millis=cpu,
-        allocatable_memory_mib=mem,
-        min_nodes=site.system_pool.nodes.min,
-        max_nodes=site.system_pool.nodes.max,
-        spot=False,
-    )
-
-
 def _provider(name: str, site: Site, opts: pulumi.ResourceOptions) -> azure_provider.Provider:
     subscription = site.azure.subscription_id if site.azure else None
     return azure_provider.Provider(name, location=site.region, subscription_id=subscription, opts=opts)
@@ -502,9 +465,9 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
     client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
 
     net = Network(f"{site.name}-net", site, tags, child)
-    system_pool = _system_pool(site)
+    system_pool = system_node_pool(site)
     cluster = Cluster(f"{site.name}-cluster", site, net, system_pool, client, tags, child)
-    gpu_pools = tuple(_pool(site, p) for p in site.gpu_pools)
+    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if p.spot else ())) for p in site.gpu_pools)
     groups = [
         NodeGroup(f"{site.name}-{pool.name}", site, cluster, net, pool, spec.disk_gb, tags, child)
         for pool, spec in zip(gpu_pools, site.gpu_pools)

@@ -9,20 +9,18 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.catalog import instance
-from infra.config import GpuPool, Site, StackConfig
+from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
-    POOL_LABEL,
     NodePool,
     Platform,
     RedisEndpoint,
     StorageClasses,
     Taint,
-    gpu_pool_labels,
+    gpu_node_pool,
     resource_tags,
+    system_node_pool,
 )
-from infra.platform.allocatable import allocatable
 
 REDIS_MEMORY_GB = {"small": 1, "medium": 5, "large": 16}
 # Memorystore serves TLS on 6378 once in-transit encryption is on.
@@ -399,40 +397,6 @@ class Registry(pulumi.ComponentResource):
         self.register_outputs({"prefix": self.prefix})
 
 
-def _pool(site: Site, pool: GpuPool) -> NodePool:
-    spec = instance("gcp", pool.instance_type)
-    cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
-    return NodePool(
-        name=pool.name,
-        instance=spec,
-        instance_type=pool.instance_type,
-        labels=gpu_pool_labels(site, pool.name, spec),
-        taints=(Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),),
-        allocatable_cpu_millis=cpu,
-        allocatable_memory_mib=mem,
-        min_nodes=pool.nodes.min,
-        max_nodes=pool.nodes.max,
-        spot=pool.spot,
-    )
-
-
-def _system_pool(site: Site) -> NodePool:
-    # As on AWS: system types are not in the GPU catalog, so size for the smallest we allow.
-    cpu, mem = allocatable(2, 8)
-    return NodePool(
-        name="system",
-        instance=None,
-        instance_type=site.system_pool.instance_type,
-        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
-        taints=(),
-        allocatable_cpu_millis=cpu,
-        allocatable_memory_mib=mem,
-        min_nodes=site.system_pool.nodes.min,
-        max_nodes=site.system_pool.nodes.max,
-        spot=False,
-    )
-
-
 def _provider(name: str, site: Site, labels: dict[str, str], opts: pulumi.ResourceOptions) -> gcp.Provider:
     assert site.gcp is not None  # config validation requires the block on gcp sites
     return gcp.Provider(
@@ -456,9 +420,9 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
 
     network = Network(f"{site.name}-net", site, labels, child)
     cluster = Cluster(f"{site.name}-cluster", site, network, project, labels, child)
-    system_pool = _system_pool(site)
+    system_pool = system_node_pool(site)
     system = NodeGroup(f"{site.name}-system", site, cluster, system_pool, site.system_pool.disk_gb, labels, child)
-    gpu_pools = tuple(_pool(site, p) for p in site.gpu_pools)
+    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools)
     groups = [
         NodeGroup(f"{site.name}-{pool.name}", site, cluster, pool, spec.disk_gb, labels, child)
         for pool, spec in zip(gpu_pools, site.gpu_pools)
