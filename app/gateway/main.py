@@ -186,7 +186,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             redis_ok = False
         # With fail-open limits a Redis outage must not take every gateway out of the Service.
         redis_needed = ctx.settings.redis_fail_mode == "closed"
-        ready = (healthy > 0 or bool(ctx.settings.fallback_base_url)) and (redis_ok or not redis_needed)
+        # Known models are held while they scale up from zero, so an empty pool is no reason to
+        # leave the Service: a gateway out of the load balancer could never take that first request.
+        can_serve = healthy > 0 or bool(ctx.settings.fallback_base_url) or bool(ctx.settings.models)
+        ready = can_serve and (redis_ok or not redis_needed)
         body = {"ready": ready, "healthy_upstreams": healthy, "redis": redis_ok}
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
 
