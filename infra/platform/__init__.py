@@ -7,6 +7,7 @@ plugin) is data on the Platform, so the workloads never branch on the cloud.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -91,6 +92,23 @@ def gpu_pool_labels(site: Site, pool_name: str, instance: InstanceType) -> dict[
         "llm-platform.io/gpu": instance.gpu.model.lower(),
         "nvidia.com/gpu.present": "true",
     }
+
+
+def exec_kubeconfig(name: str, server: str, ca_data: str, exec_spec: dict) -> str:
+    """A one-cluster kubeconfig whose user signs in through the cloud's exec plugin, so no
+    long-lived credential is ever written into state."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {"name": name, "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", **exec_spec}}}
+            ],
+        }
+    )
 
 
 def gpu_node_pool(site: Site, pool: GpuPool, taints: tuple[Taint, ...]) -> NodePool:

@@ -19,6 +19,7 @@ from infra.platform import (
     RedisEndpoint,
     StorageClasses,
     Taint,
+    exec_kubeconfig,
     gpu_node_pool,
     resource_tags,
     system_node_pool,
@@ -183,26 +184,11 @@ class Cluster(pulumi.ComponentResource):
         c = self.cluster
         return pulumi.Output.secret(
             pulumi.Output.all(c.name, c.endpoint, c.certificate_authority.data).apply(
-                lambda a: json.dumps(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [{"name": a[0], "cluster": {"server": a[1], "certificate-authority-data": a[2]}}],
-                        "contexts": [{"name": a[0], "context": {"cluster": a[0], "user": a[0]}}],
-                        "current-context": a[0],
-                        "users": [
-                            {
-                                "name": a[0],
-                                "user": {
-                                    "exec": {
-                                        "apiVersion": "client.authentication.k8s.io/v1beta1",
-                                        "command": "aws",
-                                        "args": ["eks", "get-token", "--cluster-name", a[0], "--region", region],
-                                    }
-                                },
-                            }
-                        ],
-                    }
+                lambda a: exec_kubeconfig(
+                    a[0],
+                    a[1],
+                    a[2],
+                    {"command": "aws", "args": ["eks", "get-token", "--cluster-name", a[0], "--region", region]},
                 )
             )
         )

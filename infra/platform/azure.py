@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import json
 
 import pulumi
 import pulumi_azure_native.authorization as authorization
@@ -30,6 +29,7 @@ from infra.platform import (
     RedisEndpoint,
     StorageClasses,
     Taint,
+    exec_kubeconfig,
     gpu_node_pool,
     resource_tags,
     system_node_pool,
@@ -293,31 +293,17 @@ def _kubelogin_config(name: str, kubeconfigs) -> str:
     first = kubeconfigs[0]
     value = first["value"] if isinstance(first, dict) else first.value
     cluster = yaml.safe_load(base64.b64decode(value))["clusters"][0]["cluster"]
-    return json.dumps(
+    return exec_kubeconfig(
+        name,
+        cluster["server"],
+        cluster["certificate-authority-data"],
         {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": name, "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}
-            ],
-            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
-            "current-context": name,
-            "users": [
-                {
-                    "name": name,
-                    "user": {
-                        "exec": {
-                            "apiVersion": "client.authentication.k8s.io/v1beta1",
-                            "command": "kubelogin",
-                            # The Azure CLI's sign-in; CI overrides it with AAD_LOGIN_METHOD.
-                            "args": ["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP],
-                            "installHint": "az aks install-cli (installs kubelogin)",
-                            "provideClusterInfo": False,
-                        }
-                    },
-                }
-            ],
-        }
+            "command": "kubelogin",
+            # The Azure CLI's sign-in; CI overrides it with AAD_LOGIN_METHOD.
+            "args": ["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP],
+            "installHint": "az aks install-cli (installs kubelogin)",
+            "provideClusterInfo": False,
+        },
     )
 
 

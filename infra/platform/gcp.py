@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 
 import pulumi
 import pulumi_gcp as gcp
@@ -17,6 +16,7 @@ from infra.platform import (
     RedisEndpoint,
     StorageClasses,
     Taint,
+    exec_kubeconfig,
     gpu_node_pool,
     resource_tags,
     system_node_pool,
@@ -220,29 +220,15 @@ class Cluster(pulumi.ComponentResource):
         c = self.cluster
         return pulumi.Output.secret(
             pulumi.Output.all(c.name, c.endpoint, c.master_auth.cluster_ca_certificate).apply(
-                lambda a: json.dumps(
+                lambda a: exec_kubeconfig(
+                    a[0],
+                    f"https://{a[1]}",
+                    a[2],
                     {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [
-                            {"name": a[0], "cluster": {"server": f"https://{a[1]}", "certificate-authority-data": a[2]}}
-                        ],
-                        "contexts": [{"name": a[0], "context": {"cluster": a[0], "user": a[0]}}],
-                        "current-context": a[0],
-                        "users": [
-                            {
-                                "name": a[0],
-                                "user": {
-                                    "exec": {
-                                        "apiVersion": "client.authentication.k8s.io/v1beta1",
-                                        "command": "gke-gcloud-auth-plugin",
-                                        "installHint": "gcloud components install gke-gcloud-auth-plugin",
-                                        "provideClusterInfo": True,
-                                    }
-                                },
-                            }
-                        ],
-                    }
+                        "command": "gke-gcloud-auth-plugin",
+                        "installHint": "gcloud components install gke-gcloud-auth-plugin",
+                        "provideClusterInfo": True,
+                    },
                 )
             )
         )
