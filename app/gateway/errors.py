@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi import HTTPException as FastAPIHTTPException
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Send
 
 from .requestid import request_id
 
@@ -42,20 +44,21 @@ class OpenAIError(Exception):
         self.code = code
         self.headers = headers or {}
 
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.param, self.code)
+
     def response(self, rid: str) -> Response:
-        return Response(
-            error_body(self.message, self.type, self.param, self.code),
-            status_code=self.status,
-            media_type=JSON,
-            headers={**self.headers, "x-request-id": rid},
-        )
+        return Response(self.body(), status_code=self.status, media_type=JSON,
+                        headers={**self.headers, "x-request-id": rid})
 
-
-class BodyTooLarge(FastAPIHTTPException):
-    # An HTTPException, because FastAPI turns any other error raised while reading a body into a 400.
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"Request body is larger than the limit of {limit} bytes.")
-        self.limit = limit
+    async def send(self, send: Send, rid: str) -> None:
+        """Answers with this error on a bare ASGI connection (the completions endpoint has no Response)."""
+        body = self.body()
+        headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()),
+                   (b"x-request-id", rid.encode())]
+        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _param(loc: tuple) -> str | None:
@@ -65,15 +68,15 @@ def _param(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
-def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """A message and the field it names, from the first of pydantic's errors."""
     if not errors:
         return "Invalid request body.", None
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
     param = _param(tuple(first.get("loc", ())))
-    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+    if param is None and first.get("type") in ("model_type", "model_attributes_type", "dict_type"):
         return "The request body must be a JSON object, sent with Content-Type: application/json.", None
     msg = str(first.get("msg", "invalid value"))
     return (f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}."), param
@@ -86,14 +89,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_message(exc)
+        message, param = validation_message(exc.errors())
         return OpenAIError(400, message, param=param).response(request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if isinstance(exc, BodyTooLarge):
-            err = OpenAIError(413, str(exc.detail), code="request_too_large")
-        elif exc.status_code == 404:
+        if exc.status_code == 404:
             err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url")
         elif exc.status_code == 405:
             err = OpenAIError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")

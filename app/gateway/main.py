@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,22 +12,21 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .admission import authenticate
 from .auth import KeyStore
-from .keyfile import ApiKey
+from .completions import ROUTES, CompletionsEndpoint
 from .context import GatewayContext
-from .edge import EdgeMiddleware
-from .dependencies import authenticate, enforce_limits, get_context
-from .errors import JSON, OpenAIError, install
+from .errors import JSON, install
+from .keyfile import ApiKey
 from .metrics import GatewayMetrics
-from .proxy import ProxyPlan, ProxyResponse
 from .ratelimit import RateLimiter
-from .requestid import request_id
-from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList, StreamOptions
+from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .settings import GatewaySettings
 from .upstreams import UpstreamPool
 
@@ -87,7 +86,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         fallback_headers=fallback_headers,
     )
     app.state.ctx = ctx
+    app.completions = CompletionsEndpoint(ctx)  # type: ignore[attr-defined]
     await pool.start()
+    # Everything built so far lives as long as the worker: move it out of the collector's sight,
+    # so full collections stay short and do not stall streams in flight.
+    gc.collect()
+    gc.freeze()
     log.info("gateway ready", extra={"upstreams": len(pool.members()), "healthy": pool.healthy_count()})
     try:
         yield
@@ -99,47 +103,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.close()
 
 
-def _model_label(ctx: GatewayContext, model: str) -> str:
-    # Metric labels only carry served model names, so made-up names cannot grow the series count.
-    return model if ctx.pool.serves(model) else "other"
+class GatewayApp(FastAPI):
+    """FastAPI, with the completion routes answered before routing (see completions.py)."""
+
+    completions: CompletionsEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ROUTES
+                and self.completions is not None):
+            await self.completions(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
-def _plan(request: Request, ctx: GatewayContext, key: ApiKey, body: ChatCompletionRequest | CompletionRequest,
-          endpoint: str) -> ProxyResponse:
-    started = request.scope.get("state", {}).get("started") or time.perf_counter()
-    model = body.model
-    if not key.may_use(model):
-        ctx.metrics.auth_failures.labels("model_not_allowed").inc()
-        raise OpenAIError(403, f"This API key may not use model '{model}'.", param="model", code="model_not_allowed")
-    if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
-        raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
-                          code="model_not_found")
-    wants_usage = body.wants_usage()
-    if body.stream:
-        # vLLM reports token usage on a stream only when asked; the gateway needs it to charge TPM.
-        if body.stream_options is None:
-            body.stream_options = StreamOptions(include_usage=True)
-        else:
-            body.stream_options.include_usage = True
-    chars = ctx.settings.affinity_prefix_chars
-    plan = ProxyPlan(
-        endpoint=endpoint,
-        model=model,
-        model_label=_model_label(ctx, model),
-        key=key,
-        body=body.model_dump_json(exclude_unset=True).encode(),
-        stream=bool(body.stream),
-        client_wants_usage=wants_usage,
-        prefix=body.prefix(chars) if chars else None,
-        prompt_chars=body.prompt_chars(),
-        request_id=request_id(request),
-        started=started,
-    )
-    return ProxyResponse(ctx, plan)
+def get_context(request: Request) -> GatewayContext:
+    return request.app.state.ctx
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    app = FastAPI(
+async def caller(request: Request) -> ApiKey:
+    return await authenticate(get_context(request), request.headers.get("authorization", ""))
+
+
+def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
+    app = GatewayApp(
         title="llm-platform gateway",
         description="OpenAI-compatible gateway in front of vLLM replicas.",
         version="1.0.0",
@@ -150,26 +136,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings or GatewaySettings()
     install(app)
 
-    app.add_middleware(EdgeMiddleware, max_bytes=app.state.settings.max_body_bytes)
-
+    # The completion routes are declared here for the OpenAPI document and so that other methods
+    # on their paths get 405; GatewayApp answers every POST to them before FastAPI's router runs,
+    # so these bodies are never called.
     @app.post("/v1/chat/completions", response_model=None, responses=_ERRORS, tags=["openai"])
-    async def chat_completions(
-        body: ChatCompletionRequest,
-        request: Request,
-        key: ApiKey = Depends(enforce_limits),
-    ) -> Response:
-        return _plan(request, get_context(request), key, body, "/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        raise AssertionError("served by CompletionsEndpoint")
 
     @app.post("/v1/completions", response_model=None, responses=_ERRORS, tags=["openai"])
-    async def completions(
-        body: CompletionRequest,
-        request: Request,
-        key: ApiKey = Depends(enforce_limits),
-    ) -> Response:
-        return _plan(request, get_context(request), key, body, "/v1/completions")
+    async def completions(body: CompletionRequest) -> Response:
+        raise AssertionError("served by CompletionsEndpoint")
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, tags=["openai"])
-    async def models(key: ApiKey = Depends(authenticate), ctx: GatewayContext = Depends(get_context)) -> ModelList:
+    async def models(key: ApiKey = Depends(caller), ctx: GatewayContext = Depends(get_context)) -> ModelList:
         names = sorted(m for m in ctx.pool.models() if key.may_use(m))
         return ModelList(data=[ModelCard(id=name) for name in names])
 

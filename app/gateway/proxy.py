@@ -1,8 +1,7 @@
-"""Sending one request upstream and its answer back, as an ASGI response.
+"""Sending one request upstream and its answer back, over the client's ASGI connection.
 
-The proxying happens inside the response's __call__, not in the endpoint, because only there
-can it see the client go away: a watcher waits on `receive()` for `http.disconnect` and cancels
-the work, which closes the upstream connection, which makes vLLM abort the request.
+While the work runs, a watcher waits on `receive()` for `http.disconnect` and cancels it,
+which closes the upstream connection, which makes vLLM abort the request.
 
 Until the first byte of an answer reaches the client, a failed attempt (connection error, 5xx,
 or a stream that ends before its first chunk) is retried on another replica; after it, a failure
@@ -21,7 +20,6 @@ from enum import Enum
 
 import aiohttp
 import orjson
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .keyfile import ApiKey
@@ -58,9 +56,11 @@ class ProxyPlan:
     started: float
 
 
-class ProxyResponse(Response):
+class ProxyResponse:
+    """One request's answer, as an ASGI application called with the request's connection."""
+
     def __init__(self, ctx: GatewayContext, plan: ProxyPlan) -> None:
-        super().__init__(status_code=200)
+        self.status_code = 200
         self.ctx = ctx
         self.plan = plan
         self._finished = False

@@ -10,11 +10,13 @@ from starlette.requests import Request
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def pick(given: str | None) -> str:
+    return given if given and _SANE.fullmatch(given) else uuid.uuid4().hex
+
+
 def request_id(request: Request) -> str:
     state = request.scope.setdefault("state", {})
     rid = state.get("request_id")
     if rid is None:
-        given = request.headers.get("x-request-id")
-        rid = given if given and _SANE.fullmatch(given) else uuid.uuid4().hex
-        state["request_id"] = rid
+        rid = state["request_id"] = pick(request.headers.get("x-request-id"))
     return rid

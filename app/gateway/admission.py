@@ -1,23 +1,19 @@
-"""FastAPI dependencies: the context, the caller's key, and the per-key limits."""
+"""Admission: who is calling (the API key) and whether their limits let the request in.
+
+Both raise OpenAIError, so the completions endpoint and FastAPI's /v1/models answer alike.
+"""
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
-
-from .keyfile import ApiKey
 from .context import GatewayContext
 from .errors import OpenAIError
+from .keyfile import ApiKey
 from .ratelimit import retry_after_header
 
-def get_context(request: Request) -> GatewayContext:
-    return request.app.state.ctx
 
-
-async def authenticate(request: Request) -> ApiKey:
-    # Read by hand rather than through fastapi.security: every dependency costs time on each
-    # request, and a missing key must get OpenAI's 401 body, not FastAPI's 403.
-    ctx = get_context(request)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+async def authenticate(ctx: GatewayContext, authorization: str) -> ApiKey:
+    """The key for an Authorization header value; 401 in OpenAI's shape when it is missing or wrong."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         ctx.metrics.auth_failures.labels("missing").inc()
@@ -33,11 +29,11 @@ async def authenticate(request: Request) -> ApiKey:
     return key
 
 
-async def enforce_limits(request: Request, key: ApiKey = Depends(authenticate)) -> ApiKey:
-    ctx = get_context(request)
+async def enforce_limits(ctx: GatewayContext, key: ApiKey) -> None:
+    """Takes one request from the key's limits, or raises 429 (limit reached) or 503 (limiter down, fail closed)."""
     decision = await ctx.limiter.admit(key)
     if decision.allowed:
-        return key
+        return
     if decision.limit == "redis":
         raise OpenAIError(
             503,

@@ -1,0 +1,136 @@
+"""The two completion routes, served as a bare ASGI endpoint ahead of FastAPI's routing.
+
+Every token of every stream passes through here, so this path skips what FastAPI adds to each
+request and each chunk (dependency solving, the Request object, a wrapper around `send` per
+middleware layer). It does the same checks, in this order, each answered in OpenAI's error
+shape: body size (413, before reading), API key (401), JSON and field types (400), model
+access (403) and existence (404), then the per-key limits (429, or 503 when Redis is down and
+the fail mode is closed). The OpenAPI document still describes both routes from the same
+pydantic models (see main.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Scope, Send
+
+from .admission import authenticate, enforce_limits
+from .context import GatewayContext
+from .errors import OpenAIError, validation_message
+from .proxy import ProxyPlan, ProxyResponse
+from .requestid import pick
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("gateway")
+
+# Path to the request model it takes.
+ROUTES: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+class CompletionsEndpoint:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        authorization = given_id = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+            elif name == b"x-request-id":
+                given_id = value.decode("latin-1")
+        rid = pick(given_id)
+        try:
+            plan = await self._admit(scope["path"], receive, authorization or "", length, rid, started)
+        except OpenAIError as err:
+            await err.send(send, rid)
+            return
+        except Exception as exc:  # never a traceback to the client: OpenAI's 500 with the request id
+            log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
+            await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
+            return
+        await ProxyResponse(self.ctx, plan)(scope, receive, send)
+
+    async def _admit(self, path: str, receive: Receive, authorization: str, length: bytes | None, rid: str,
+                     started: float) -> ProxyPlan:
+        ctx = self.ctx
+        limit = ctx.settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise _too_large(limit)
+        key = await authenticate(ctx, authorization)
+        raw = await _read_body(receive, limit)
+        body, forwarded = _parse(ROUTES[path], raw)
+        model = body.model
+        if not key.may_use(model):
+            ctx.metrics.auth_failures.labels("model_not_allowed").inc()
+            raise OpenAIError(403, f"This API key may not use model '{model}'.", param="model",
+                              code="model_not_allowed")
+        if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
+            raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
+                              code="model_not_found")
+        await enforce_limits(ctx, key)
+        chars = ctx.settings.affinity_prefix_chars
+        return ProxyPlan(
+            endpoint=path,
+            model=model,
+            # Metric labels only carry served model names, so made-up names cannot grow the series count.
+            model_label=model if ctx.pool.serves(model) else "other",
+            key=key,
+            body=forwarded,
+            stream=bool(body.stream),
+            client_wants_usage=body.wants_usage(),
+            prefix=body.prefix(chars) if chars else None,
+            prompt_chars=body.prompt_chars(),
+            request_id=rid,
+            started=started,
+        )
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise OpenAIError(400, "The client closed the connection before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            # A chunked upload has no length up front: stop reading at the limit.
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequest, bytes]:
+    """The validated request, and the bytes to send upstream: the client's own, unless usage must be asked for."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OpenAIError(400, f"We could not parse the JSON body of your request: it is not valid JSON ({exc}).")
+    try:
+        body = model.model_validate(obj)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise OpenAIError(400, message, param=param)
+    if body.stream and not body.wants_usage():  # type: ignore[attr-defined]
+        # vLLM reports token usage on a stream only when asked; the gateway needs it to charge TPM.
+        options = obj.get("stream_options") or {}
+        obj["stream_options"] = {**options, "include_usage": True}
+        return body, orjson.dumps(obj)  # type: ignore[return-value]
+    return body, raw  # type: ignore[return-value]
+
