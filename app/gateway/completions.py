@@ -2,15 +2,23 @@
 
 Every token of every stream passes through here, so this path skips what FastAPI adds to each
 request and each chunk (dependency solving, the Request object, a wrapper around `send` per
-middleware layer). It does the same checks, in this order, each answered in OpenAI's error
-shape: body size (413, before reading), API key (401), JSON and field types (400), model
-access (403) and existence (404), then the per-key limits (429, or 503 when Redis is down and
-the fail mode is closed). The OpenAPI document still describes both routes from the same
-pydantic models (see main.py).
+middleware layer). It checks, in this order, each answered in OpenAI's error shape: body size
+(413, before reading), API key (401), JSON and field types (400), model access (403) and
+existence (404). The OpenAPI document still describes both routes from the same pydantic
+models (see main.py).
+
+The per-key limits (429, or 503 when Redis is down and the fail mode is closed) are checked in
+Redis while the request already goes upstream: the check returns within a millisecond, long
+before a replica's prefill yields a first token, so the Redis round trip never delays that
+token. No byte of the answer reaches the client before the check has passed; a refused request
+is cancelled upstream (vLLM aborts it) and answered with the 429. A key refused once is checked
+before going upstream until its Retry-After passes, so a client that keeps hammering past its
+limit does not reach a replica at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -49,19 +57,20 @@ class CompletionsEndpoint:
             elif name == b"x-request-id":
                 given_id = value.decode("latin-1")
         rid = pick(given_id)
+        response: ProxyResponse | None = None
         try:
-            plan = await self._admit(scope["path"], receive, authorization or "", length, rid, started)
+            plan, limits = await self._admit(scope["path"], receive, authorization or "", length, rid, started)
+            response = ProxyResponse(self.ctx, plan, limits)
+            await response(scope, receive, send)
         except OpenAIError as err:
             await err.send(send, rid)
-            return
         except Exception as exc:  # never a traceback to the client: OpenAI's 500 with the request id
             log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
-            await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
-            return
-        await ProxyResponse(self.ctx, plan)(scope, receive, send)
+            if response is None or not response.started:
+                await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
 
     async def _admit(self, path: str, receive: Receive, authorization: str, length: bytes | None, rid: str,
-                     started: float) -> ProxyPlan:
+                     started: float) -> tuple[ProxyPlan, asyncio.Future[None]]:
         ctx = self.ctx
         limit = ctx.settings.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -77,9 +86,9 @@ class CompletionsEndpoint:
         if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
             raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
                               code="model_not_found")
-        await enforce_limits(ctx, key)
+        limits = asyncio.ensure_future(enforce_limits(ctx, key))
         chars = ctx.settings.affinity_prefix_chars
-        return ProxyPlan(
+        plan = ProxyPlan(
             endpoint=path,
             model=model,
             # Metric labels only carry served model names, so made-up names cannot grow the series count.
@@ -92,7 +101,9 @@ class CompletionsEndpoint:
             prompt_chars=body.prompt_chars(),
             request_id=rid,
             started=started,
+            limits_first=ctx.limiter.recently_refused(key),
         )
+        return plan, limits
 
 
 def _too_large(limit: int) -> OpenAIError:

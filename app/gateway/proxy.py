@@ -3,6 +3,10 @@
 While the work runs, a watcher waits on `receive()` for `http.disconnect` and cancels it,
 which closes the upstream connection, which makes vLLM abort the request.
 
+The per-key limit check may still be running in Redis when the request goes upstream (see
+completions.py); the first send to the client waits for it, and a refusal cancels the upstream
+request and answers with the limit's error instead.
+
 Until the first byte of an answer reaches the client, a failed attempt (connection error, 5xx,
 or a stream that ends before its first chunk) is retried on another replica; after it, a failure
 ends the stream with an error event, since the client already holds part of an answer.
@@ -22,9 +26,9 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from .keyfile import ApiKey
 from .context import GatewayContext
-from .errors import JSON, error_body
+from .errors import JSON, OpenAIError, error_body
+from .keyfile import ApiKey
 from .upstreams import Upstream
 
 log = logging.getLogger("gateway.access")
@@ -34,6 +38,14 @@ _PASS_HEADERS = frozenset({b"content-type"})
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _MAX_TAIL = 1 << 16
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class Refused(Exception):
+    """The limit check said no after the request went upstream."""
+
+    def __init__(self, error: OpenAIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Outcome(Enum):
@@ -54,15 +66,18 @@ class ProxyPlan:
     prompt_chars: int
     request_id: str
     started: float
+    # Wait for the limit check before going upstream (the key was refused lately).
+    limits_first: bool = False
 
 
 class ProxyResponse:
     """One request's answer, as an ASGI application called with the request's connection."""
 
-    def __init__(self, ctx: GatewayContext, plan: ProxyPlan) -> None:
+    def __init__(self, ctx: GatewayContext, plan: ProxyPlan, limits: asyncio.Future[None] | None = None) -> None:
         self.status_code = 200
         self.ctx = ctx
         self.plan = plan
+        self._limits = limits
         self._finished = False
         self._client_gone = False
         self._sent_start = False
@@ -74,28 +89,76 @@ class ProxyResponse:
         self.first_byte_at: float | None = None
         self._waiting = True
         self._last_failure: tuple[int, bytes, bytes] | None = None
+        self._task: asyncio.Task | None = None
+        self._checking = False
+        self._refusal: OpenAIError | None = None
 
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self._task = task
         watcher = asyncio.ensure_future(self._watch(receive, task))
+        if self._limits is not None:
+            self._limits.add_done_callback(self._limits_decided)
         m, p = self.ctx.metrics, self.plan
         m.in_flight.labels(p.model_label).inc()
         m.waiting.labels(p.model_label).inc()
         try:
             await self._serve(send)
+        except Refused as refused:
+            await self._refuse(send, refused.error)
         except asyncio.CancelledError:
-            if not self._client_gone:
+            if self._refusal is not None:
+                task.uncancel()
+                await self._refuse(send, self._refusal)
+            elif self._client_gone:
+                task.uncancel()
+                self.status_code = 499
+                m.disconnects.labels(p.model_label).inc()
+            else:
                 raise
-            task.uncancel()
-            self.status_code = 499
-            m.disconnects.labels(p.model_label).inc()
         finally:
             self._finished = True
             watcher.cancel()
             self._settle()
+
+    @property
+    def started(self) -> bool:
+        """Whether the response has begun, after which an error can no longer be sent as a status."""
+        return self._sent_start
+
+    # -- the limit check -----------------------------------------------------------------------
+
+    async def _check_limits(self) -> None:
+        if self._limits is None:
+            return
+        self._checking = True
+        try:
+            # Shielded: a client leaving now must not cut a Redis command in half.
+            await asyncio.shield(self._limits)
+        except OpenAIError as err:
+            raise Refused(err) from None
+        finally:
+            self._checking = False
+
+    def _limits_decided(self, future: asyncio.Future[None]) -> None:
+        """Stops the upstream work the moment the check refuses, whatever the attempt is waiting for."""
+        if future.cancelled():
+            return
+        err = future.exception()  # also marks it seen when nobody awaits it (the client left)
+        if (isinstance(err, OpenAIError) and not self._checking and not self._sent_start
+                and not self._finished and self._task is not None):
+            self._refusal = err
+            self._task.cancel()
+
+    async def _refuse(self, send: Send, err: OpenAIError) -> None:
+        # Nothing reached the client, and the upstream attempt was closed, so nothing is charged.
+        self.first_byte_at = None
+        self._sent_start = True
+        self.status_code = err.status
+        await err.send(send, self.plan.request_id)
 
     async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -108,12 +171,15 @@ class ProxyResponse:
 
     async def _serve(self, send: Send) -> None:
         ctx, p = self.ctx, self.plan
+        if p.limits_first:
+            await self._check_limits()
         ctx.metrics.overhead.observe(time.perf_counter() - p.started)
         tried: set[str] = set()
         fallback = ctx.settings.fallback_base_url
         while self.attempts < ctx.settings.max_attempts:
             up = ctx.pool.choose(p.model, p.prefix, tried)
             if up is None and not tried and not fallback:
+                await self._check_limits()  # a refused request must not wait for a scale-up
                 up = await self._hold(tried)
             if up is None:
                 break
@@ -312,6 +378,7 @@ class ProxyResponse:
 
     async def _start(self, send: Send, status: int, content_type: bytes, stream: bool, length: int | None = None,
                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await self._check_limits()
         self.status_code = status
         headers = [(b"content-type", content_type), (b"x-request-id", self.plan.request_id.encode())]
         if stream:
@@ -385,3 +452,4 @@ class ProxyResponse:
         # No usage (the client left, or the upstream omits it): about 4 characters a token for the
         # prompt and one token per stream event, without tokenizing anything.
         return self.plan.prompt_chars // 4, max(0, self._events - 1) if self.plan.stream else 0, True
+

@@ -53,6 +53,18 @@ class RateLimiter:
         self._down_until = 0.0
         self._owed: dict[str, tuple[ApiKey, int]] = {}
         self._flusher: asyncio.Task | None = None
+        # Keys refused lately, until their Retry-After passes: their next requests are checked
+        # before they go upstream (see completions.py).
+        self._refused_until: dict[str, float] = {}
+
+    def recently_refused(self, key: ApiKey) -> bool:
+        until = self._refused_until.get(key.key_id)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._refused_until[key.key_id]
+        return False
 
     def limits(self, key: ApiKey) -> tuple[int, int]:
         rpm = self._default_rpm if key.rpm is None else key.rpm
@@ -92,7 +104,9 @@ class RateLimiter:
             return Decision(True, remaining_requests=int(rem_req), remaining_tokens=int(rem_tok))
         limit: Literal["rpm", "tpm"] = "rpm" if by == 1 else "tpm"
         self._metrics.ratelimited.labels(key.key_id, limit).inc()
-        return Decision(False, limit, int(retry_us) / 1e6, int(rem_req), int(rem_tok))
+        retry_after_s = int(retry_us) / 1e6
+        self._refused_until[key.key_id] = time.monotonic() + retry_after_s
+        return Decision(False, limit, retry_after_s, int(rem_req), int(rem_tok))
 
     def charge(self, key: ApiKey, tokens: int) -> None:
         """Charges a finished request's tokens without holding up its response."""

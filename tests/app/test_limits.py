@@ -32,6 +32,31 @@ def test_rpm_limit_is_shared_by_two_gateways(gateway, gateway_b, keys):
     assert metric_sum(samples, "gateway_ratelimit_rejections_total", key_id="rpm5", limit="rpm") >= 1
 
 
+def _upstream_requests(replicas) -> tuple[float, float]:
+    """(requests finished, of which aborted) over the simulator replicas."""
+    finished = aborted = 0.0
+    for replica in replicas:
+        samples = scrape(replica.url)
+        finished += metric_sum(samples, "vllm:request_success_total")
+        aborted += metric_sum(samples, "vllm:request_success_total", finished_reason="abort")
+    return finished, aborted
+
+
+def test_refused_request_is_cancelled_upstream_then_the_key_is_checked_first(gateway, keys, replicas):
+    key = keys.by_id["rpm1"]
+    assert _post(gateway.url, key).status_code == 200
+    _, aborted = _upstream_requests(replicas)
+    # The limit check runs while the request goes upstream: the refusal aborts it on the replica.
+    assert _post(gateway.url, key).status_code == 429
+    eventually(lambda: _upstream_requests(replicas)[1] == aborted + 1, timeout=5)
+    # Refused once, the key now waits for the check, so its next request never reaches a replica.
+    finished, aborted = _upstream_requests(replicas)
+    refused = _post(gateway.url, key)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "requests"
+    time.sleep(0.3)
+    assert _upstream_requests(replicas) == (finished, aborted)
+
+
 def test_tokens_are_charged_from_reported_usage(gateway, gateway_b, keys):
     # tpm=60; a 50-token completion plus its prompt drains the bucket, so the next request waits.
     first = _post(gateway.url, keys.tpm, {**CHAT, "max_tokens": 50, "stream": True})
