@@ -6,7 +6,19 @@ through the gateway, in one run, interleaved in rounds so drift hits all three a
 
 Time to first token (TTFT) is measured from sending the request to the first body byte of the
 stream; total latency to the end of the stream. The gateway runs with its rate limits switched
-on (one Redis round trip per request) and routing, metrics and logging as in production.
+on (one Redis check per request) and routing, metrics and info-level JSON logging as in
+production.
+
+Load: a closed loop of N streams. Each stream starts at its own offset within one request's
+duration, as independent clients would, rather than all N at the same instant: N requests
+arriving together would measure how fast a proxy drains a synthetic burst that then repeats in
+lockstep forever, since every simulated request takes exactly as long as every other.
+
+Placement (--pin, the default on two or more CPUs): the load generator and the simulator share
+CPU 0; the proxy under test (nginx, or the gateway and its Redis) has CPU 1, as a gateway pod
+has its own requested CPU beside the model servers in a cluster. Without it the proxy competes
+with the simulator and the load generator for the same two cores, and its overhead includes
+slowing them down; --no-pin measures that too.
 """
 
 from __future__ import annotations
@@ -95,7 +107,8 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: di
         out.done += 1
 
 
-async def load(url: str, key: str | None, concurrency: int, requests: int, max_tokens: int, out: Samples) -> None:
+async def load(url: str, key: str | None, concurrency: int, requests: int, max_tokens: int, spread_s: float,
+               out: Samples) -> None:
     body = (
         '{"model": "sim-model", "stream": true, "max_tokens": %d, '
         '"messages": [{"role": "user", "content": "Tell me about the bench."}]}' % max_tokens
@@ -109,14 +122,15 @@ async def load(url: str, key: str | None, concurrency: int, requests: int, max_t
         await asyncio.gather(*(one(session, url, body, headers, None) for _ in range(concurrency)))
         remaining = requests
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
             nonlocal remaining
+            await asyncio.sleep(spread_s * i / concurrency)
             while remaining > 0:
                 remaining -= 1
                 await one(session, url, body, headers, out)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         out.wall += time.perf_counter() - started
 
 
@@ -137,6 +151,14 @@ def cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def pin(pids: list[int], cpu: int) -> None:
+    """Moves processes, and their children (uvicorn workers), onto one CPU."""
+    for pid in pids:
+        os.sched_setaffinity(pid, {cpu})
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            os.sched_setaffinity(int(child), {cpu})
+
+
 def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 
@@ -151,6 +173,8 @@ def main() -> None:
     parser.add_argument("--itl-ms", type=float, default=10.0, help="simulated time per further token")
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                        help="load generator and simulator on CPU 0, the proxy under test on CPU 1")
     args = parser.parse_args()
 
     try:
@@ -193,23 +217,32 @@ def main() -> None:
             "GATEWAY_UPSTREAMS": sim.url,
             "GATEWAY_REDIS_URL": redis.url,
             "GATEWAY_API_KEYS_FILE": str(keys),
-            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_LOG_LEVEL": "info",
         })
         procs.append(gw)
         targets["gateway"] = (gw.url, key)
         cpu_of["gateway"] = [gw.pid, redis.pid]
+
+        if args.pin:
+            # Children (uvicorn workers) exist once the gateway answers, which start_gateway waits for.
+            pin([os.getpid(), sim.pid], 0)
+            pin([redis.pid, gw.pid] + cpu_of.get("nginx", []), 1)
+        spread_s = (args.ttft_ms + args.itl_ms * (args.max_tokens - 1)) / 1000
 
         results = {name: Samples() for name in targets}
         per_round = max(1, args.requests // args.rounds)
         print(f"{os.cpu_count()} CPUs; {args.concurrency} concurrent streams; {args.max_tokens} tokens each; "
               f"simulated TTFT {args.ttft_ms:g} ms, {args.itl_ms:g} ms/token; "
               f"{per_round * args.rounds} requests per target in {args.rounds} rounds; "
-              f"gateway workers {args.gateway_workers}, nginx workers {args.nginx_workers}", flush=True)
+              f"gateway workers {args.gateway_workers}, nginx workers {args.nginx_workers}; "
+              f"streams start spread over {spread_s * 1000:g} ms; "
+              + ("load generator and simulator on CPU 0, proxy (and Redis) on CPU 1" if args.pin else "no CPU pinning"),
+              flush=True)
         for r in range(args.rounds):
             for name, (url, key_) in targets.items():
                 before = sum(cpu_seconds(pid) for pid in cpu_of[name])
                 asyncio.run(load(url + "/v1/chat/completions", key_, args.concurrency, per_round, args.max_tokens,
-                                 results[name]))
+                                 spread_s, results[name]))
                 # Includes the unmeasured warm-up requests, so per-request CPU is a slight overestimate.
                 results[name].proxy_cpu += sum(cpu_seconds(pid) for pid in cpu_of[name]) - before
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)

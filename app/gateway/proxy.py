@@ -303,9 +303,12 @@ class ProxyResponse:
         chunk = self._filter(first)
         if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        # readany() by hand rather than `async for ... in iter_any()`: one coroutine less per chunk.
+        read = resp.content.readany
+        filter_ = self._filter
         try:
-            async for data in resp.content.iter_any():
-                chunk = self._filter(data)
+            while data := await read():
+                chunk = filter_(data)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _TRANSPORT_ERRORS as exc:
