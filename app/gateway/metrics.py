@@ -41,7 +41,7 @@ class GatewayMetrics:
             ["model", "endpoint", "stream"], buckets=_LATENCY, registry=r,
         )
         self.overhead = Histogram(
-            "gateway_admission_seconds", "Gateway time before the request is sent upstream: auth, limits, routing.",
+            "gateway_admission_seconds", "Gateway time before the request is sent upstream: key, body and routing (the limit check runs alongside).",
             buckets=_OVERHEAD, registry=r,
         )
         self.prompt_tokens = Counter(
