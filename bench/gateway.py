@@ -12,7 +12,8 @@ production.
 Load: a closed loop of N streams. Each stream starts at its own offset within one request's
 duration, as independent clients would, rather than all N at the same instant: N requests
 arriving together would measure how fast a proxy drains a synthetic burst that then repeats in
-lockstep forever, since every simulated request takes exactly as long as every other.
+lockstep forever, since every simulated request takes exactly as long as every other
+(--no-spread measures that case).
 
 Placement (--pin, the default on two or more CPUs): the load generator and the simulator share
 CPU 0; the proxy under test (nginx, or the gateway and its Redis) has CPU 1, as a gateway pod
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--nginx-workers", type=int, default=1)
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
                         help="load generator and simulator on CPU 0, the proxy under test on CPU 1")
+    parser.add_argument("--spread", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the streams spread over one request's duration (--no-spread: all at once)")
     args = parser.parse_args()
 
     try:
@@ -227,7 +230,7 @@ def main() -> None:
             # Children (uvicorn workers) exist once the gateway answers, which start_gateway waits for.
             pin([os.getpid(), sim.pid], 0)
             pin([redis.pid, gw.pid] + cpu_of.get("nginx", []), 1)
-        spread_s = (args.ttft_ms + args.itl_ms * (args.max_tokens - 1)) / 1000
+        spread_s = (args.ttft_ms + args.itl_ms * (args.max_tokens - 1)) / 1000 if args.spread else 0.0
 
         results = {name: Samples() for name in targets}
         per_round = max(1, args.requests // args.rounds)
