@@ -12,11 +12,11 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import Receive, Scope, Send
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from .admission import authenticate
 from .auth import KeyStore
@@ -48,7 +48,7 @@ _ERRORS = {
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     metrics = GatewayMetrics()
     # No retries inside redis-py: a rate-limit check must fail fast and let the fail mode decide.
@@ -86,7 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         fallback_headers=fallback_headers,
     )
     app.state.ctx = ctx
-    app.completions = CompletionsEndpoint(ctx)  # type: ignore[attr-defined]
+    app.completions = CompletionsEndpoint(ctx)
     await pool.start()
     # Everything built so far lives as long as the worker: move it out of the collector's sight,
     # so full collections stay short and do not stall streams in flight.
