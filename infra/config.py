@@ -1,8 +1,8 @@
 """The typed stack config: parsed once, frozen, and checked before any resource exists.
 
 Stack files hold structured values under the `llm-platform:` namespace (budget, tags,
-models, gateway, images, sites). Secrets (`hfToken`, `apiKeys`, `fallbackApiKey`) are
-read separately as Pulumi secrets and never enter these models.
+models, gateway, images, sites). Secrets (`hfToken`, `apiKeys`, `fallbackApiKey`,
+`dockerHubToken`) are read separately (infra/secrets.py) as Pulumi secrets and never enter these models.
 
 Every failure is a `ConfigError` whose text is one line: the key path as it is written in
 `Pulumi.<stack>.yaml` and what would be valid.
@@ -29,7 +29,7 @@ from infra.catalog import CLOUDS, catalog, vllm_cli
 
 PROJECT = "llm-platform"
 # Keys in the project namespace that hold secrets; everything else must be a known key.
-SECRET_KEYS = ("hfToken", "apiKeys", "fallbackApiKey")
+SECRET_KEYS = ("hfToken", "apiKeys", "fallbackApiKey", "dockerHubToken")
 STRUCTURED_KEYS = ("budget", "tags", "models", "gateway", "images", "monitoring", "sites")
 
 Slug = Annotated[str, Field(pattern=r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")]
@@ -153,6 +153,11 @@ class Gateway(_Model):
 
 class Images(_Model):
     gateway_tag: str = Field(default="0.1.0", pattern=r"^[\w][\w.-]{0,127}$")
+    docker_hub_user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]{4,30}$",
+        description="Docker Hub user of the dockerHubToken secret; AWS sites need both for ECR's Docker Hub cache.",
+    )
     vllm: str = Field(default="vllm/vllm-openai:v0.33.0", pattern=r"^\S+:[\w][\w.-]*$")
 
     @field_validator("vllm")
@@ -228,6 +233,16 @@ class AzureSite(_Model):
     )
 
 
+class AwsSite(_Model):
+    """What only an AWS site needs."""
+
+    admin_principal_arns: list[Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")]] = Field(
+        default_factory=list,
+        description="IAM roles or users (a CI role, an admin role) that get cluster admin through EKS access entries, "
+        "beside the identity that runs `pulumi up`.",
+    )
+
+
 class Site(_Model):
     name: Slug
     cloud: Literal["aws", "gcp", "azure"]
@@ -244,6 +259,7 @@ class Site(_Model):
     redis: Redis = Redis()
     monitoring: bool = True
     models: list[Slug] = Field(min_length=1, description="Names of the stack's models served here.")
+    aws: AwsSite | None = Field(default=None, description="Optional on cloud aws sites: extra cluster admins.")
     gcp: GcpSite | None = Field(default=None, description="Required on cloud gcp sites: project and billing account.")
     azure: AzureSite | None = Field(default=None, description="Optional on cloud azure sites: subscription, admin groups.")
 
@@ -359,7 +375,7 @@ def _check_cloud_blocks(cfg: StackConfig) -> None:
     """Each cloud's own block belongs on that cloud's sites only, and each cloud's limits hold."""
     for s, site in enumerate(cfg.sites):
         at = f"sites[{s}]"
-        for cloud in ("gcp", "azure"):
+        for cloud in ("aws", "gcp", "azure"):
             if getattr(site, cloud) is not None and site.cloud != cloud:
                 raise ConfigError(f"{at}.{cloud}", f"only for cloud {cloud} sites; this site is {site.cloud}")
         if site.cloud == "gcp" and site.gcp is None:

@@ -6,7 +6,8 @@ import pulumi
 
 from infra import config as stack_config
 from infra.platform import build_budget, build_platform, check_clouds
-from infra.workloads import Secrets, deploy
+from infra.secrets import from_pulumi as read_secrets
+from infra.workloads import deploy
 
 
 def budget_shares(cfg: stack_config.StackConfig) -> dict[str, float]:
@@ -18,26 +19,17 @@ def budget_shares(cfg: stack_config.StackConfig) -> dict[str, float]:
     return {c: explicit.get(c, left / len(rest) if rest else 0.0) for c in clouds}
 
 
-def _secrets() -> Secrets:
-    conf = pulumi.Config()
-    return Secrets(
-        hf_token=conf.get_secret("hfToken"),
-        api_keys=conf.get_secret_object("apiKeys"),
-        fallback_api_key=conf.get_secret("fallbackApiKey"),
-    )
-
-
 def run() -> None:
     cfg = stack_config.from_pulumi()
     check_clouds(cfg)
-    secrets = _secrets()
+    secrets = read_secrets()
     for cloud, amount in budget_shares(cfg).items():
         first_site = next(s for s in cfg.sites if s.cloud == cloud)
         build_budget(cfg, amount, first_site)
 
     sites = {}
     for site in cfg.sites:
-        platform = build_platform(cfg, site)
+        platform = build_platform(cfg, site, secrets)
         workloads = deploy(cfg, platform, secrets)
         sites[site.name] = {
             "cloud": site.cloud,

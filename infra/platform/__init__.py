@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from infra.catalog import InstanceType
 from infra.config import ConfigError, GpuPool, Site, StackConfig
+from infra.secrets import Secrets
 
 POOL_LABEL = "llm-platform.io/pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -64,6 +65,32 @@ class StorageClasses:
 
 
 @dataclass(frozen=True)
+class RegistryLogin:
+    """How the program signs in to push the images it builds (short-lived, from the cloud)."""
+
+    address: pulumi.Output[str]
+    username: pulumi.Output[str]
+    password: pulumi.Output[str]  # a Pulumi secret
+
+
+@dataclass(frozen=True)
+class ImageRegistry:
+    """Where a site's nodes pull images from: all of it inside the site's own cloud, so a
+    first `pulumi up` never depends on a registry that does not exist yet or on Docker Hub's
+    anonymous pull limit."""
+
+    # Prefix of the site's own repositories, where the program pushes what it builds (the
+    # gateway): <prefix>/gateway.
+    own: pulumi.Output[str]
+    # Prefix under which Docker Hub images are pulled through the site's cache:
+    # <prefix>/vllm/vllm-openai:<tag> for docker.io/vllm/vllm-openai:<tag>.
+    docker_hub: pulumi.Output[str]
+    login: RegistryLogin
+    # Resources that must exist before a node can pull through the cache (cache rules, IAM).
+    ready: tuple[pulumi.Resource, ...] = field(default=())
+
+
+@dataclass(frozen=True)
 class Platform:
     site: Site
     provider: k8s.Provider
@@ -74,10 +101,13 @@ class Platform:
     redis: RedisEndpoint
     lb_annotations: Mapping[str, str]
     storage: StorageClasses
-    registry: pulumi.Output[str]  # image prefix, e.g. <account>.dkr.ecr.<region>.amazonaws.com/llm-platform
+    images: ImageRegistry
     needs_device_plugin: bool  # False where the cloud installs NVIDIA's device plugin itself
     # Cluster-side resources workloads must wait for (node pools, CSI drivers, ...).
     ready: tuple[pulumi.Resource, ...] = field(default=())
+    # Host directory of the NVIDIA driver where the cloud installs it outside the container
+    # runtime's reach (GKE: /home/kubernetes/bin/nvidia); None where the runtime injects it.
+    gpu_driver_host_dir: str | None = None
 
     def gpu_pool(self, name: str) -> NodePool:
         return next(pool for pool in self.gpu_pools if pool.name == name)
@@ -187,9 +217,9 @@ def check_clouds(cfg: StackConfig) -> None:
         _cloud_module(cfg, site)
 
 
-def build_platform(cfg: StackConfig, site: Site) -> Platform:
+def build_platform(cfg: StackConfig, site: Site, secrets: Secrets) -> Platform:
     """Build one site on its cloud and hand back what the workloads need."""
-    return _cloud_module(cfg, site).build(cfg, site, pulumi.ResourceOptions())
+    return _cloud_module(cfg, site).build(cfg, site, secrets, pulumi.ResourceOptions())
 
 
 def build_budget(cfg: StackConfig, amount: float, site: Site) -> pulumi.Resource:

@@ -13,10 +13,12 @@ import pulumi_random as random
 from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
+    ImageRegistry,
     NodePool,
     Platform,
     POOL_LABEL,
     RedisEndpoint,
+    RegistryLogin,
     StorageClasses,
     Taint,
     exec_kubeconfig,
@@ -24,6 +26,7 @@ from infra.platform import (
     resource_tags,
     system_node_pool,
 )
+from infra.secrets import Secrets
 from infra.charts import CLUSTER_AUTOSCALER
 
 ZONES = 3
@@ -497,7 +500,7 @@ def _autoscaler_policy(cluster_name: str) -> str:
     )
 
 
-def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platform:
+def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
     tags = resource_tags(cfg, site)
     site_component = pulumi.ComponentResource("llm-platform:aws:Site", site.name, None, opts)
     provider = aws.Provider(
@@ -544,7 +547,12 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
             "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags": tag_list,
         },
         storage=StorageClasses(rwo="gp3", rwx=None),
-        registry=registry.prefix,
+        # Placeholder until the site's pull-through cache and push login are built.
+        images=ImageRegistry(
+            own=registry.prefix,
+            docker_hub=pulumi.Output.from_input("docker.io"),
+            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+        ),
         needs_device_plugin=True,
         ready=(addons.storage_class, *(g.node_group for g in groups)),
     )

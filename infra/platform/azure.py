@@ -24,9 +24,11 @@ import yaml
 from infra.config import Site, StackConfig, azure_pool_name
 from infra.platform import (
     GPU_TAINT_KEY,
+    ImageRegistry,
     NodePool,
     Platform,
     RedisEndpoint,
+    RegistryLogin,
     StorageClasses,
     Taint,
     exec_kubeconfig,
@@ -34,6 +36,7 @@ from infra.platform import (
     resource_tags,
     system_node_pool,
 )
+from infra.secrets import Secrets
 
 # Azure Cache for Redis SKUs: (family, capacity) per size; Premium where size needs it.
 REDIS_SKUS = {"small": ("C", 1), "medium": ("C", 2), "large": ("P", 1)}
@@ -443,7 +446,7 @@ def _provider(name: str, site: Site, opts: pulumi.ResourceOptions) -> azure_prov
     return azure_provider.Provider(name, location=site.region, subscription_id=subscription, opts=opts)
 
 
-def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platform:
+def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
     tags = resource_tags(cfg, site)
     site_component = pulumi.ComponentResource("llm-platform:azure:Site", site.name, None, opts)
     provider = _provider(f"{site.name}-azure", site, pulumi.ResourceOptions(parent=site_component))
@@ -481,7 +484,12 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
         # Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
         # to load weights, so replicas of a model download them once.
         storage=StorageClasses(rwo="managed-csi", rwx="azurefile-csi-premium"),
-        registry=registry.prefix,
+        # Placeholder until the site's pull-through cache and push login are built.
+        images=ImageRegistry(
+            own=registry.prefix,
+            docker_hub=pulumi.Output.from_input("docker.io"),
+            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+        ),
         # AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
         needs_device_plugin=True,
         ready=(*(g.agent_pool for g in groups),),

@@ -11,9 +11,11 @@ import pulumi_kubernetes as k8s
 from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
+    ImageRegistry,
     NodePool,
     Platform,
     RedisEndpoint,
+    RegistryLogin,
     StorageClasses,
     Taint,
     exec_kubeconfig,
@@ -21,6 +23,7 @@ from infra.platform import (
     resource_tags,
     system_node_pool,
 )
+from infra.secrets import Secrets
 
 REDIS_MEMORY_GB = {"small": 1, "medium": 5, "large": 16}
 # Memorystore serves TLS on 6378 once in-transit encryption is on.
@@ -397,7 +400,7 @@ def _provider(name: str, site: Site, labels: dict[str, str], opts: pulumi.Resour
     )
 
 
-def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platform:
+def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
     labels = resource_tags(cfg, site)
     site_component = pulumi.ComponentResource("llm-platform:gcp:Site", site.name, None, opts)
     provider = _provider(f"{site.name}-gcp", site, labels, pulumi.ResourceOptions(parent=site_component))
@@ -438,7 +441,12 @@ def build(cfg: StackConfig, site: Site, opts: pulumi.ResourceOptions) -> Platfor
         lb_annotations={"cloud.google.com/l4-rbs": "enabled"},
         # GKE ships both classes; pd-balanced (standard-rwo) works on every GPU machine series.
         storage=StorageClasses(rwo="standard-rwo", rwx=None),
-        registry=registry.prefix,
+        # Placeholder until the site's pull-through cache and push login are built.
+        images=ImageRegistry(
+            own=registry.prefix,
+            docker_hub=pulumi.Output.from_input("docker.io"),
+            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+        ),
         # GKE installs the driver (gpu_driver_installation_config) and runs its own device plugin.
         needs_device_plugin=False,
         ready=(*(g.node_pool for g in groups),),

@@ -13,6 +13,7 @@ import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
 from infra.platform import Platform
+from infra.secrets import Secrets
 from infra.workloads.gateway import (
     API_KEYS_SECRET,
     FALLBACK_SECRET,
@@ -30,15 +31,6 @@ from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 NAMESPACE = "llm"
 MONITORING_NAMESPACE = "monitoring"
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Secret config values, each a Pulumi secret Output, or None where unset."""
-
-    hf_token: pulumi.Output[str] | None
-    api_keys: pulumi.Output[dict] | None  # key id -> key
-    fallback_api_key: pulumi.Output[str] | None
 
 
 @dataclass(frozen=True)
@@ -120,7 +112,7 @@ class Workloads(pulumi.ComponentResource):
             models,
             platform,
             NAMESPACE,
-            platform.registry.apply(lambda prefix: f"{prefix}/gateway:{cfg.images.gateway_tag}"),
+            platform.images.own.apply(lambda prefix: f"{prefix}/gateway:{cfg.images.gateway_tag}"),
             has_fallback_key,
             in_ns,
             keda_autoscaled=monitored,

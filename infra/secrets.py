@@ -1,0 +1,32 @@
+"""Secret stack config, read once as Pulumi secrets and handed to the layers that need them.
+
+Set with `pulumi config set --secret <key> <value>`; each stays an `Output` secret end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret config values, each a Pulumi secret Output, or None where unset."""
+
+    hf_token: pulumi.Output[str] | None
+    api_keys: pulumi.Output[dict] | None  # key id -> key
+    fallback_api_key: pulumi.Output[str] | None
+    # A Docker Hub access token, for registries whose Docker Hub cache must sign in (ECR's
+    # pull-through cache does; Artifact Registry and ACR can pull anonymously).
+    docker_hub_token: pulumi.Output[str] | None = None
+
+
+def from_pulumi() -> Secrets:
+    conf = pulumi.Config()
+    return Secrets(
+        hf_token=conf.get_secret("hfToken"),
+        api_keys=conf.get_secret_object("apiKeys"),
+        fallback_api_key=conf.get_secret("fallbackApiKey"),
+        docker_hub_token=conf.get_secret("dockerHubToken"),
+    )
