@@ -6,10 +6,22 @@ policy run and the cost estimate) all read this.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 SECRET = "[secret]"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str) -> float:
+    """A Pulumi custom timeout ("1h30m", "45m", "90s", Go's duration syntax) in seconds; 0 where unset."""
+    text = text or ""
+    parts = _DURATION.findall(text)
+    if "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"customTimeouts: {text!r} is not a duration like 45m or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,9 @@ class Resource:
     inputs: dict[str, Any]
     has_secret: bool = False
     id: str = ""  # the id the (mock) provider gave it
+    # dependsOn, customTimeouts, ignoreChanges, protect, deleteBeforeReplace,
+    # replaceOnChanges, aliases, retainOnDelete: only those the program set.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_provider(self) -> bool:
@@ -42,6 +57,7 @@ class Resource:
             "parent": self.parent,
             "provider": self.provider,
             "inputs": self.inputs,
+            "options": self.options,
         }
 
 

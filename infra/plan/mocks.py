@@ -93,6 +93,12 @@ class PlanMocks(sdk_mocks.Mocks):
                 self.provider_clouds[rid] = _kubeconfig_cloud(inputs.get("kubeconfig"))
             return rid, state
         region = self._region(args.provider)
+        if typ == "docker-build:index:Image":
+            # A pushed image is known by its first tag and the digest the registry gave it.
+            digest = "sha256:" + hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+            tags = inputs.get("tags") or []
+            state.update(digest=digest, ref=f"{tags[0].rsplit(':', 1)[0]}@{digest}" if tags else digest)
+            return f"image-{_short(name)}", state
         if typ.startswith("gcp:"):
             return _gcp_resource(typ, name, inputs, state, region, self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID))
         if typ.startswith("azure-native:"):
@@ -115,6 +121,9 @@ class PlanMocks(sdk_mocks.Mocks):
             rid = f"lt-{_short(name, 17)}"
         elif typ == "aws:eks/nodeGroup:NodeGroup":
             state["nodeGroupName"] = inputs.get("nodeGroupName") or f"{name}-{_short(name, 7)}"
+            # EKS names the group's Auto Scaling group eks-<node group>-<uuid>.
+            asg = f"eks-{state['nodeGroupName']}-{_short(name + '-asg', 8)}-{_short(name + '-asg2', 4)}"
+            state["resources"] = [{"autoscalingGroups": [{"name": asg}]}]
         elif typ == "aws:elasticache/replicationGroup:ReplicationGroup":
             state["primaryEndpointAddress"] = f"master.{name}.{_short(name, 6)}.{region}.cache.amazonaws.com"
             state["readerEndpointAddress"] = f"replica.{name}.{_short(name, 6)}.{region}.cache.amazonaws.com"
@@ -122,6 +131,16 @@ class PlanMocks(sdk_mocks.Mocks):
             state["name"] = inputs.get("name") or f"{name}-{_short(name, 7)}"
         elif typ == "aws:ecr/repository:Repository":
             state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
+            state["registryId"] = ACCOUNT_ID
+        elif typ == "aws:secretsmanager/secret:Secret":
+            # Secrets Manager appends a six-character suffix to the secret's name in its ARN.
+            secret_name = inputs.get("name") or f"{name}-{_short(name, 7)}"
+            state["arn"] = f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:{secret_name}-{_short(name, 6)}"
+            rid = state["arn"]
+        elif typ == "aws:iam/policy:Policy":
+            state["name"] = inputs.get("name") or f"{name}-{_short(name, 7)}"
+            state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:policy/{state['name']}"
+            rid = state["arn"]
         elif typ.startswith("aws:ec2/"):
             prefix = {"vpc": "vpc", "subnet": "subnet", "securityGroup": "sg", "natGateway": "nat", "eip": "eipalloc"}
             kind = typ.split("/")[1].split(":")[0]
@@ -148,6 +167,23 @@ class PlanMocks(sdk_mocks.Mocks):
             return {"id": region, "names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 4)], "groupNames": names}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/plan", "userId": "PLAN"}, []
+        if args.token == "aws:kms/getKey:getKey":
+            # DescribeKey on a predefined alias (alias/aws/ebs) answers with the AWS managed key.
+            h = _short("kms-" + region + args.args.get("keyId", ""), 32)
+            key_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            arn = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{key_id}"
+            manager = "AWS" if args.args.get("keyId", "").startswith("alias/aws/") else "CUSTOMER"
+            return {"id": key_id, "arn": arn, "keyManager": manager, "enabled": True, "keyState": "Enabled"}, []
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            password = mock_ecr_password(region)
+            return {
+                "id": region,
+                "userName": "AWS",
+                "password": password,
+                "authorizationToken": base64.b64encode(f"AWS:{password}".encode()).decode(),
+                "proxyEndpoint": f"https://{args.args.get('registryId') or ACCOUNT_ID}.dkr.ecr.{region}.amazonaws.com",
+                "expiresAt": "2026-12-01T12:00:00Z",
+            }, []
         if args.token == "gcp:organizations/getProject:getProject":
             project = args.args.get("projectId") or self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID)
             return {"projectId": project, "number": PROJECT_NUMBER, "name": project, "id": f"projects/{project}"}, []
@@ -173,6 +209,11 @@ class PlanMocks(sdk_mocks.Mocks):
             seed = args.args["name"]
             return {"primaryKey": _mock_key(seed + "-primary"), "secondaryKey": _mock_key(seed + "-secondary")}, []
         raise NotImplementedError(f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py")
+
+
+def mock_ecr_password(region: str) -> str:
+    """The registry password the mock ECR answers with; tests check it never reaches the plan."""
+    return "ecr-password-" + _short(region, 24)
 
 
 def mock_redis_key(seed: str) -> str:
@@ -362,6 +403,31 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
     return rid, state
 
 
+def resource_options(request) -> dict[str, Any]:
+    """The options a registration carried, as the engine receives them (camelCase), with
+    only those that were set: what policies and tests check beside the inputs."""
+    options: dict[str, Any] = {}
+    if request.dependencies:
+        options["dependsOn"] = sorted(request.dependencies)
+    timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")}
+    if any(timeouts.values()):
+        options["customTimeouts"] = {k: v for k, v in timeouts.items() if v}
+    if request.ignoreChanges:
+        options["ignoreChanges"] = list(request.ignoreChanges)
+    if request.protect:
+        options["protect"] = True
+    if request.deleteBeforeReplaceDefined:
+        options["deleteBeforeReplace"] = bool(request.deleteBeforeReplace)
+    if request.replaceOnChanges:
+        options["replaceOnChanges"] = list(request.replaceOnChanges)
+    aliases = list(request.aliasURNs) + [a.urn or a.spec.name for a in request.aliases if a.urn or a.spec.name]
+    if aliases:
+        options["aliases"] = aliases
+    if request.retainOnDelete:
+        options["retainOnDelete"] = True
+    return options
+
+
 class RecordingMonitor(sdk_mocks.MockMonitor):
     def __init__(self, mocks: PlanMocks, graph: Graph):
         super().__init__(mocks)
@@ -384,6 +450,7 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
                     inputs=inputs,
                     has_secret=has_secret,
                     id=response.id,
+                    options=resource_options(request),
                 )
             )
         return response

@@ -27,7 +27,7 @@ from pulumi_policy import (
 from pulumi_policy.policy import _NotApplicableError
 
 from infra.config import ConfigError
-from infra.plan.graph import Graph
+from infra.plan.graph import Graph, duration_seconds
 
 PACK_DEFAULT = EnforcementLevel.ADVISORY
 
@@ -74,6 +74,21 @@ def _level(policy, pack_config: dict[str, Any]) -> tuple[EnforcementLevel, dict[
     return EnforcementLevel(level), settings
 
 
+def policy_options(r) -> PolicyResourceOptions:
+    """The analyzer's view of a resource's options, from what the plan recorded."""
+    o = r.options
+    timeouts = o.get("customTimeouts", {})
+    return PolicyResourceOptions(
+        protect=bool(o.get("protect")),
+        ignore_changes=list(o.get("ignoreChanges", [])),
+        delete_before_replace=o.get("deleteBeforeReplace"),
+        aliases=list(o.get("aliases", [])),
+        custom_timeouts=PolicyCustomTimeouts(*(duration_seconds(timeouts.get(k, "")) for k in ("create", "update", "delete"))),
+        additional_secret_outputs=[],
+        parent=r.parent,
+    )
+
+
 def policy_resources(graph: Graph) -> dict[str, PolicyResource]:
     """PolicyResource per URN, with parents and dependencies linked as the analyzer does."""
     providers: dict[str, PolicyProviderResource] = {
@@ -81,15 +96,7 @@ def policy_resources(graph: Graph) -> dict[str, PolicyResource]:
     }
     out: dict[str, PolicyResource] = {}
     for r in graph:
-        opts = PolicyResourceOptions(
-            protect=False,
-            ignore_changes=[],
-            delete_before_replace=None,
-            aliases=[],
-            custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
-            additional_secret_outputs=[],
-            parent=r.parent,
-        )
+        opts = policy_options(r)
         out[r.urn] = PolicyResource(
             resource_type=r.type,
             props=r.inputs,

@@ -23,6 +23,7 @@ from infra.workloads.gateway import (
     Gateway,
 )
 from infra.workloads.gpu_plumbing import GpuPlumbing
+from infra.workloads.images import GatewayImage, pulled_through
 from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.autoscaling import Autoscaling
@@ -93,15 +94,18 @@ class Workloads(pulumi.ComponentResource):
         # KEDA scales on Prometheus, so autoscaling comes with monitoring.
         monitored = platform.site.monitoring
         after_gpus = pulumi.ResourceOptions(
-            parent=self, provider=platform.provider, depends_on=[ns, *plumbing.releases, *platform.ready]
+            parent=self,
+            provider=platform.provider,
+            depends_on=[ns, *plumbing.releases, *platform.ready, *platform.images.ready],
         )
+        vllm_image = pulled_through(cfg.images.vllm, platform.images)
         for model in models:
             ModelServer(
                 f"{name}-{model.name}",
                 model,
                 platform,
                 NAMESPACE,
-                cfg.images.vllm,
+                vllm_image,
                 secrets.hf_token is not None,
                 after_gpus,
                 autoscaled=monitored,
@@ -112,7 +116,9 @@ class Workloads(pulumi.ComponentResource):
             models,
             platform,
             NAMESPACE,
-            platform.images.own.apply(lambda prefix: f"{prefix}/gateway:{cfg.images.gateway_tag}"),
+            GatewayImage(
+                f"{name}-gateway-image", platform.images, cfg.images.gateway_tag, pulumi.ResourceOptions(parent=self)
+            ).ref,
             has_fallback_key,
             in_ns,
             keda_autoscaled=monitored,

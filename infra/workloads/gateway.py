@@ -42,7 +42,10 @@ class Gateway(pulumi.ComponentResource):
         keda_autoscaled: bool = False,
     ):
         super().__init__("llm-platform:workloads:Gateway", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        # Children wait for what the component waits for (the namespace); Pulumi does not
+        # pass a component's dependsOn down by itself.
+        after = list(opts.depends_on or [])
+        child = pulumi.ResourceOptions(parent=self, depends_on=after)
         meta_labels = {**labels("gateway", "gateway"), **GATEWAY_SELECTOR}
         meta = {"name": "gateway", "namespace": namespace, "labels": meta_labels}
 
@@ -136,7 +139,7 @@ class Gateway(pulumi.ComponentResource):
                 },
             },
             # The autoscaler owns the replica count after the first apply.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(platform.ready), ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *platform.ready], ignore_changes=["spec.replicas"]),
         )
         self.service = k8s.core.v1.Service(
             f"{name}-svc",

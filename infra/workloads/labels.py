@@ -28,3 +28,6 @@ EXPECTED_REPLICAS = "llm-platform.io/expected-replicas"
 MAX_REPLICAS = "llm-platform.io/max-replicas"
 PARAMS_BILLION = "llm-platform.io/params-billion"
 KV_BYTES_PER_TOKEN = "llm-platform.io/kv-bytes-per-token"
+# The checkpoint's quantization format, where vLLM reads it from the checkpoint rather than
+# from a flag (see vllm_args.CHECKPOINT_FORMATS).
+QUANTIZATION = "llm-platform.io/quantization"

@@ -12,10 +12,11 @@ from infra.workloads.labels import (
     KV_BYTES_PER_TOKEN,
     MAX_REPLICAS,
     PARAMS_BILLION,
+    QUANTIZATION,
     labels,
     vllm_selector,
 )
-from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, kv_bytes_per_token, pod_size
+from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, await_seconds, kv_bytes_per_token, pod_size
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
@@ -30,13 +31,16 @@ class ModelServer(pulumi.ComponentResource):
         model: ModelSpec,
         platform: Platform,
         namespace: pulumi.Input[str],
-        image: str,
+        image: pulumi.Input[str],
         has_hf_token: bool,
         opts: pulumi.ResourceOptions,
         autoscaled: bool = False,
     ):
         super().__init__("llm-platform:workloads:ModelServer", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        # Children wait for what the component waits for (namespace, GPU nodes, device plugin);
+        # Pulumi does not pass a component's dependsOn down by itself.
+        after = list(opts.depends_on or [])
+        child = pulumi.ResourceOptions(parent=self, depends_on=after)
         pool = platform.gpu_pool(model.gpu_pool)
         size = pod_size(model, pool)
         self.service_name = f"vllm-{model.name}"
@@ -85,6 +89,7 @@ class ModelServer(pulumi.ComponentResource):
                 },
             }
 
+        create_s, update_s = await_seconds(size, model.replicas.max)
         http_get = {"path": "/health", "port": "http"}
         container = {
             "name": "vllm",
@@ -132,6 +137,8 @@ class ModelServer(pulumi.ComponentResource):
             PARAMS_BILLION: str(model.params_billion),
             KV_BYTES_PER_TOKEN: str(kv_bytes_per_token(model)),
         }
+        if model.quantization:
+            annotations[QUANTIZATION] = model.quantization
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy",
             metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels, "annotations": annotations},
@@ -164,7 +171,14 @@ class ModelServer(pulumi.ComponentResource):
                 },
             },
             # Once KEDA owns the replica count, an update must not reset it to the floor.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"] if autoscaled else None),
+            # Pulumi waits 10 minutes for a Deployment by default; a model takes its node,
+            # its image and its load to become ready.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=after,
+                ignore_changes=["spec.replicas"] if autoscaled else None,
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{create_s}s", update=f"{update_s}s"),
+            ),
         )
         # Headless, so the gateway resolves every ready replica and routes to each itself.
         self.service = k8s.core.v1.Service(

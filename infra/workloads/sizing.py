@@ -19,6 +19,11 @@ LOAD_SECONDS_PER_BILLION = 45
 LOAD_SECONDS_FIXED = 300
 STARTUP_PERIOD_SECONDS = 10
 MAX_STARTUP_SECONDS = 3600
+# What `pulumi up` must also wait for before a new replica can start loading: a GPU node from
+# zero (instance launch, driver and device plugin; GPU capacity is often slow to come) and
+# the vLLM image pull (vllm/vllm-openai is about 10 GB compressed, pulled once per node).
+NODE_FROM_ZERO_SECONDS = 900
+IMAGE_PULL_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,20 @@ class PodSize:
     shm_mib: int
     cache_gib: int
     startup_failure_threshold: int
+
+    @property
+    def startup_seconds(self) -> int:
+        """How long the startup probe lets the model load before the kubelet restarts it."""
+        return self.startup_failure_threshold * STARTUP_PERIOD_SECONDS
+
+
+def await_seconds(size: PodSize, replicas: int) -> tuple[int, int]:
+    """(create, update) timeouts for `pulumi up` waiting on a vLLM Deployment to be ready.
+
+    Creating starts every replica at once; a rolling update (maxSurge 1, maxUnavailable 0)
+    replaces up to `replicas` of them one after another, each loading the model again."""
+    first = NODE_FROM_ZERO_SECONDS + IMAGE_PULL_SECONDS + size.startup_seconds
+    return first, first + max(replicas - 1, 0) * size.startup_seconds
 
 
 def weights_gib(model: ModelSpec) -> float:

@@ -6,6 +6,13 @@ from infra.config import ModelSpec
 
 PORT = 8000
 CACHE_DIR = "/models"
+# Formats a checkpoint declares in its own quantization_config. Left to vLLM, it picks the
+# fastest kernel the GPU runs (awq -> awq_marlin, gptq -> gptq_marlin on compute capability
+# 8.0+); naming the format on the command line forces the slow kernel instead
+# (vllm-project/vllm v0.33.0, vllm/model_executor/layers/quantization/awq_marlin.py
+# AWQMarlinConfig.override_quantization_method: converts only when the user asked for
+# nothing, "marlin" or "awq_marlin").
+CHECKPOINT_FORMATS = frozenset({"awq", "gptq", "compressed-tensors"})
 
 
 def serve_args(model: ModelSpec) -> list[str]:
@@ -23,7 +30,8 @@ def serve_args(model: ModelSpec) -> list[str]:
         # Prefix caching is what the gateway's prefix-affinity routing feeds.
         "--enable-prefix-caching",
     ]
-    if model.quantization:
+    # Methods applied while loading (fp8, bitsandbytes) must be asked for.
+    if model.quantization and model.quantization not in CHECKPOINT_FORMATS:
         args += ["--quantization", model.quantization]
     return args + list(model.extra_args)
 

@@ -76,6 +76,27 @@ def graph_of(resources: list[PolicyResource], stack: str = "") -> Graph:
                 custom=not r.resource_type.startswith("llm-platform:"),
                 dependencies=tuple(d.urn for d in r.dependencies or []),
                 inputs=dict(r.props),
+                options=_options(r.opts),
             )
         )
     return graph
+
+
+def _options(opts) -> dict:
+    """The analyzer's resource options in the plan's own spelling (see infra/plan/mocks.py)."""
+    if opts is None:
+        return {}
+    out: dict = {}
+    if opts.protect:
+        out["protect"] = True
+    if opts.ignore_changes:
+        out["ignoreChanges"] = list(opts.ignore_changes)
+    if opts.delete_before_replace is not None:
+        out["deleteBeforeReplace"] = opts.delete_before_replace
+    if opts.aliases:
+        out["aliases"] = list(opts.aliases)
+    t = opts.custom_timeouts
+    timeouts = {k: f"{v:g}s" for k, v in (("create", t.create_seconds), ("update", t.update_seconds), ("delete", t.delete_seconds)) if v}
+    if timeouts:
+        out["customTimeouts"] = timeouts
+    return out

@@ -6,7 +6,7 @@ from pulumi_policy import EnforcementLevel, ReportViolation, Severity, StackVali
 
 from infra.catalog import instance
 from infra.plan.scheduling import gpu_pools, pods
-from infra.workloads.labels import KV_BYTES_PER_TOKEN, PARAMS_BILLION
+from infra.workloads.labels import KV_BYTES_PER_TOKEN, PARAMS_BILLION, QUANTIZATION
 from policy.rules.facts import graph_of
 
 BYTES_PER_PARAM = {"float16": 2.0, "bfloat16": 2.0, "auto": 2.0, "float32": 4.0}
@@ -29,7 +29,7 @@ def check(model: dict, pool) -> list[str]:
     problems = []
     tp = int(_flag(args, "--tensor-parallel-size", "1"))
     dtype = _flag(args, "--dtype", "auto")
-    quant = _flag(args, "--quantization", "")
+    quant = _flag(args, "--quantization", ann.get(QUANTIZATION, ""))
     max_len = int(_flag(args, "--max-model-len", "4096"))
     util = float(_flag(args, "--gpu-memory-utilization", "0.92"))
     gpu = instance(pool.cloud, pool.instance_type).gpu

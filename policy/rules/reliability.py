@@ -14,6 +14,7 @@ from pulumi_policy import (
 )
 
 from infra.plan.scheduling import gpu_pools, unschedulable_gpu_pods
+from infra.workloads.sizing import IMAGE_PULL_SECONDS, NODE_FROM_ZERO_SECONDS
 from policy.rules.facts import graph_of, pod_spec
 
 GPU_TAINT = "nvidia.com/gpu"
@@ -69,6 +70,28 @@ def _vllm_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
                     report(f"vLLM container lacks a {probe}; model load takes minutes")
 
 
+def _vllm_await_covers_startup(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """`pulumi up` gives up on a Deployment after 10 minutes unless told otherwise; a vLLM
+    replica may need a GPU node from zero, a 10 GB image and its whole startup-probe budget."""
+    if args.resource_type != "kubernetes:apps/v1:Deployment":
+        return
+    spec = pod_spec(args.props) or {}
+    for c in spec.get("containers") or []:
+        probe = c.get("startupProbe") if c.get("name") == "vllm" else None
+        if not probe:
+            continue
+        startup = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+        needed = NODE_FROM_ZERO_SECONDS + IMAGE_PULL_SECONDS + startup
+        timeouts = args.opts.custom_timeouts if args.opts else None
+        for action in ("create", "update"):
+            got = getattr(timeouts, f"{action}_seconds", 0) if timeouts else 0
+            if got < needed:
+                report(
+                    f"vLLM Deployment's {action} timeout is {got or 600:g}s (Pulumi's default when unset is 600s); "
+                    f"its node, image pull and startup probe need {needed}s"
+                )
+
+
 POLICIES = [
     StackValidationPolicy(
         name="gpu-pools-tainted-and-tolerated",
@@ -90,6 +113,13 @@ POLICIES = [
         validate=_subnets_multi_zone,
         severity=Severity.MEDIUM,
         remediation_steps="Use subnets in two or more availability zones and regional clusters.",
+    ),
+    ResourceValidationPolicy(
+        name="vllm-await-covers-startup",
+        description="`pulumi up` waits on a vLLM Deployment at least as long as a replica may take to start.",
+        validate=_vllm_await_covers_startup,
+        severity=Severity.HIGH,
+        remediation_steps="Give the Deployment customTimeouts create/update >= GPU node + image pull + startup probe budget.",
     ),
     ResourceValidationPolicy(
         name="vllm-probes",

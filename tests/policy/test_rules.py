@@ -57,6 +57,7 @@ BREAKERS = {
     "gateway-ha": lambda g: first(g, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
         .inputs["spec"].update(replicas=1),
     "subnets-multi-zone": lambda g: [r.inputs.update(availabilityZone="us-east-1a") for r in g.of_type("aws:ec2/subnet:Subnet")],
+    "vllm-await-covers-startup": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).options.pop("customTimeouts"),
     "vllm-probes": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).pop("startupProbe"),
     "budget-per-cloud": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(
         notifications=[n for n in first(g, "aws:budgets/budget:Budget").inputs["notifications"] if n["notificationType"] == "ACTUAL"]),

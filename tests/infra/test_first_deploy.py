@@ -1,0 +1,200 @@
+"""A first `pulumi up` works unattended, on every cloud: each resource waits for what it
+needs, waits long enough, pulls its images from inside its own cloud, and asks vLLM for
+nothing that slows it down. Read from the recorded graphs of every shipped stack."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pulumi
+import pytest
+
+from infra.plan import report
+from infra.plan.graph import Graph, Resource
+from infra.plan.policy_run import policy_resources
+from infra.plan.run import record
+from infra.workloads.labels import QUANTIZATION
+from infra.workloads.vllm_args import serve_args
+from tests.infra.conftest import SHIPPED
+from tests.infra.invariants import GPU_POOL_TYPES
+
+NAMESPACED = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
+              "kubernetes:core/v1:ConfigMap", "kubernetes:policy/v1:PodDisruptionBudget",
+              "kubernetes:networking.k8s.io/v1:NetworkPolicy", "kubernetes:core/v1:PersistentVolumeClaim")
+# Registries inside each cloud, by host.
+SITE_REGISTRY = {
+    "aws": re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/"),
+    "gcp": re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev/"),
+    "azure": re.compile(r"^[a-z0-9]+\.azurecr\.io/"),
+}
+# Formats vLLM reads from the checkpoint and then runs on its fastest kernel for the GPU.
+CHECKPOINT_DECLARED = {"awq", "gptq", "compressed-tensors"}
+
+
+def closure(graph: Graph, r: Resource) -> set[str]:
+    """Every URN `r` waits for, directly or through what it waits for."""
+    index = graph.by_urn()
+    seen: set[str] = set()
+    todo = list(r.dependencies)
+    while todo:
+        urn = todo.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        if urn in index:
+            todo.extend(index[urn].dependencies)
+    return seen
+
+
+def _site_cloud(graph: Graph) -> dict[str, str]:
+    return {r.name: r.type.split(":")[1] for r in graph if r.type.endswith(":Site") and r.type.split(":")[1] in SITE_REGISTRY}
+
+
+def _pool_labels(r: Resource) -> dict:
+    return r.inputs.get("labels") or (r.inputs.get("nodeConfig") or {}).get("labels") or r.inputs.get("nodeLabels") or {}
+
+
+def waits_missing(graph: Graph) -> list[str]:
+    """Namespaced objects that do not wait for their Namespace; vLLM Deployments that do not
+    wait for the node group they select and for the site's device plugin."""
+    problems = []
+    namespaces = {(graph.site_of(r), r.inputs["metadata"]["name"]): r.urn for r in graph.of_type("kubernetes:core/v1:Namespace")}
+    plugins = {graph.site_of(r): r.urn for r in graph.of_type("kubernetes:helm.sh/v3:Release")
+               if r.inputs.get("chart") == "nvidia-device-plugin"}
+    for r in graph.of_type(*NAMESPACED):
+        site, ns = graph.site_of(r), r.inputs["metadata"].get("namespace")
+        waits = closure(graph, r)
+        if (site, ns) in namespaces and namespaces[(site, ns)] not in waits:
+            problems.append(f"{r.name} does not wait for namespace {ns}")
+        if r.type != "kubernetes:apps/v1:Deployment" or not r.inputs["metadata"]["name"].startswith("vllm-"):
+            continue
+        selector = r.inputs["spec"]["template"]["spec"]["nodeSelector"]
+        groups = [g.urn for g in graph.of_type(*GPU_POOL_TYPES.values())
+                  if graph.site_of(g) == site and all(_pool_labels(g).get(k) == v for k, v in selector.items())]
+        if not groups or not set(groups) <= waits:
+            problems.append(f"{r.name} does not wait for the GPU node group it selects")
+        if site in plugins and plugins[site] not in waits:
+            problems.append(f"{r.name} does not wait for the NVIDIA device plugin")
+    return problems
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_every_object_waits_for_what_it_needs(graphs, stack):
+    assert waits_missing(graphs[stack]) == []
+
+
+def test_an_object_that_does_not_wait_is_caught(graphs):
+    import copy
+
+    graph = copy.deepcopy(graphs["dev"])
+    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.name.endswith("-deploy") and "vllm" in str(r.inputs["metadata"]))
+    graph.resources[graph.resources.index(vllm)] = Resource(**{**vllm.__dict__, "dependencies": ()})
+    assert len(waits_missing(graph)) >= 2
+
+
+def pulled_from_outside(graph: Graph) -> list[str]:
+    """Containers of the program's own workloads whose image is not in the site's cloud."""
+    clouds = _site_cloud(graph)
+    problems = []
+    for r in graph.of_type("kubernetes:apps/v1:Deployment"):
+        cloud = clouds[graph.site_of(r)]
+        for c in r.inputs["spec"]["template"]["spec"]["containers"]:
+            if not SITE_REGISTRY[cloud].match(c["image"]):
+                problems.append(f"{r.name}/{c['name']}: {c['image']} is not in the site's {cloud} registry")
+    return problems
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_images_come_from_the_sites_own_registry(graphs, stack):
+    assert pulled_from_outside(graphs[stack]) == []
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_the_gateway_runs_the_image_this_deploy_pushed(graphs, stack):
+    graph = graphs[stack]
+    builds = {graph.site_of(r): r.urn for r in graph.of_type("docker-build:index:Image")}
+    for r in graph.of_type("kubernetes:apps/v1:Deployment"):
+        if r.inputs["metadata"]["name"] == "gateway":
+            image = r.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert "@sha256:" in image, image  # the digest of what was pushed, not a tag that may not exist
+            assert builds[graph.site_of(r)] in closure(graph, r)
+
+
+def forced_slow_kernels(graph: Graph) -> list[str]:
+    problems = []
+    for r in graph.of_type("kubernetes:apps/v1:Deployment"):
+        declared = (r.inputs["metadata"].get("annotations") or {}).get(QUANTIZATION)
+        for c in r.inputs["spec"]["template"]["spec"]["containers"]:
+            args = c.get("args") or []
+            for i, a in enumerate(args):
+                value = a.split("=", 1)[1] if a.startswith("--quantization=") else (
+                    args[i + 1] if a == "--quantization" and i + 1 < len(args) else None)
+                if value in CHECKPOINT_DECLARED:
+                    problems.append(f"{r.name}: --quantization {value} forces the {value} kernel over vLLM's marlin choice")
+        if declared and declared not in CHECKPOINT_DECLARED and "--quantization" not in str(r.inputs):
+            problems.append(f"{r.name}: {declared} is applied at load and must be asked for")
+    return problems
+
+
+def test_no_vllm_command_forces_a_slow_kernel(graphs):
+    assert any((r.inputs["metadata"].get("annotations") or {}).get(QUANTIZATION) == "awq"
+               for r in graphs["prod"].of_type("kubernetes:apps/v1:Deployment"))
+    for graph in graphs.values():
+        assert forced_slow_kernels(graph) == []
+
+
+def test_a_forced_kernel_is_caught(graphs):
+    import copy
+
+    graph = copy.deepcopy(graphs["prod"])
+    awq = next(r for r in graph if (r.inputs.get("metadata", {}).get("annotations") or {}).get(QUANTIZATION) == "awq")
+    awq.inputs["spec"]["template"]["spec"]["containers"][0]["args"] += ["--quantization", "awq"]
+    assert forced_slow_kernels(graph)
+
+
+def test_load_time_quantization_is_still_asked_for():
+    from infra.config import ModelSpec
+
+    spec = dict(name="m", hfRepo="o/m", paramsBillion=8, maxModelLen=4096, gpuPool="p", replicas={"min": 0, "max": 1})
+    assert "--quantization" not in serve_args(ModelSpec.model_validate({**spec, "quantization": "awq"}))
+    args = serve_args(ModelSpec.model_validate({**spec, "quantization": "fp8"}))
+    assert args[args.index("--quantization") + 1] == "fp8"
+
+
+def _program_with_every_option():
+    import pulumi_random as random
+
+    first = random.RandomString("first", length=4)
+    random.RandomString(
+        "second",
+        length=4,
+        opts=pulumi.ResourceOptions(
+            depends_on=[first],
+            custom_timeouts=pulumi.CustomTimeouts(create="45m", update="1h30m", delete="90s"),
+            ignore_changes=["length"],
+            protect=True,
+            delete_before_replace=True,
+            replace_on_changes=["special"],
+            aliases=[pulumi.Alias(name="old-second")],
+            retain_on_delete=True,
+        ),
+    )
+
+
+def test_plan_records_each_resource_option_and_the_policy_run_sees_them(tmp_path):
+    graph = record("options", {}, program=_program_with_every_option)
+    written = report.write(graph, tmp_path)
+    plan = {e["name"]: e for e in json.loads(written["plan"].read_text())["resources"]}
+    first, second = plan["first"], plan["second"]
+    assert first["options"] == {}
+    options = second["options"]
+    assert options["dependsOn"] == [first["urn"]]
+    assert options["customTimeouts"] == {"create": "45m", "update": "1h30m", "delete": "90s"}
+    assert options["ignoreChanges"] == ["length"] and options["replaceOnChanges"] == ["special"]
+    assert options["protect"] is True and options["deleteBeforeReplace"] is True and options["retainOnDelete"] is True
+    assert any("old-second" in a for a in options["aliases"])
+    seen = policy_resources(graph)[second["urn"]].opts
+    assert (seen.custom_timeouts.create_seconds, seen.custom_timeouts.update_seconds, seen.custom_timeouts.delete_seconds) == (
+        2700, 5400, 90)
+    assert seen.protect and seen.ignore_changes == ["length"] and seen.delete_before_replace is True
