@@ -7,6 +7,7 @@ cost estimate, policy) sees the same numbers.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -114,3 +115,60 @@ def vllm_cli() -> VllmCli:
     """The `vllm serve` flags of the pinned vLLM release (vllm_cli.yaml)."""
     raw = yaml.safe_load((_HERE / "vllm_cli.yaml").read_text())
     return VllmCli(version=str(raw["version"]), flags=frozenset(raw["flags"]))
+
+
+SUPPORT_CALENDAR = _HERE.parents[1] / "upstream" / "kubernetes" / "support.yaml"
+
+
+@dataclass(frozen=True)
+class KubernetesSupport:
+    """What a cloud offers for one Kubernetes minor, from upstream/kubernetes/support.yaml."""
+
+    cloud: str
+    minor: str
+    # Last day a new cluster of this minor gets standard support (EKS standard support, GKE
+    # end of standard support, AKS end of community support); None where no date is known.
+    end_of_standard_support: datetime.date | None
+    # Empty where a new cluster of this minor can be created as this program creates it (GKE:
+    # on `channel`; AKS: without the LTS plan); otherwise why not.
+    not_offered: str
+
+
+@cache
+def _support_calendar() -> dict:
+    return yaml.safe_load(SUPPORT_CALENDAR.read_text())
+
+
+def kubernetes_support(cloud: str, minor: str, channel: str | None = None) -> KubernetesSupport:
+    """Whether and until when `cloud` supports `minor` for a new cluster (`channel`: GKE's release channel)."""
+    entry = _support_calendar()["clouds"].get(cloud, {}).get(minor)
+    read = _support_calendar()["read"]
+    if entry is None:
+        return KubernetesSupport(cloud, minor, None, f"{cloud} does not offer Kubernetes {minor} (calendar read {read})")
+    end = entry.get("end_of_standard_support") or entry.get("end_of_life")
+    reason = ""
+    if cloud == "aws" and "released" not in entry:
+        reason = f"EKS has not released Kubernetes {minor}"
+    elif cloud == "gcp" and channel and channel not in entry.get("channels", []):
+        reason = f"GKE's {channel} channel does not offer {minor} (it offers it on: {', '.join(entry.get('channels', [])) or 'none'})"
+    elif cloud == "azure" and entry.get("lts_only"):
+        reason = f"AKS offers {minor} only with the Premium tier's long-term support plan"
+    elif cloud == "azure" and entry.get("supported") is False:
+        reason = f"AKS no longer supports {minor}"
+    return KubernetesSupport(cloud, minor, end, reason)
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    image: str
+    version: str
+    user: str
+    uid: int
+    gid: int
+
+
+@cache
+def vllm_image_user() -> ImageUser:
+    """The user the pinned vLLM image defines (upstream/vllm/image.yaml, read from its Dockerfile)."""
+    raw = yaml.safe_load((_HERE.parents[1] / "upstream" / "vllm" / "image.yaml").read_text())
+    return ImageUser(raw["image"], str(raw["version"]), raw["user"], int(raw["uid"]), int(raw["gid"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.catalog import vllm_image_user
 from infra.config import ModelSpec
 from infra.platform import Platform
 from infra.workloads.labels import (
@@ -20,8 +21,12 @@ from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, await_seconds, kv_byt
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
-# A high UID of our own: the image defines no user, and a low one may match a host account.
-VLLM_UID = 10002
+# The image's own `vllm` user (uid 2000, gid 0); its USER stays root, so the pod names it.
+# A uid without a passwd entry makes torch's getpass.getuser() raise, and vLLM exits on import.
+VLLM_USER = vllm_image_user()
+# Checkov's CKV_K8S_40 wants uid >= 10000 to avoid host accounts; the image's user is 2000,
+# and only a passwd entry in the image (or USER in the environment) keeps getuser() working.
+CHECKOV_SKIPS = {"checkov.io/skip1": "CKV_K8S_40=the vLLM image defines its user as uid 2000 (upstream/vllm/image.yaml)"}
 
 
 class ModelServer(pulumi.ComponentResource):
@@ -52,6 +57,9 @@ class ModelServer(pulumi.ComponentResource):
             {"name": "XDG_CACHE_HOME", "value": f"{CACHE_DIR}/cache"},
             {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_DIR}/cache/vllm"},
             {"name": "HOME", "value": "/tmp"},
+            # getpass.getuser() reads these before it looks the uid up in /etc/passwd.
+            {"name": "USER", "value": VLLM_USER.user},
+            {"name": "LOGNAME", "value": VLLM_USER.user},
             # Usage stats would phone home from every replica.
             {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
             {"name": "DO_NOT_TRACK", "value": "1"},
@@ -119,8 +127,8 @@ class ModelServer(pulumi.ComponentResource):
             # Face, torch.compile and Triton caches to the model cache, NCCL to /dev/shm.
             "securityContext": {
                 "runAsNonRoot": True,
-                "runAsUser": VLLM_UID,
-                "runAsGroup": VLLM_UID,
+                "runAsUser": VLLM_USER.uid,
+                "runAsGroup": VLLM_USER.gid,
                 "allowPrivilegeEscalation": False,
                 "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]},
@@ -141,7 +149,12 @@ class ModelServer(pulumi.ComponentResource):
             annotations[QUANTIZATION] = model.quantization
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy",
-            metadata={"name": self.service_name, "namespace": namespace, "labels": meta_labels, "annotations": annotations},
+            metadata={
+                "name": self.service_name,
+                "namespace": namespace,
+                "labels": meta_labels,
+                "annotations": {**annotations, **CHECKOV_SKIPS},
+            },
             spec={
                 # The floor; with min 0 the model scales from zero on demand (see autoscaling).
                 "replicas": model.replicas.min,
@@ -158,7 +171,8 @@ class ModelServer(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": 60,
                         "securityContext": {
                             "runAsNonRoot": True,
-                            "fsGroup": VLLM_UID,
+                            # Volumes writable by the image's group, as its own directories are.
+                            "fsGroup": VLLM_USER.gid,
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
                         "containers": [container],

@@ -6,12 +6,12 @@ from infra.config import ModelSpec
 
 PORT = 8000
 CACHE_DIR = "/models"
-# Formats a checkpoint declares in its own quantization_config. Left to vLLM, it picks the
-# fastest kernel the GPU runs (awq -> awq_marlin, gptq -> gptq_marlin on compute capability
-# 8.0+); naming the format on the command line forces the slow kernel instead
-# (vllm-project/vllm v0.33.0, vllm/model_executor/layers/quantization/awq_marlin.py
-# AWQMarlinConfig.override_quantization_method: converts only when the user asked for
-# nothing, "marlin" or "awq_marlin").
+# Formats a checkpoint declares in its own quantization_config: vLLM reads them from there
+# and picks the kernel for the GPU (Marlin on compute capability 7.5+). In vLLM 0.33.0 naming
+# them changes nothing (vllm/model_executor/layers/quantization/auto_awq.py and auto_gptq.py
+# override_quantization_method map awq, awq_marlin, gptq, gptq_marlin to one config each);
+# earlier releases (those with awq_marlin.py's AWQMarlinConfig) took `--quantization awq`
+# as "use the unoptimized AWQ kernel", so the command leaves the choice to the checkpoint.
 CHECKPOINT_FORMATS = frozenset({"awq", "gptq", "compressed-tensors"})
 
 

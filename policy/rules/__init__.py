@@ -1,5 +1,5 @@
 """Every rule of the pack, by theme."""
 
-from policy.rules import cost, gpu_fit, reliability, security
+from policy.rules import cost, gpu_fit, lifecycle, reliability, security
 
-POLICIES = [*security.POLICIES, *reliability.POLICIES, *cost.POLICIES, *gpu_fit.POLICIES]
+POLICIES = [*security.POLICIES, *reliability.POLICIES, *cost.POLICIES, *gpu_fit.POLICIES, *lifecycle.POLICIES]

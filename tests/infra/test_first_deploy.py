@@ -1,6 +1,6 @@
 """A first `pulumi up` works unattended, on every cloud: each resource waits for what it
-needs, waits long enough, pulls its images from inside its own cloud, and asks vLLM for
-nothing that slows it down. Read from the recorded graphs of every shipped stack."""
+needs, waits long enough, pulls its images from inside its own cloud, and runs vLLM as a
+user its image knows. Read from the recorded graphs of every shipped stack."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from infra.plan import report
 from infra.plan.graph import Graph, Resource
 from infra.plan.policy_run import policy_resources
 from infra.plan.run import record
-from infra.workloads.labels import QUANTIZATION
+from infra.catalog import vllm_image_user
 from infra.workloads.vllm_args import serve_args
-from tests.infra.conftest import SHIPPED
+from tests.infra.conftest import SHIPPED, stack_config
 from tests.infra.invariants import GPU_POOL_TYPES
 
 NAMESPACED = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
@@ -28,8 +28,6 @@ SITE_REGISTRY = {
     "gcp": re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev/"),
     "azure": re.compile(r"^[a-z0-9]+\.azurecr\.io/"),
 }
-# Formats vLLM reads from the checkpoint and then runs on its fastest kernel for the GPU.
-CHECKPOINT_DECLARED = {"awq", "gptq", "compressed-tensors"}
 
 
 def closure(graph: Graph, r: Resource) -> set[str]:
@@ -121,36 +119,45 @@ def test_the_gateway_runs_the_image_this_deploy_pushed(graphs, stack):
             assert builds[graph.site_of(r)] in closure(graph, r)
 
 
-def forced_slow_kernels(graph: Graph) -> list[str]:
+def unknown_users(graph: Graph) -> list[str]:
+    """vLLM containers that run as a uid the pinned image has no passwd entry for, and with no
+    USER in their environment: torch's getpass.getuser() raises and vLLM exits on import."""
+    user = vllm_image_user()
     problems = []
     for r in graph.of_type("kubernetes:apps/v1:Deployment"):
-        declared = (r.inputs["metadata"].get("annotations") or {}).get(QUANTIZATION)
         for c in r.inputs["spec"]["template"]["spec"]["containers"]:
-            args = c.get("args") or []
-            for i, a in enumerate(args):
-                value = a.split("=", 1)[1] if a.startswith("--quantization=") else (
-                    args[i + 1] if a == "--quantization" and i + 1 < len(args) else None)
-                if value in CHECKPOINT_DECLARED:
-                    problems.append(f"{r.name}: --quantization {value} forces the {value} kernel over vLLM's marlin choice")
-        if declared and declared not in CHECKPOINT_DECLARED and "--quantization" not in str(r.inputs):
-            problems.append(f"{r.name}: {declared} is applied at load and must be asked for")
+            if c["name"] != "vllm":
+                continue
+            uid = (c.get("securityContext") or {}).get("runAsUser")
+            env = {e["name"] for e in c.get("env", [])}
+            if uid != user.uid and "USER" not in env:
+                problems.append(f"{r.name}: runs as uid {uid}; {user.image}:{user.version} defines only {user.user} ({user.uid})")
+            if uid != user.uid:
+                problems.append(f"{r.name}: uid {uid} owns nothing in the image; its user is {user.uid}")
     return problems
 
 
-def test_no_vllm_command_forces_a_slow_kernel(graphs):
-    assert any((r.inputs["metadata"].get("annotations") or {}).get(QUANTIZATION) == "awq"
-               for r in graphs["prod"].of_type("kubernetes:apps/v1:Deployment"))
-    for graph in graphs.values():
-        assert forced_slow_kernels(graph) == []
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_vllm_runs_as_the_user_its_image_defines(graphs, stack):
+    assert unknown_users(graphs[stack]) == []
 
 
-def test_a_forced_kernel_is_caught(graphs):
+def test_the_image_user_fact_is_for_the_image_the_stacks_pin():
+    user = vllm_image_user()
+    for stack in SHIPPED:
+        assert stack_config(stack)["llm-platform:images"]["vllm"] == f"{user.image}:{user.version}", (
+            "re-read the image's Dockerfile and update upstream/vllm/image.yaml with the pin")
+
+
+def test_a_user_without_a_passwd_entry_is_caught(graphs):
     import copy
 
-    graph = copy.deepcopy(graphs["prod"])
-    awq = next(r for r in graph if (r.inputs.get("metadata", {}).get("annotations") or {}).get(QUANTIZATION) == "awq")
-    awq.inputs["spec"]["template"]["spec"]["containers"][0]["args"] += ["--quantization", "awq"]
-    assert forced_slow_kernels(graph)
+    graph = copy.deepcopy(graphs["dev"])
+    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-"))
+    container = vllm.inputs["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["runAsUser"] = 10002
+    container["env"] = [e for e in container["env"] if e["name"] != "USER"]
+    assert len(unknown_users(graph)) == 2
 
 
 def test_load_time_quantization_is_still_asked_for():

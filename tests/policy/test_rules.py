@@ -57,6 +57,8 @@ BREAKERS = {
     "gateway-ha": lambda g: first(g, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
         .inputs["spec"].update(replicas=1),
     "subnets-multi-zone": lambda g: [r.inputs.update(availabilityZone="us-east-1a") for r in g.of_type("aws:ec2/subnet:Subnet")],
+    # EKS ended 1.33's standard support on 2026-07-29.
+    "kubernetes-version-supported": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.update(version="1.33"),
     "vllm-await-covers-startup": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).options.pop("customTimeouts"),
     "vllm-probes": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).pop("startupProbe"),
     "budget-per-cloud": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(
@@ -162,6 +164,10 @@ CLOUD_BREAKERS = {
         authEnabled=False)),
     "azure-redis-public": ("redis-tls-auth-private", lambda g: first(g, "azure-native:redis:Redis").inputs.update(
         publicNetworkAccess="Enabled")),
+    "gke-version-off-channel": ("kubernetes-version-supported", lambda g: first(g, "gcp:container/cluster:Cluster")
+        .inputs.update(minMasterVersion="1.37")),
+    "aks-version-lts-only": ("kubernetes-version-supported", lambda g: first(g, "azure-native:containerservice:ManagedCluster")
+        .inputs.update(kubernetesVersion="1.34")),
     "gcp-budget-actual-only": ("budget-per-cloud", lambda g: first(g, "gcp:billing/budget:Budget").inputs.update(
         thresholdRules=[{"thresholdPercent": 1.0, "spendBasis": "CURRENT_SPEND"}])),
 }
@@ -176,3 +182,16 @@ def test_rule_catches_its_breakage_on_gcp_and_azure(graphs, case):
     breaker(graph)
     violations = policy_run.run(graph, [policy], STRICT)
     assert violations and all(v.policy == name for v in violations)
+
+
+def test_version_rule_reads_the_plan_date_and_each_chart_range(graphs):
+    policy = BY_NAME["kubernetes-version-supported"]
+    graph = graphs["dev"]
+    # The same stack, planned later: standard support ends too soon.
+    late = policy_run.run(graph, [policy], {"kubernetes-version-supported": {"enforcementLevel": "mandatory", "asOf": "2027-03-01"}})
+    assert late and "ends 2027-03-27" in late[0].message
+    # A minor EKS supports but a chart pin does not (KEDA 2.20 is tested on 1.33-1.35).
+    broken = copy.deepcopy(graph)
+    first(broken, "aws:eks/cluster:Cluster").inputs.update(version="1.36")
+    messages = [v.message for v in policy_run.run(broken, [policy], STRICT)]
+    assert any("chart keda" in m and "not 1.36" in m for m in messages), messages
