@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov plan policy cost preflight test serve bench clean
+.PHONY: env tools actionlint checkov-env checkov plan policy cost preflight upstream test serve bench clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -80,6 +80,13 @@ checkov: plan $(CHECKOV_ENV)
 	  $(CHECKOV_VENV)/bin/checkov --skip-download --compact --quiet --framework dockerfile \
 	    --skip-check "$(CHECKOV_SKIPS)" -f images/*/Dockerfile || rc=1; \
 	fi; exit $$rc
+
+# Vendored upstream artifacts for the chart pins in infra/charts.py (release lists, values.yaml,
+# CRDs; see upstream/refresh.py), read from the charts' GitHub repositories with git. Run after
+# changing a pin; `make test` reads only what it wrote. UPSTREAM_ARGS=--offline reuses the clones.
+UPSTREAM_ARGS ?=
+upstream: env
+	$(PY) -m upstream.refresh $(UPSTREAM_ARGS)
 
 test: env tools actionlint $(CHECKOV_ENV)
 	$(PY) -m pytest

@@ -247,7 +247,12 @@ class Site(_Model):
     name: Slug
     cloud: Literal["aws", "gcp", "azure"]
     region: str = Field(pattern=r"^[a-z]+(-[a-z0-9]+)*$", description="Cloud region, e.g. us-east-1.")
-    kubernetes_version: str = Field(default="1.33", pattern=r"^1\.\d{2}$")
+    kubernetes_version: str = Field(
+        default="1.35",
+        pattern=r"^1\.\d{2}$",
+        description="Kubernetes minor; policy kubernetes-version-supported checks it against the cloud's support "
+        "calendar and the chart pins (upstream/kubernetes/support.yaml).",
+    )
     network_cidr: str = "10.0.0.0/16"
     api_allowed_cidrs: list[str] = Field(
         default_factory=list,

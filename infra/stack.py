@@ -21,8 +21,8 @@ def budget_shares(cfg: stack_config.StackConfig) -> dict[str, float]:
 
 def run() -> None:
     cfg = stack_config.from_pulumi()
-    check_clouds(cfg)
     secrets = read_secrets()
+    check_clouds(cfg, secrets)
     for cloud, amount in budget_shares(cfg).items():
         first_site = next(s for s in cfg.sites if s.cloud == cloud)
         build_budget(cfg, amount, first_site)

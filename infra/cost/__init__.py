@@ -257,10 +257,14 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
         _aks_pool(item, props, demand, add)
     elif t.startswith("azure-native:network:NatGateway"):
         add("network", "NAT gateway", _flat(p["azure"]["nat_gateway"]))
-    elif t.startswith("azure-native:redis:Redis") or t.startswith("azure-native:cache:Redis"):
-        sku = props.get("sku") or {}
-        key = f"{sku.get('name')}-{sku.get('family')}{sku.get('capacity')}"
-        add("redis", f"Azure Cache {key}", _flat(p["azure"]["redis"].get(key, p["azure"]["redis"]["Premium-P1"])))
+    elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":RedisEnterprise"):
+        sku = (props.get("sku") or {}).get("name")
+        table = p["azure"]["managed_redis"]
+        if sku not in table:
+            raise KeyError(f"no price for Azure Managed Redis SKU {sku!r}; add it to infra/cost/prices.yaml")
+        # Billed per node; high availability (the default) runs two.
+        nodes = 1 if props.get("highAvailability") == "Disabled" else 2
+        add("redis", f"Azure Managed Redis {sku} x {nodes}", _flat(table[sku], nodes))
     elif t.startswith("azure-native:consumption:Budget"):
         budgets.append(float(props.get("amount", 0)))
 

@@ -187,6 +187,18 @@ class PlanMocks(sdk_mocks.Mocks):
         if args.token == "gcp:organizations/getProject:getProject":
             project = args.args.get("projectId") or self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID)
             return {"projectId": project, "number": PROJECT_NUMBER, "name": project, "id": f"projects/{project}"}, []
+        if args.token == "gcp:container/getEngineVersions:getEngineVersions":
+            return gke_server_config(args.args.get("versionPrefix") or "", args.args.get("location") or region), []
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            project = self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID)
+            return {
+                "accessToken": MOCK_GCP_ACCESS_TOKEN,
+                "project": project,
+                "region": region,
+                "zone": "",
+                "defaultLabels": {},
+                "id": f"projects/{project}/regions/{region}/zones/",
+            }, []
         if args.token == "azure-native:authorization:getClientConfig":
             return {
                 "clientId": "00000000-0000-4000-8000-0000000000c1",
@@ -205,9 +217,11 @@ class PlanMocks(sdk_mocks.Mocks):
             }
             value = base64.b64encode(json.dumps(kubeconfig).encode()).decode()
             return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}, []
-        if args.token == "azure-native:redis:listRedisKeys":
-            seed = args.args["name"]
+        if args.token == "azure-native:redisenterprise:listDatabaseKeys":
+            seed = args.args["clusterName"]
             return {"primaryKey": _mock_key(seed + "-primary"), "secondaryKey": _mock_key(seed + "-secondary")}, []
+        if args.token == "azure-native:authorization:getClientToken":
+            return {"token": MOCK_AZURE_ACCESS_TOKEN}, []
         raise NotImplementedError(f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py")
 
 
@@ -216,8 +230,13 @@ def mock_ecr_password(region: str) -> str:
     return "ecr-password-" + _short(region, 24)
 
 
+# The Entra access token the mock Azure credentials answer with; tests check it never reaches the plan.
+MOCK_AZURE_ACCESS_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.mock-azure-access-token."
+
+
 def mock_redis_key(seed: str) -> str:
-    """The access key the mock Azure Cache answers with; tests check it never reaches the plan."""
+    """The access key the mock Azure Managed Redis database answers with (seeded by the cache's
+    name); tests check it never reaches the plan."""
     return _mock_key(seed + "-primary")
 
 
@@ -246,6 +265,33 @@ def _kubeconfig_cloud(kubeconfig: Any) -> str:
 def mock_auth_string(name: str) -> str:
     """The AUTH string the mock Memorystore answers with; tests check it never reaches the plan."""
     return "memorystore-auth-" + _short(name, 24)
+
+
+# The OAuth access token the mock gcloud credentials answer with; tests check it never reaches the plan.
+MOCK_GCP_ACCESS_TOKEN = "ya29.mock-gcp-access-token"
+
+
+def gke_server_config(prefix: str, location: str) -> dict:
+    """GKE's versions as the engine-versions data source answers for `prefix` ("1.34."): offline,
+    every channel offers the minor asked for, at a patch shaped like GKE's. Which minors a
+    channel really offers is known only live; `pulumi preview` asks GKE itself."""
+    minor = prefix.rstrip(".") or "1.34"
+    version = f"{minor}.5-gke.1200000"
+    channels = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
+    return {
+        "location": location,
+        "versionPrefix": prefix,
+        "project": PROJECT_ID,
+        "id": f"{location}-{prefix}",
+        "defaultClusterVersion": version,
+        "latestMasterVersion": version,
+        "latestNodeVersion": version,
+        "validMasterVersions": [version],
+        "validNodeVersions": [version],
+        "releaseChannelDefaultVersion": dict.fromkeys(channels, version),
+        "releaseChannelLatestVersion": dict.fromkeys(channels, version),
+        "releaseChannelUpgradeTargetVersion": dict.fromkeys(channels, version),
+    }
 
 
 def _gcp_resource(typ: str, name: str, inputs: dict, state: dict, region: str, project: str) -> tuple[str, dict]:
@@ -285,6 +331,19 @@ def _gcp_resource(typ: str, name: str, inputs: dict, state: dict, region: str, p
         state["authString"] = rpc.wrap_rpc_secret(mock_auth_string(name))
         state["serverCaCerts"] = [{"cert": base64.b64decode(_mock_ca(name)).decode(), "serialNumber": "0"}]
         state["currentLocationId"] = f"{region}-a"
+    elif typ == "gcp:secretmanager/secret:Secret":
+        rid = f"projects/{project}/secrets/{inputs['secretId']}"
+        state["name"] = rid
+    elif typ == "gcp:secretmanager/secretVersion:SecretVersion":
+        rid = f"{inputs['secret']}/versions/1"
+        state.update(name=rid, version="1")
+        if "secretData" in inputs:
+            state["secretData"] = rpc.wrap_rpc_secret(inputs["secretData"])
+    elif typ == "gcp:projects/serviceIdentity:ServiceIdentity":
+        service = inputs["service"]
+        email = f"service-{PROJECT_NUMBER}@gcp-sa-{service.split('.')[0]}.iam.gserviceaccount.com"
+        rid = f"projects/{project}/services/{service}"
+        state.update(email=email, member=f"serviceAccount:{email}")
     elif typ == "gcp:artifactregistry/repository:Repository":
         rid = f"projects/{project}/locations/{inputs.get('location', region)}/repositories/{resource_name}"
         state["name"] = resource_name
@@ -308,7 +367,12 @@ _AZURE_PROVIDERS = {
     "privatedns:VirtualNetworkLink": None,
     "containerservice:ManagedCluster": "Microsoft.ContainerService/managedClusters",
     "containerservice:AgentPool": None,
-    "redis:Redis": "Microsoft.Cache/redis",
+    "redisenterprise:RedisEnterprise": "Microsoft.Cache/redisEnterprise",
+    "redisenterprise:Database": None,
+    "keyvault:Vault": "Microsoft.KeyVault/vaults",
+    "keyvault:Secret": None,
+    "containerregistry:CredentialSet": None,
+    "containerregistry:CacheRule": None,
     "containerregistry:Registry": "Microsoft.ContainerRegistry/registries",
     "managedidentity:UserAssignedIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities",
     "consumption:Budget": None,
@@ -324,6 +388,8 @@ _AZURE_NAME_INPUTS = (
     "privateZoneName",
     "resourceName",
     "registryName",
+    "clusterName",
+    "vaultName",
     "name",
 )
 
@@ -336,6 +402,11 @@ def azure_autoname(name: str) -> str:
 def _azure_id(seed: str) -> str:
     h = _short(seed, 32)
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+
+
+def mock_public_ip(name: str) -> str:
+    """The address the mock gives an Azure public IP resource named `name`."""
+    return _ip("20", name)
 
 
 def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str) -> tuple[str, dict]:
@@ -361,6 +432,16 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
     elif kind == "network:PrivateDnsZoneGroup":
         resource_name = inputs.get("privateDnsZoneGroupName") or resource_name
         rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateEndpoints/{inputs['privateEndpointName']}/privateDnsZoneGroups/{resource_name}"
+    elif kind == "redisenterprise:Database":
+        resource_name = inputs.get("databaseName") or "default"
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Cache/redisEnterprise/{inputs['clusterName']}/databases/{resource_name}"
+    elif kind == "keyvault:Secret":
+        resource_name = inputs.get("secretName") or resource_name
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{inputs['vaultName']}/secrets/{resource_name}"
+    elif kind in ("containerregistry:CredentialSet", "containerregistry:CacheRule"):
+        child = "credentialSets" if kind.endswith("CredentialSet") else "cacheRules"
+        resource_name = inputs.get("credentialSetName") or inputs.get("cacheRuleName") or azure_autoname(name)
+        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerRegistry/registries/{inputs['registryName']}/{child}/{resource_name}"
     elif kind in ("consumption:Budget", "authorization:RoleAssignment"):
         resource_name = inputs.get("budgetName") or inputs.get("roleAssignmentName") or _azure_id(name)
         sub_path = "Microsoft.Consumption/budgets" if kind == "consumption:Budget" else "Microsoft.Authorization/roleAssignments"
@@ -379,6 +460,8 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
                 for i in identity["userAssignedIdentities"]
             },
         }
+    if "SystemAssigned" in str(identity.get("type", "")):
+        state["identity"] = {**state.get("identity", identity), "principalId": _azure_id(rid + "-principal"), "tenantId": TENANT_ID}
     if kind == "containerservice:ManagedCluster":
         prefix = inputs.get("dnsPrefix", resource_name)
         state["fqdn"] = f"{prefix}-{_short(name, 8)}.hcp.{region}.azmk8s.io"
@@ -394,12 +477,21 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
         state["oidcIssuerProfile"] = {**(inputs.get("oidcIssuerProfile") or {}), "issuerURL": f"https://{region}.oic.prod-aks.azure.com/{TENANT_ID}/{_azure_id(name)}/"}
     elif kind == "managedidentity:UserAssignedIdentity":
         state.update(principalId=_azure_id(name + "-principal"), clientId=_azure_id(name + "-client"), tenantId=TENANT_ID)
-    elif kind == "redis:Redis":
-        state.update(hostName=f"{resource_name}.redis.cache.windows.net", port=6379, sslPort=6380)
+    elif kind == "redisenterprise:RedisEnterprise":
+        state.update(hostName=f"{resource_name}.{region}.redis.azure.net", kind="v2", redisVersion="7.4")
+    elif kind == "redisenterprise:Database":
+        state.update(name=f"{inputs['clusterName']}/{resource_name}", port=inputs.get("port", 10000))
+    elif kind == "keyvault:Vault":
+        state["properties"] = {**inputs.get("properties", {}), "vaultUri": f"https://{resource_name}.vault.azure.net/"}
+    elif kind == "keyvault:Secret":
+        # ARM never returns a secret's value.
+        props = {k: v for k, v in (inputs.get("properties") or {}).items() if k != "value"}
+        uri = f"https://{inputs['vaultName']}.vault.azure.net/secrets/{resource_name}"
+        state["properties"] = {**props, "secretUri": uri, "secretUriWithVersion": f"{uri}/{_short(name, 32)}"}
     elif kind == "containerregistry:Registry":
         state["loginServer"] = f"{resource_name}.azurecr.io"
     elif kind == "network:PublicIPAddress":
-        state["ipAddress"] = _ip("20", name)
+        state["ipAddress"] = mock_public_ip(name)
     return rid, state
 
 

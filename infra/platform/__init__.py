@@ -211,10 +211,32 @@ def _cloud_module(cfg: StackConfig, site: Site):
     raise ConfigError(f"sites[{cfg.sites.index(site)}].cloud", f"unknown cloud {site.cloud!r}; use aws, gcp or azure")
 
 
-def check_clouds(cfg: StackConfig) -> None:
+def docker_hub_login(cfg: StackConfig, secrets: Secrets, site: Site, required: bool) -> tuple[str, pulumi.Output[str]] | None:
+    """The Docker Hub user and token a site's cache signs in with: both or neither, and both
+    where the cloud's cache cannot pull Docker Hub anonymously (`required`)."""
+    user, token = cfg.images.docker_hub_user, secrets.docker_hub_token
+    if user is not None and token is not None:
+        return user, token
+    if user is None and (required or token is not None):
+        raise ConfigError(
+            "images.dockerHubUser",
+            f"site {site.name!r} ({site.cloud}) pulls Docker Hub images through a cache that signs in as this "
+            "Docker Hub user; set llm-platform:images.dockerHubUser in Pulumi.<stack>.yaml",
+        )
+    if token is None and (required or user is not None):
+        raise ConfigError(
+            "dockerHubToken",
+            f"site {site.name!r} ({site.cloud}) pulls Docker Hub images through a cache that signs in with a "
+            "Docker Hub access token; set it with `pulumi config set --secret dockerHubToken <token>`",
+        )
+    return None
+
+
+def check_clouds(cfg: StackConfig, secrets: Secrets) -> None:
     """Fail on an unbuildable site before any resource is registered."""
     for site in cfg.sites:
-        _cloud_module(cfg, site)
+        module = _cloud_module(cfg, site)
+        docker_hub_login(cfg, secrets, site, module.DOCKER_HUB_LOGIN_REQUIRED)
 
 
 def build_platform(cfg: StackConfig, site: Site, secrets: Secrets) -> Platform:

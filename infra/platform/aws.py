@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import re
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.config import Site, StackConfig
+from infra.catalog import catalog
+from infra.charts import AWS_LOAD_BALANCER_CONTROLLER, CLUSTER_AUTOSCALER
+from infra.config import ConfigError, Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
     ImageRegistry,
@@ -21,18 +25,58 @@ from infra.platform import (
     RegistryLogin,
     StorageClasses,
     Taint,
+    docker_hub_login,
     exec_kubeconfig,
     gpu_node_pool,
     resource_tags,
     system_node_pool,
 )
 from infra.secrets import Secrets
-from infra.charts import CLUSTER_AUTOSCALER
 
 ZONES = 3
+# ECR's pull-through cache signs in to Docker Hub; it has no anonymous mode for it
+# (docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache-creating-rule.html, read 2026-12-01).
+DOCKER_HUB_LOGIN_REQUIRED = True
 REDIS_NODE_TYPES = {"small": "cache.t4g.small", "medium": "cache.m7g.large", "large": "cache.r7g.xlarge"}
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 _MANAGED = "arn:aws:iam::aws:policy/"
+
+# The label cluster-autoscaler's AWS provider reads as "this node has GPUs" (GPULabel in
+# kubernetes/autoscaler cluster-autoscaler/cloudprovider/aws/aws_cloud_provider.go; README
+# "Special note on GPU instances": CA >= 1.15; read 2026-12-01). A node that carries it but
+# does not yet advertise nvidia.com/gpu counts as not ready, so no second scale-up while the
+# device plugin starts.
+AUTOSCALER_GPU_LABEL = "k8s.amazonaws.com/accelerator"
+# ASG tags the autoscaler builds an empty group's node template from (extractLabelsFromAsg,
+# extractTaintsFromAsg with values `<value>:<Effect>`, extractAllocatableResourcesFromAsg in
+# cluster-autoscaler/cloudprovider/aws/aws_manager.go; README "Auto-Discovery Setup"; read
+# 2026-12-01). EKS copies none of a managed node group's labels or taints to its ASG.
+NODE_TEMPLATE_TAG = "k8s.io/cluster-autoscaler/node-template/"
+# Spot pools offer this many instance types at most: the primary and its cheapest matches.
+SPOT_INSTANCE_TYPES = 4
+# EKS access policy for cluster-wide admin (docs.aws.amazon.com/eks/latest/userguide/
+# access-policy-permissions.html, AmazonEKSClusterAdminPolicy; read 2026-12-01).
+CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+# ECR's upstream URL for Docker Hub (API_CreatePullThroughCacheRule upstreamRegistryUrl,
+# docs.aws.amazon.com/AmazonECR/latest/APIReference/; read 2026-12-01).
+DOCKER_HUB_UPSTREAM = "registry-1.docker.io"
+# Secrets for a pull-through cache must be named with this prefix
+# (docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache-creating-rule.html; read 2026-12-01).
+PULL_THROUGH_SECRET_PREFIX = "ecr-pullthroughcache/"
+LB_CONTROLLER_SERVICE_ACCOUNT = "aws-load-balancer-controller"
+# The controller's own IAM policy at the chart's appVersion (see the README beside it).
+_KEEP_NEWEST_50 = json.dumps(
+    {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": "keep the newest 50 images",
+                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 50},
+                "action": {"type": "expire"},
+            }
+        ]
+    }
+)
 
 
 def _assume_role(service: str, actions: tuple[str, ...] = ("sts:AssumeRole",)) -> str:
@@ -121,8 +165,9 @@ class Network(pulumi.ComponentResource):
 
 
 class Cluster(pulumi.ComponentResource):
-    """EKS with envelope-encrypted secrets, all control-plane logs, and an API endpoint
-    that is private unless the config lists CIDRs allowed to reach it."""
+    """EKS with envelope-encrypted secrets, all control-plane logs, an API endpoint that is
+    private unless the config lists CIDRs allowed to reach it, and cluster admin through
+    access entries for the principals the site lists beside the one that creates it."""
 
     def __init__(self, name: str, site: Site, network: Network, tags: dict[str, str], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Cluster", name, None, opts)
@@ -130,7 +175,7 @@ class Cluster(pulumi.ComponentResource):
         self.cluster_name = f"{pulumi.get_stack()}-{site.name}"
         self.key = aws.kms.Key(
             f"{name}-secrets",
-            description=f"EKS secrets and volumes for {self.cluster_name}",
+            description=f"EKS secrets, Redis and images for {self.cluster_name}",
             enable_key_rotation=True,
             deletion_window_in_days=30,
             tags=tags,
@@ -181,7 +226,37 @@ class Cluster(pulumi.ComponentResource):
                 "AmazonSSMManagedInstanceCore",
             )
         ]
+        # Node root volumes use the AWS managed EBS key: Auto Scaling's service-linked role may
+        # use it without any key policy ("Amazon EC2 Auto Scaling does not need additional
+        # authorization to use the default AWS managed key", docs.aws.amazon.com/autoscaling/ec2/
+        # userguide/key-policy-requirements-EBS-encryption.html; read 2026-12-01). A customer key
+        # would need a policy naming AWSServiceRoleForAutoScaling, which KMS rejects while a fresh
+        # account has no such role yet. DescribeKey on the predefined alias creates the managed key
+        # where none exists yet (API_DescribeKey KeyId, docs.aws.amazon.com/kms/latest/APIReference/;
+        # read 2026-12-01).
+        self.volume_key_arn = aws.kms.get_key_output(key_id="alias/aws/ebs", opts=pulumi.InvokeOptions(parent=self)).arn
+        admins = site.aws.admin_principal_arns if site.aws else []
+        self.admins = [self._admin(name, arn, tags) for arn in admins]
         self.register_outputs({"name": self.cluster.name, "endpoint": self.cluster.endpoint})
+
+    def _admin(self, name: str, principal_arn: str, tags: dict[str, str]) -> aws.eks.AccessPolicyAssociation:
+        # Named after the ARN, so reordering the list replaces nothing. The identity that runs the
+        # first `pulumi up` has its entry from bootstrap_cluster_creator_admin_permissions; listing
+        # it here too makes EKS refuse a second entry for it.
+        suffix = hashlib.sha256(principal_arn.encode()).hexdigest()[:8]
+        child = pulumi.ResourceOptions(parent=self)
+        entry = aws.eks.AccessEntry(
+            f"{name}-admin-{suffix}", cluster_name=self.cluster.name, principal_arn=principal_arn, type="STANDARD",
+            tags=tags, opts=child,
+        )
+        return aws.eks.AccessPolicyAssociation(
+            f"{name}-admin-{suffix}",
+            cluster_name=self.cluster.name,
+            principal_arn=entry.principal_arn,
+            policy_arn=CLUSTER_ADMIN_POLICY,
+            access_scope={"type": "cluster"},
+            opts=child,
+        )
 
     def kubeconfig(self, region: str) -> pulumi.Output[str]:
         c = self.cluster
@@ -199,7 +274,8 @@ class Cluster(pulumi.ComponentResource):
 
 class NodeGroup(pulumi.ComponentResource):
     """A managed node group with a launch template that requires IMDSv2 with hop limit 1
-    (pods cannot borrow the node's role) and encrypts the root volume."""
+    (pods cannot borrow the node's role) and encrypts the root volume, and the node-template
+    tags on its Auto Scaling group that let the cluster autoscaler scale it up from zero."""
 
     def __init__(
         self,
@@ -207,6 +283,7 @@ class NodeGroup(pulumi.ComponentResource):
         cluster: Cluster,
         network: Network,
         pool: NodePool,
+        instance_types: list[str],
         disk_gb: int,
         gpu: bool,
         tags: dict[str, str],
@@ -224,7 +301,7 @@ class NodeGroup(pulumi.ComponentResource):
                         "volume_size": disk_gb,
                         "volume_type": "gp3",
                         "encrypted": "true",
-                        "kms_key_id": cluster.key.arn,
+                        "kms_key_id": cluster.volume_key_arn,
                         "delete_on_termination": "true",
                     },
                 }
@@ -244,9 +321,10 @@ class NodeGroup(pulumi.ComponentResource):
             subnet_ids=[s.id for s in network.private_subnets],
             ami_type="AL2023_x86_64_NVIDIA" if gpu else "AL2023_x86_64_STANDARD",
             capacity_type="SPOT" if pool.spot else "ON_DEMAND",
-            instance_types=[pool.instance_type],
+            # The primary type first: the autoscaler sizes the group's node template from it.
+            instance_types=instance_types,
             scaling_config={"min_size": pool.min_nodes, "max_size": pool.max_nodes, "desired_size": pool.min_nodes},
-            labels=dict(pool.labels),
+            labels=node_labels(pool),
             taints=[
                 {"key": t.key, "value": t.value, "effect": _EKS_EFFECT[t.effect]} for t in pool.taints
             ],
@@ -258,7 +336,64 @@ class NodeGroup(pulumi.ComponentResource):
                 parent=self, depends_on=cluster.node_policies, ignore_changes=["scalingConfig.desiredSize"]
             ),
         )
+        asg_name = self.node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        self.autoscaler_tags = [
+            aws.autoscaling.Tag(
+                f"{name}-ca-{_tag_suffix(key)}",
+                autoscaling_group_name=asg_name,
+                # The ASG's own hint, not an instance tag: nothing to propagate.
+                tag={"key": key, "value": value, "propagate_at_launch": False},
+                opts=child,
+            )
+            for key, value in node_template_tags(pool).items()
+        ]
         self.register_outputs({"name": self.node_group.node_group_name})
+
+
+def node_labels(pool: NodePool) -> dict[str, str]:
+    """The labels a pool's nodes carry: the pool's own, and on GPU pools the GPU label the
+    cluster autoscaler reads, valued `nvidia-<model>` (nvidia-l4, nvidia-a10g)."""
+    labels = dict(pool.labels)
+    if pool.instance is not None and pool.gpus_per_node:
+        labels[AUTOSCALER_GPU_LABEL] = "nvidia-" + re.sub(r"[^a-z0-9]+", "-", pool.instance.gpu.model.lower())
+    return labels
+
+
+def node_template_tags(pool: NodePool) -> dict[str, str]:
+    """The cluster-autoscaler ASG tags that describe a pool's nodes before any exists."""
+    out = {f"{NODE_TEMPLATE_TAG}label/{k}": v for k, v in node_labels(pool).items()}
+    out.update({f"{NODE_TEMPLATE_TAG}taint/{t.key}": f"{t.value}:{t.effect}" for t in pool.taints})
+    if pool.gpus_per_node:
+        # The device plugin's resource name, which GPU pods request.
+        out[f"{NODE_TEMPLATE_TAG}resources/nvidia.com/gpu"] = str(pool.gpus_per_node)
+    return out
+
+
+def _tag_suffix(key: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", key.removeprefix(NODE_TEMPLATE_TAG).lower()).strip("-")
+
+
+def instance_types(pool: NodePool) -> list[str]:
+    """What the pool's node group may launch. Spot pools add the catalog's types with the same
+    GPU model and count and at least the primary's vCPU and memory, cheapest spot first, so one
+    type's spot capacity running out does not stop the pool; the primary stays first and the
+    NodePool's allocatable stays the primary's, the smallest of them."""
+    if not pool.spot or pool.instance is None:
+        return [pool.instance_type]
+    primary = pool.instance
+    matches = sorted(
+        (
+            t
+            for t in catalog(primary.cloud).instances.values()
+            if t.name != primary.name
+            and t.gpu == primary.gpu
+            and t.gpus == primary.gpus
+            and t.vcpu >= primary.vcpu
+            and t.memory_gib >= primary.memory_gib
+        ),
+        key=lambda t: (t.spot_hourly, t.name),
+    )
+    return [primary.name, *(t.name for t in matches[: SPOT_INSTANCE_TYPES - 1])]
 
 
 _EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
@@ -322,14 +457,26 @@ class Redis(pulumi.ComponentResource):
 
 
 class Registry(pulumi.ComponentResource):
-    """ECR repositories for the images this project builds, immutable and scanned."""
+    """ECR repositories for the images this project builds, immutable and scanned, and a
+    pull-through cache of Docker Hub, so nodes pull upstream images (vLLM) from inside AWS:
+    signed in to Docker Hub, and not once per node against its anonymous pull limit."""
 
     IMAGES = ("gateway",)
 
-    def __init__(self, name: str, key: aws.kms.Key, tags: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(
+        self,
+        name: str,
+        site: Site,
+        cluster: Cluster,
+        docker_hub_user: str,
+        docker_hub_token: pulumi.Output[str],
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions,
+    ):
         super().__init__("llm-platform:aws:Registry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        prefix = f"llm-platform-{pulumi.get_stack()}"
+        stack = pulumi.get_stack()
+        prefix = f"llm-platform-{stack}"
         self.repositories = {}
         for image in self.IMAGES:
             repo = aws.ecr.Repository(
@@ -337,41 +484,146 @@ class Registry(pulumi.ComponentResource):
                 name=f"{prefix}/{image}",
                 image_tag_mutability="IMMUTABLE",
                 image_scanning_configuration={"scan_on_push": True},
-                encryption_configurations=[{"encryption_type": "KMS", "kms_key": key.arn}],
+                encryption_configurations=[{"encryption_type": "KMS", "kms_key": cluster.key.arn}],
                 tags=tags,
                 opts=child,
             )
-            aws.ecr.LifecyclePolicy(
-                f"{name}-{image}",
-                repository=repo.name,
-                policy=json.dumps(
-                    {
-                        "rules": [
-                            {
-                                "rulePriority": 1,
-                                "description": "keep the newest 50 images",
-                                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 50},
-                                "action": {"type": "expire"},
-                            }
-                        ]
-                    }
-                ),
-                opts=child,
-            )
+            aws.ecr.LifecyclePolicy(f"{name}-{image}", repository=repo.name, policy=_KEEP_NEWEST_50, opts=child)
             self.repositories[image] = repo
-        gateway_url = self.repositories["gateway"].repository_url
+        gateway = self.repositories["gateway"]
+        gateway_url = gateway.repository_url
         self.prefix = gateway_url.apply(lambda url: url.rsplit("/", 1)[0])
-        self.register_outputs({"prefix": self.prefix})
+        host = gateway_url.apply(lambda url: url.split("/", 1)[0])
+        registry_id = gateway.registry_id
+
+        cache_prefix = docker_hub_cache_prefix(stack, site.name)
+        cached_repos = pulumi.Output.format("arn:aws:ecr:{0}:{1}:repository/{2}/*", site.region, registry_id, cache_prefix)
+        # ECR reads the credential as JSON with `username` and `accessToken`, from a secret under
+        # the default aws/secretsmanager key: "Amazon ECR doesn't support using a customer managed
+        # key" for it (docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache-creating-secret.html;
+        # read 2026-12-01). Hence no kms_key_id here.
+        secret = aws.secretsmanager.Secret(
+            f"{name}-docker-hub",
+            name=f"{PULL_THROUGH_SECRET_PREFIX}llm-platform-{stack}-{site.name}",
+            description=f"Docker Hub sign-in for ECR's pull-through cache {cache_prefix}",
+            # The token's home is the stack's Pulumi config; a name pending deletion would block
+            # the next `pulumi up` after a destroy.
+            recovery_window_in_days=0,
+            tags=tags,
+            opts=child,
+        )
+        credential = aws.secretsmanager.SecretVersion(
+            f"{name}-docker-hub",
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(
+                pulumi.Output.json_dumps({"username": docker_hub_user, "accessToken": docker_hub_token})
+            ),
+            opts=child,
+        )
+        # Repositories the cache creates take our key and tags from a creation template, which ECR
+        # applies through a role of ours (docs.aws.amazon.com/AmazonECR/latest/userguide/
+        # repository-creation-templates-create.html; read 2026-12-01).
+        template_role = aws.iam.Role(
+            f"{name}-cache-repos", assume_role_policy=_assume_role("ecr.amazonaws.com"), tags=tags, opts=child
+        )
+        template_policy = aws.iam.RolePolicy(
+            f"{name}-cache-repos",
+            role=template_role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["ecr:CreateRepository", "ecr:ReplicateImage", "ecr:TagResource"],
+                            "Resource": [cached_repos],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:CreateGrant", "kms:RetireGrant", "kms:DescribeKey"],
+                            "Resource": [cluster.key.arn],
+                        },
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        self.cache_template = aws.ecr.RepositoryCreationTemplate(
+            f"{name}-docker-hub",
+            prefix=cache_prefix,
+            applied_fors=["PULL_THROUGH_CACHE"],
+            description=f"Docker Hub images cached for {stack}/{site.name}",
+            custom_role_arn=template_role.arn,
+            encryption_configurations=[{"encryption_type": "KMS", "kms_key": cluster.key.arn}],
+            # The cache refreshes a tag when upstream moves it, so cached tags stay mutable.
+            image_tag_mutability="MUTABLE",
+            lifecycle_policy=_KEEP_NEWEST_50,
+            resource_tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[template_policy]),
+        )
+        self.cache_rule = aws.ecr.PullThroughCacheRule(
+            f"{name}-docker-hub",
+            ecr_repository_prefix=cache_prefix,
+            upstream_registry_url=DOCKER_HUB_UPSTREAM,
+            credential_arn=secret.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[credential, self.cache_template]),
+        )
+        # A node's first pull of an image makes ECR create the cached repository and import the
+        # image on the puller's behalf: ecr:CreateRepository and ecr:BatchImportUpstreamImage
+        # (docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache-iam.html; read
+        # 2026-12-01). Reads come from AmazonEC2ContainerRegistryReadOnly on the node role.
+        self.node_pull = aws.iam.RolePolicy(
+            f"{name}-pull-through",
+            role=cluster.node_role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+                            "Resource": [cached_repos],
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        self.docker_hub = pulumi.Output.concat(host, "/", cache_prefix)
+        token = aws.ecr.get_authorization_token_output(registry_id=registry_id, opts=pulumi.InvokeOptions(parent=self))
+        self.login = RegistryLogin(address=host, username=token.user_name, password=pulumi.Output.secret(token.password))
+        self.ready: tuple[pulumi.Resource, ...] = (
+            *self.repositories.values(),
+            credential,
+            self.cache_template,
+            self.cache_rule,
+            self.node_pull,
+        )
+        self.register_outputs({"prefix": self.prefix, "dockerHub": self.docker_hub})
+
+
+def docker_hub_cache_prefix(stack: str, site: str) -> str:
+    """The ECR repository prefix Docker Hub images are cached under for one site. Prefixes are
+    unique per registry (account and region) and 2-30 characters of lowercase letters, digits
+    and `._-/` separators (API_PullThroughCacheRule ecrRepositoryPrefix,
+    docs.aws.amazon.com/AmazonECR/latest/APIReference/; read 2026-12-01)."""
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{stack}-{site}".lower()).strip("-") + "/docker-hub"
+    if len(readable) <= 30:
+        return readable
+    return "docker-hub-" + hashlib.sha256(f"{stack}/{site}".encode()).hexdigest()[:12]
 
 
 class ClusterAddons(pulumi.ComponentResource):
-    """Managed EKS add-ons, the EBS CSI driver's identity, the default storage class, and
-    the cluster autoscaler (EKS, unlike GKE and AKS, has none built in)."""
+    """Managed EKS add-ons (the VPC CNI enforcing NetworkPolicy, metrics-server for CPU-based
+    scaling), the EBS CSI driver's identity, the default storage class, and what EKS, unlike
+    GKE and AKS, does not build in: the cluster autoscaler and the AWS Load Balancer
+    Controller that serves LoadBalancer Services."""
 
     def __init__(
         self,
         name: str,
         site: Site,
+        network: Network,
         cluster: Cluster,
         system: NodeGroup,
         provider: k8s.Provider,
@@ -395,8 +647,15 @@ class ClusterAddons(pulumi.ComponentResource):
                 **kwargs,
             )
 
-        # Networking first: nodes cannot become Ready without the CNI.
-        network_addons = [addon(a, []) for a in ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")]
+        # Networking first: nodes cannot become Ready without the CNI. The CNI enforces
+        # NetworkPolicy only with its network policy agent switched on (the add-on's
+        # configuration key `enableNetworkPolicy`, a string: docs.aws.amazon.com/eks/latest/
+        # userguide/cni-network-policy-configure.html; read 2026-12-01).
+        network_addons = [
+            addon("vpc-cni", [], configuration_values=json.dumps({"enableNetworkPolicy": "true"})),
+            addon("kube-proxy", []),
+            addon("eks-pod-identity-agent", []),
+        ]
         ebs_role = aws.iam.Role(f"{name}-ebs-csi", assume_role_policy=pod_trust, tags=tags, opts=child)
         aws.iam.RolePolicyAttachment(
             f"{name}-ebs-csi",
@@ -412,6 +671,11 @@ class ClusterAddons(pulumi.ComponentResource):
                 pod_identity_associations=[{"role_arn": ebs_role.arn, "service_account": "ebs-csi-controller-sa"}],
             ),
         ]
+        # The resource metrics API that every CPU-based scaler reads (HPA, KEDA's cpu trigger).
+        # EKS offers it as a community add-on named metrics-server (docs.aws.amazon.com/eks/
+        # latest/userguide/metrics-server.html and community-addons.html; read 2026-12-01). Its
+        # pods tolerate no GPU taint, so they land on the system pool.
+        self.metrics_server = addon("metrics-server", [system.node_group])
         k8s_child = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=self.addons)
         self.storage_class = k8s.storage.v1.StorageClass(
             f"{name}-gp3",
@@ -463,7 +727,124 @@ class ClusterAddons(pulumi.ComponentResource):
             },
             opts=k8s_child,
         )
+
+        # The Service annotations in lb_annotations are this controller's: the in-tree cloud
+        # provider leaves a Service annotated aws-load-balancer-type `external` alone, and the
+        # controller provisions its NLB.
+        controller = AWS_LOAD_BALANCER_CONTROLLER
+        lb_policy = aws.iam.Policy(
+            f"{name}-lb-controller",
+            description=f"AWS Load Balancer Controller {controller.app_version}: NLBs for this cluster's Services",
+            policy=eks_name.apply(_lb_controller_policy),
+            tags=tags,
+            opts=child,
+        )
+        lb_role = aws.iam.Role(f"{name}-lb-controller", assume_role_policy=pod_trust, tags=tags, opts=child)
+        lb_attach = aws.iam.RolePolicyAttachment(
+            f"{name}-lb-controller", role=lb_role.name, policy_arn=lb_policy.arn, opts=child
+        )
+        lb_identity = aws.eks.PodIdentityAssociation(
+            f"{name}-lb-controller",
+            cluster_name=eks_name,
+            namespace="kube-system",
+            service_account=LB_CONTROLLER_SERVICE_ACCOUNT,
+            role_arn=lb_role.arn,
+            tags=tags,
+            opts=child,
+        )
+        self.load_balancer_controller = k8s.helm.v3.Release(
+            f"{name}-aws-load-balancer-controller",
+            name="aws-load-balancer-controller",
+            chart=controller.chart,
+            version=controller.version,
+            repository_opts={"repo": controller.repo},
+            namespace="kube-system",
+            values={
+                "clusterName": eks_name,
+                # Hop limit 1 keeps pods off the instance metadata service, so the controller is
+                # told its region and VPC instead of looking them up there.
+                "region": site.region,
+                "vpcId": network.vpc.id,
+                "serviceAccount": {"create": True, "name": LB_CONTROLLER_SERVICE_ACCOUNT},
+                "nodeSelector": {POOL_LABEL: "system"},
+                # Shield and WAF attach to ALBs for Ingresses; the stack makes none, and the
+                # policy below grants neither.
+                "enableShield": False,
+                "enableWaf": False,
+                "enableWafv2": False,
+            },
+            # Its webhooks must answer before any LoadBalancer Service is created; the Release
+            # waits for the Deployment to be ready.
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=provider, depends_on=[*self.addons, lb_attach, lb_identity]
+            ),
+        )
         self.register_outputs({})
+
+
+def _lb_controller_policy(cluster_name: str) -> str:
+    """What the AWS Load Balancer Controller needs to run NLBs for Services: the statements of its
+    own policy (kubernetes-sigs/aws-load-balancer-controller v3.5.0, docs/install/iam_policy.json,
+    read 2026-12-01) without the ALB-only integrations (Cognito, ACM, WAF, Shield), and with every
+    write limited to resources tagged elbv2.k8s.aws/cluster=<this cluster> instead of any cluster."""
+    own = {"StringEquals": {"aws:ResourceTag/elbv2.k8s.aws/cluster": cluster_name}}
+    tagging_new = {"StringEquals": {"aws:RequestTag/elbv2.k8s.aws/cluster": cluster_name}}
+    elb = "arn:aws:elasticloadbalancing:*:*:"
+    balancers = [f"{elb}targetgroup/*/*", f"{elb}loadbalancer/net/*/*", f"{elb}loadbalancer/app/*/*"]
+    statements = [
+        ("Allow", ["iam:CreateServiceLinkedRole"], "*",
+         {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}),
+        ("Allow", [
+            "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
+            "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
+            "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
+            "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:GetCoipPoolUsage", "ec2:DescribeCoipPools",
+            "ec2:GetSecurityGroupsForVpc", "ec2:DescribeIpamPools", "ec2:DescribeRouteTables",
+            "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
+            "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
+            "elasticloadbalancing:DescribeSSLPolicies", "elasticloadbalancing:DescribeRules",
+            "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
+            "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTags",
+            "elasticloadbalancing:DescribeTrustStores", "elasticloadbalancing:DescribeListenerAttributes",
+            "elasticloadbalancing:DescribeCapacityReservation",
+        ], "*", None),
+        # Node security groups get the NLB's ingress rules; the controller's own groups are tagged.
+        ("Allow", ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"], "*", None),
+        ("Allow", ["ec2:CreateSecurityGroup"], "*", None),
+        ("Allow", ["ec2:CreateTags"], "arn:aws:ec2:*:*:security-group/*",
+         {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup", **tagging_new["StringEquals"]}}),
+        ("Allow", ["ec2:CreateTags", "ec2:DeleteTags"], "arn:aws:ec2:*:*:security-group/*", own),
+        ("Allow", ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
+         "*", own),
+        ("Allow", ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"], "*", tagging_new),
+        ("Allow", ["elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener"], "*", None),
+        ("Allow", ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"], balancers, own),
+        ("Allow", ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+         [f"{elb}listener/net/*/*/*", f"{elb}listener/app/*/*/*"], None),
+        ("Allow", [
+            "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
+            "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
+            "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
+            "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
+            "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:ModifyCapacityReservation",
+            "elasticloadbalancing:ModifyIpPools",
+        ], "*", own),
+        ("Allow", ["elasticloadbalancing:AddTags"], balancers,
+         {"StringEquals": {"elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"],
+                           **tagging_new["StringEquals"]}}),
+        ("Allow", ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+         f"{elb}targetgroup/*/*", None),
+        ("Allow", ["elasticloadbalancing:ModifyListener"], "*", None),
+    ]
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": effect, "Action": actions, "Resource": resource, **({"Condition": cond} if cond else {})}
+                for effect, actions, resource, cond in statements
+            ],
+        }
+    )
 
 
 def _autoscaler_policy(cluster_name: str) -> str:
@@ -501,6 +882,7 @@ def _autoscaler_policy(cluster_name: str) -> str:
 
 
 def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
+    docker_hub_user, docker_hub_token = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
     tags = resource_tags(cfg, site)
     site_component = pulumi.ComponentResource("llm-platform:aws:Site", site.name, None, opts)
     provider = aws.Provider(
@@ -514,10 +896,13 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     network = Network(f"{site.name}-net", site, tags, child)
     cluster = Cluster(f"{site.name}-cluster", site, network, tags, child)
     system_pool = system_node_pool(site)
-    system = NodeGroup(f"{site.name}-system", cluster, network, system_pool, site.system_pool.disk_gb, False, tags, child)
+    system = NodeGroup(
+        f"{site.name}-system", cluster, network, system_pool, instance_types(system_pool), site.system_pool.disk_gb,
+        False, tags, child,
+    )
     gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)) for p in site.gpu_pools)
     groups = [
-        NodeGroup(f"{site.name}-{pool.name}", cluster, network, pool, spec.disk_gb, True, tags, child)
+        NodeGroup(f"{site.name}-{pool.name}", cluster, network, pool, instance_types(pool), spec.disk_gb, True, tags, child)
         for pool, spec in zip(gpu_pools, site.gpu_pools)
     ]
     kubeconfig = cluster.kubeconfig(site.region)
@@ -526,9 +911,9 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.node_group]),
     )
-    addons = ClusterAddons(f"{site.name}-addons", site, cluster, system, k8s_provider, tags, child)
+    addons = ClusterAddons(f"{site.name}-addons", site, network, cluster, system, k8s_provider, tags, child)
     redis = Redis(f"{site.name}-redis", site, network, cluster, tags, child)
-    registry = Registry(f"{site.name}-registry", cluster.key, tags, child)
+    registry = Registry(f"{site.name}-registry", site, cluster, docker_hub_user, docker_hub_token, tags, child)
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
     tag_list = ",".join(f"{k}={v}" for k, v in tags.items())
@@ -540,21 +925,27 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         system_pool=system_pool,
         gpu_pools=gpu_pools,
         redis=RedisEndpoint(host=redis.group.primary_endpoint_address, port=6379, tls=True, auth_token=redis.token.result),
+        # The AWS Load Balancer Controller's annotations (kubernetes-sigs/aws-load-balancer-controller
+        # v3.5.0 docs/guide/service/annotations.md and nlb.md; read 2026-12-01): type `external` hands
+        # the Service to the controller, `ip` targets send traffic straight to pod IPs on the VPC CNI,
+        # the scheme defaults to internal, and cross-zone is a load-balancer attribute (the
+        # cross-zone-load-balancing-enabled annotation is deprecated).
         lb_annotations={
-            "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+            "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
             "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
-            "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+            "service.beta.kubernetes.io/aws-load-balancer-attributes": "load_balancing.cross_zone.enabled=true",
             "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags": tag_list,
         },
         storage=StorageClasses(rwo="gp3", rwx=None),
-        # Placeholder until the site's pull-through cache and push login are built.
         images=ImageRegistry(
             own=registry.prefix,
-            docker_hub=pulumi.Output.from_input("docker.io"),
-            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+            docker_hub=registry.docker_hub,
+            login=registry.login,
+            ready=registry.ready,
         ),
         needs_device_plugin=True,
-        ready=(addons.storage_class, *(g.node_group for g in groups)),
+        ready=(addons.storage_class, addons.load_balancer_controller, *(g.node_group for g in groups)),
     )
 
 

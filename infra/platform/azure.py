@@ -1,25 +1,38 @@
-"""An Azure site: VNet, AKS, agent pools, Azure Cache for Redis, ACR, budget -> Platform."""
+"""An Azure site: VNet, AKS, agent pools, Azure Managed Redis, ACR, budget -> Platform.
+
+What the subscription needs before the first `pulumi up` (README, "First deploy on Azure"):
+the resource providers in RESOURCE_PROVIDERS registered, the EncryptionAtHost feature, GPU
+vCPU quota for each pool's VM family (spot pools: the regional Spot vCPU quota), and a
+deployer that may create role assignments.
+"""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import ipaddress
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.consumption as consumption
 import pulumi_azure_native.containerregistry as containerregistry
 import pulumi_azure_native.containerservice as containerservice
+import pulumi_azure_native.keyvault as keyvault
 import pulumi_azure_native.managedidentity as managedidentity
 import pulumi_azure_native.network as network
 import pulumi_azure_native.privatedns as privatedns
 import pulumi_azure_native.provider as azure_provider
-import pulumi_azure_native.redis as azure_redis
+import pulumi_azure_native.redisenterprise as redisenterprise
 import pulumi_azure_native.resources as resources
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+import pulumiverse_time as pulumi_time
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 
 from infra.config import Site, StackConfig, azure_pool_name
 from infra.platform import (
@@ -33,28 +46,94 @@ from infra.platform import (
     Taint,
     exec_kubeconfig,
     gpu_node_pool,
+    docker_hub_login,
     resource_tags,
     system_node_pool,
 )
 from infra.secrets import Secrets
 
-# Azure Cache for Redis SKUs: (family, capacity) per size; Premium where size needs it.
-REDIS_SKUS = {"small": ("C", 1), "medium": ("C", 2), "large": ("P", 1)}
-REDIS_TLS_PORT = 6380
+# Resource providers the site's resources live in, for `az provider register` before the first deploy.
+RESOURCE_PROVIDERS = (
+    "Microsoft.ContainerService",
+    "Microsoft.Compute",
+    "Microsoft.Network",
+    "Microsoft.ManagedIdentity",
+    "Microsoft.Cache",
+    "Microsoft.ContainerRegistry",
+    "Microsoft.KeyVault",
+    "Microsoft.Consumption",
+)
+
+# Azure Cache for Redis is retiring (Basic/Standard/Premium on 2028-09-30, new caches blocked
+# from 2026-04-01 for new customers; Azure Advisor recommendation 2bb28cf0-969d-43a3-baf8-51328ac497fc,
+# https://learn.microsoft.com/azure/azure-cache-for-redis/retirement-faq, read 2026-12-01), so the
+# site runs Azure Managed Redis (Microsoft.Cache/redisEnterprise; azure-native's redisenterprise
+# module defaults to API 2025-07-01, which has the Balanced SKUs and publicNetworkAccess).
+# Balanced (4 GB per vCPU) because the gateway's Redis holds little (rate-limit buckets and API
+# keys) but takes a call per request; each size has the same or more memory than the Azure Cache
+# SKU it replaces (C1 1 GB -> B1 1 GB, C2 2.5 GB -> B3 3 GB, P1 6 GB -> B5 6 GB), which is
+# Microsoft's sizing rule for the move (MicrosoftDocs/azure-docs:articles/redis/migrate/
+# migrate-basic-standard-premium-understand.md, "Choose the right memory size", read 2026-12-01).
+# replicas > 0 turns on high availability (a replicated second node, zone redundant where the
+# region has zones); without it the cache is one node with no SLA, as Basic was.
+REDIS_SKUS = {"small": "Balanced_B1", "medium": "Balanced_B3", "large": "Balanced_B5"}
+# Managed Redis serves one database named "default" on port 10000, TLS or plaintext, never both
+# (MicrosoftDocs/azure-docs:articles/redis/private-link.md and the 2025-07-01 RedisEnterpriseDatabasesCreate
+# example in Azure/azure-rest-api-specs, read 2026-12-01).
+REDIS_DATABASE = "default"
+REDIS_PORT = 10000
+# The gateway is a plain (non-cluster) redis-py client whose Lua script takes two keys that
+# share one hash tag. EnterpriseCluster serves the whole cache on one endpoint through a proxy
+# that routes each command, so non-cluster clients work; multi-key commands must stay in one
+# slot, which the hash tag ensures. OSSCluster would need a cluster-aware client and NoCluster
+# is preview and limited to 25 GB (MicrosoftDocs/azure-docs:articles/redis/architecture.md,
+# "Cluster policies" and "Multi-key commands", read 2026-12-01).
+REDIS_CLUSTERING_POLICY = "EnterpriseCluster"
+# Private endpoint sub-resource and zone for Managed Redis; clients keep using the public
+# name <cache>.<region>.redis.azure.net, which the zone resolves to the endpoint inside the VNet
+# (MicrosoftDocs/azure-docs:articles/redis/private-link.md, read 2026-12-01).
+REDIS_PRIVATE_LINK_GROUP = "redisEnterprise"
+REDIS_PRIVATE_DNS_ZONE = "privatelink.redis.azure.net"
 # AKS taints spot nodes itself; pods must tolerate it, so it is part of the pool's data.
 SPOT_TAINT = Taint("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
 # The AKS AAD server application every Entra-integrated cluster's tokens are issued for.
 AKS_AAD_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
-# Built-in role definition ids (the same in every tenant).
+# Built-in role definition ids (the same in every tenant;
+# https://learn.microsoft.com/azure/role-based-access-control/built-in-roles, read 2026-12-01).
 ROLE_NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
 ROLE_ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+ROLE_ACR_PUSH = "8311e382-0749-4cb8-b61a-304f252e45ec"
 ROLE_AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+# A new Azure RBAC for Kubernetes role assignment "can take up to five minutes to propagate and
+# be updated by the authorization server"; until then the deployer's Kubernetes calls get 403
+# (MicrosoftDocs/azure-aks-docs@fb060ab:articles/aks/entra-id-authorization.md, read 2026-12-01).
+AKS_RBAC_PROPAGATION = "5m"
+# Other role assignments (ACR push and pull, Key Vault) are read through Azure Resource Manager,
+# where "it can take up to 10 minutes for changes to take effect"
+# (MicrosoftDocs/azure-docs:articles/role-based-access-control/troubleshooting.md, read 2026-12-01).
+ARM_RBAC_PROPAGATION = "10m"
+# ACR's artifact cache pulls Docker Hub only with credentials: "Supports authenticated pulls
+# only", and a Docker Hub cache rule cannot be created without a credential set whose secrets
+# live in Key Vault (MicrosoftDocs/azure-management-docs:articles/container-registry/
+# artifact-cache-overview.md and artifact-cache-cli.md, read 2026-12-01). The rule maps every
+# Docker Hub repository under one prefix, as jenkins-infra runs it (jenkins-infra/azure:
+# dockerhub-mirror.tf, source_repo "docker.io/*"), so <acr>/dockerhub/vllm/vllm-openai:<tag>
+# is docker.io/vllm/vllm-openai:<tag>. Cache rules work on every ACR tier.
+DOCKER_HUB_CACHE_PREFIX = "dockerhub"
+# `docker login` with an ACR refresh token takes this user name
+# (Azure/acr:docs/AAD-OAuth.md, "Authenticating docker with an ACR refresh token", read 2026-12-01).
+ACR_REFRESH_TOKEN_USER = "00000000-0000-0000-0000-000000000000"
 # Each pool's pods per node; AKS reserves kubelet memory per pod, and 110 keeps that
 # reservation within what infra.platform.allocatable assumes.
 MAX_PODS = 110
 # Overlay pod and service ranges live outside the VNet; the first that does not overlap it.
 _POD_CIDRS = ("10.244.0.0/16", "172.20.0.0/16", "192.168.0.0/16")
 _SERVICE_CIDRS = ("172.16.0.0/16", "10.250.0.0/16", "192.168.0.0/20")
+
+# ACR's cache cannot pull Docker Hub anonymously (DOCKER_HUB_CACHE_PREFIX), and without a cache
+# every GPU node would pull Docker Hub anonymously through the NAT's one address.
+DOCKER_HUB_LOGIN_REQUIRED = True
 
 
 def _stack_site(site: Site) -> str:
@@ -97,7 +176,8 @@ class Network(pulumi.ComponentResource):
             # Subnets are their own resources below; the VNet must not fight over them.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["subnets"]),
         )
-        ip = network.PublicIPAddress(
+        # Every node's egress, so the one address the API server must accept from nodes.
+        self.nat_ip = network.PublicIPAddress(
             f"{name}-nat-ip",
             resource_group_name=rg,
             location=site.region,
@@ -112,7 +192,7 @@ class Network(pulumi.ComponentResource):
             resource_group_name=rg,
             location=site.region,
             sku={"name": "Standard"},
-            public_ip_addresses=[{"id": ip.id}],
+            public_ip_addresses=[{"id": self.nat_ip.id}],
             idle_timeout_in_minutes=10,
             tags=tags,
             opts=child,
@@ -215,6 +295,11 @@ class Cluster(pulumi.ComponentResource):
         pods = _outside(_POD_CIDRS, site.network_cidr)
         services = _outside(_SERVICE_CIDRS, site.network_cidr, str(pods))
         private = not site.api_allowed_cidrs
+        # AKS adds only its own API server address and a Standard load balancer's outbound
+        # address to the authorized ranges; with a NAT gateway as the outbound type, the NAT's
+        # address must be listed or kubelets cannot reach the API server
+        # (MicrosoftDocs/azure-aks-docs@fb060ab:articles/aks/api-server-authorized-ip-ranges.md, read 2026-12-01).
+        authorized = net.nat_ip.ip_address.apply(lambda ip: [*site.api_allowed_cidrs, f"{ip}/32"])
         admin_groups = list(site.azure.admin_group_object_ids) if site.azure else []
         self.cluster = containerservice.ManagedCluster(
             f"{name}-aks",
@@ -248,7 +333,7 @@ class Cluster(pulumi.ComponentResource):
             api_server_access_profile=(
                 {"enable_private_cluster": True}
                 if private
-                else {"enable_private_cluster": False, "authorized_ip_ranges": list(site.api_allowed_cidrs)}
+                else {"enable_private_cluster": False, "authorized_ip_ranges": authorized}
             ),
             auto_upgrade_profile={"upgrade_channel": "patch", "node_os_upgrade_channel": "NodeImage"},
             # AKS cannot exist without a system pool, so it is declared inline.
@@ -269,6 +354,14 @@ class Cluster(pulumi.ComponentResource):
             role_definition_id=_role(subscription, ROLE_AKS_RBAC_CLUSTER_ADMIN),
             scope=self.cluster.id,
             opts=child,
+        )
+        # The Kubernetes provider waits this out: its first calls would otherwise get 403.
+        # Re-run whenever the assignment is replaced, which is when it propagates again.
+        self.admin_propagated = pulumi_time.Sleep(
+            f"{name}-deployer-admin-propagation",
+            create_duration=AKS_RBAC_PROPAGATION,
+            triggers={"roleAssignment": self.deployer_admin.id},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployer_admin]),
         )
         self.kubelet_object_id = self.cluster.identity_profile.apply(_kubelet_object_id)
         self.resource_group = rg
@@ -337,35 +430,43 @@ class NodeGroup(pulumi.ComponentResource):
 
 
 class Redis(pulumi.ComponentResource):
-    """Azure Cache for Redis reachable only through a private endpoint in the VNet: TLS 1.2+
-    only, the non-TLS port off, public network access off."""
+    """Azure Managed Redis reachable only through a private endpoint in the VNet: TLS 1.2+ only,
+    public network access off, one non-clustered-looking endpoint for the gateway's plain client,
+    signed in with the database's access key."""
 
     def __init__(self, name: str, site: Site, net: Network, tags: dict[str, str], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Redis", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         rg = net.resource_group.name
-        family, capacity = REDIS_SKUS[site.redis.size]
-        replicas = site.redis.replicas
-        tier = "Premium" if family == "P" else ("Standard" if replicas else "Basic")
-        self.cache = azure_redis.Redis(
+        self.cache = redisenterprise.RedisEnterprise(
             f"{name}-cache",
             resource_group_name=rg,
-            # Cache names are global DNS names: left to Pulumi's autonaming (random suffix).
+            # Cache names are DNS names: left to Pulumi's autonaming (random suffix).
             location=site.region,
-            sku={"name": tier, "family": family, "capacity": capacity},
-            redis_version="6",
-            enable_non_ssl_port=False,
+            sku={"name": REDIS_SKUS[site.redis.size]},
+            high_availability="Enabled" if site.redis.replicas else "Disabled",
             minimum_tls_version="1.2",
             public_network_access="Disabled",
-            # Standard already pairs a replica with the primary; Premium takes a count.
-            replicas_per_primary=replicas if tier == "Premium" and replicas else None,
             tags=tags,
+            opts=child,
+        )
+        self.database = redisenterprise.Database(
+            f"{name}-db",
+            resource_group_name=rg,
+            cluster_name=self.cache.name,
+            database_name=REDIS_DATABASE,
+            port=REDIS_PORT,
+            client_protocol="Encrypted",
+            clustering_policy=REDIS_CLUSTERING_POLICY,
+            # New caches default to Microsoft Entra ID only; the gateway signs in with a key
+            # (MicrosoftDocs/azure-docs:articles/redis/entra-for-authentication.md, read 2026-12-01).
+            access_keys_authentication="Enabled",
             opts=child,
         )
         zone = privatedns.PrivateZone(
             f"{name}-dns",
             resource_group_name=rg,
-            private_zone_name="privatelink.redis.cache.windows.net",
+            private_zone_name=REDIS_PRIVATE_DNS_ZONE,
             location="Global",
             tags=tags,
             opts=child,
@@ -386,7 +487,7 @@ class Redis(pulumi.ComponentResource):
             location=site.region,
             subnet={"id": net.endpoints.id},
             private_link_service_connections=[
-                {"name": "redis", "private_link_service_id": self.cache.id, "group_ids": ["redisCache"]}
+                {"name": "redis", "private_link_service_id": self.cache.id, "group_ids": [REDIS_PRIVATE_LINK_GROUP]}
             ],
             tags=tags,
             opts=child,
@@ -400,28 +501,77 @@ class Redis(pulumi.ComponentResource):
             private_dns_zone_configs=[{"name": "redis", "private_dns_zone_id": zone.id}],
             opts=child,
         )
-        keys = azure_redis.list_redis_keys_output(
-            name=self.cache.name, resource_group_name=rg, opts=pulumi.InvokeOutputOptions(parent=self)
+        keys = redisenterprise.list_database_keys_output(
+            cluster_name=self.cache.name,
+            database_name=REDIS_DATABASE,
+            resource_group_name=rg,
+            # The keys exist once the database does.
+            opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[self.database]),
         )
+        self.host = self.cache.host_name
+        self.port = REDIS_PORT
         self.key = pulumi.Output.secret(keys.primary_key)
-        self.register_outputs({"host": self.cache.host_name})
+        self.register_outputs({"host": self.host})
+
+
+def _offline() -> bool:
+    """True under `pulumi preview` and under the recording mocks: nothing is deployed, so no
+    registry exists to answer."""
+    return pulumi.runtime.is_dry_run() or isinstance(pulumi.runtime.settings.get_monitor(), MockMonitor)
+
+
+def acr_refresh_token(login_server: str, tenant: str, aad_token: str) -> str:
+    """An ACR refresh token for the identity behind `aad_token` (an Entra access token for Azure
+    Resource Manager): ACR's documented exchange, what `az acr login` does. `docker login` takes
+    it as the password of ACR_REFRESH_TOKEN_USER; it carries the identity's registry permissions
+    as ARM reports them at exchange time (Azure/acr:docs/AAD-OAuth.md, "Calling POST
+    /oauth2/exchange", read 2026-12-01)."""
+    body = urllib.parse.urlencode(
+        {"grant_type": "access_token", "service": login_server, "tenant": tenant, "access_token": aad_token}
+    ).encode()
+    request = urllib.request.Request(
+        f"https://{login_server}/oauth2/exchange",
+        data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)["refresh_token"]
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"{login_server} refused to exchange the deployer's Entra token ({exc.code}); "
+            "the deployer needs AcrPush on the registry, which this program grants and waits for"
+        ) from None
 
 
 class Registry(pulumi.ComponentResource):
-    """An Azure Container Registry without an admin user, which the kubelet identity may pull from."""
+    """An Azure Container Registry without an admin user: the program pushes what it builds with
+    the deployer's own Entra identity (AcrPush), the kubelet identity pulls (AcrPull), and Docker
+    Hub images come through the registry's artifact cache, so nodes never pull from Docker Hub
+    themselves. The cache signs in to Docker Hub with credentials kept in a Key Vault, which the
+    cache's credential set reads with its own identity."""
 
     def __init__(
-        self, name: str, site: Site, cluster: Cluster, client, tags: dict[str, str], opts: pulumi.ResourceOptions
+        self,
+        name: str,
+        site: Site,
+        cluster: Cluster,
+        client: pulumi.Output[authorization.GetClientConfigResult],
+        docker_hub_login: tuple[str, pulumi.Output[str]],
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions,
     ):
         super().__init__("llm-platform:azure:Registry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        # Registry names are global, letters and digits only.
+        rg = cluster.resource_group
+        # Registry and vault names are global, letters and digits only (vaults: 24 at most).
         suffix = random.RandomString(f"{name}-suffix", length=6, special=False, upper=False, opts=child)
-        stem = "".join(ch for ch in f"llm{_stack_site(site)}" if ch.isalnum())[:40]
+        stem = "".join(ch for ch in f"llm{_stack_site(site)}" if ch.isalnum())
         self.registry = containerregistry.Registry(
             f"{name}-acr",
-            resource_group_name=cluster.resource_group,
-            registry_name=suffix.result.apply(lambda s: f"{stem}{s}"),
+            resource_group_name=rg,
+            registry_name=suffix.result.apply(lambda s: f"{stem[:40]}{s}"),
             location=site.region,
             sku={"name": "Standard"},
             admin_user_enabled=False,
@@ -429,7 +579,7 @@ class Registry(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        authorization.RoleAssignment(
+        pull = authorization.RoleAssignment(
             f"{name}-kubelet-pull",
             principal_id=cluster.kubelet_object_id,
             principal_type="ServicePrincipal",
@@ -437,8 +587,122 @@ class Registry(pulumi.ComponentResource):
             scope=self.registry.id,
             opts=child,
         )
+        push = authorization.RoleAssignment(
+            f"{name}-deployer-push",
+            principal_id=client.object_id,
+            principal_type=site.azure.deployer_principal_type if site.azure else "User",
+            role_definition_id=_role(client.subscription_id, ROLE_ACR_PUSH),
+            scope=self.registry.id,
+            opts=child,
+        )
+        self.docker_hub, secrets_grant = self._docker_hub_cache(name, site, rg, stem, suffix, client, docker_hub_login, tags)
+        readers = [pull, secrets_grant]
+        # Nodes pull, and the cache reads Key Vault, once their grants have reached ARM.
+        pulls_allowed = pulumi_time.Sleep(
+            f"{name}-pull-propagation",
+            create_duration=ARM_RBAC_PROPAGATION,
+            triggers={f"grant{i}": r.id for i, r in enumerate(readers)},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=readers),
+        )
+        push_allowed = pulumi_time.Sleep(
+            f"{name}-push-propagation",
+            create_duration=ARM_RBAC_PROPAGATION,
+            triggers={"grant": push.id},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[push]),
+        )
+        self.ready: tuple[pulumi.Resource, ...] = (self.registry, self.docker_hub, pulls_allowed)
         self.prefix = self.registry.login_server
-        self.register_outputs({"prefix": self.prefix})
+        self.docker_hub_prefix = pulumi.Output.concat(self.registry.login_server, "/", DOCKER_HUB_CACHE_PREFIX)
+        # Asked for after the push grant has propagated, and exchanged only when deploying.
+        token = authorization.get_client_token_output(
+            opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[push_allowed])
+        )
+        password = pulumi.Output.all(self.registry.login_server, client.tenant_id, token.token, push_allowed.id).apply(
+            lambda a: "" if _offline() else acr_refresh_token(a[0], a[1], a[2])
+        )
+        self.login = RegistryLogin(
+            address=self.registry.login_server,
+            username=pulumi.Output.from_input(ACR_REFRESH_TOKEN_USER),
+            password=pulumi.Output.secret(password),
+        )
+        self.register_outputs({"prefix": self.prefix, "dockerHubPrefix": self.docker_hub_prefix})
+
+    def _docker_hub_cache(
+        self,
+        name: str,
+        site: Site,
+        rg: pulumi.Input[str],
+        stem: str,
+        suffix: random.RandomString,
+        client: pulumi.Output[authorization.GetClientConfigResult],
+        login: tuple[str, pulumi.Output[str]],
+        tags: dict[str, str],
+    ) -> tuple[containerregistry.CacheRule, authorization.RoleAssignment]:
+        """The Docker Hub cache rule and its credential set's grant on the Key Vault."""
+        child = pulumi.ResourceOptions(parent=self)
+        user, token = login
+        vault = keyvault.Vault(
+            f"{name}-kv",
+            resource_group_name=rg,
+            vault_name=suffix.result.apply(lambda s: f"{stem[:18]}{s}"),
+            location=site.region,
+            properties={
+                "tenant_id": client.tenant_id,
+                "sku": {"family": "A", "name": "standard"},
+                "enable_rbac_authorization": True,
+            },
+            tags=tags,
+            opts=child,
+        )
+        # Written through ARM, which needs no data-plane role on the vault.
+        secrets = {
+            key: keyvault.Secret(
+                f"{name}-docker-hub-{key}",
+                resource_group_name=rg,
+                vault_name=vault.name,
+                secret_name=f"docker-hub-{key}",
+                properties={"value": value},
+                tags=tags,
+                opts=child,
+            )
+            for key, value in (("user", pulumi.Output.from_input(user)), ("token", pulumi.Output.secret(token)))
+        }
+        credentials = containerregistry.CredentialSet(
+            f"{name}-docker-hub-credentials",
+            resource_group_name=rg,
+            registry_name=self.registry.name,
+            credential_set_name="docker-hub",
+            login_server="docker.io",
+            identity={"type": "SystemAssigned"},
+            auth_credentials=[
+                {
+                    "name": "Credential1",
+                    "username_secret_identifier": secrets["user"].properties.secret_uri,
+                    "password_secret_identifier": secrets["token"].properties.secret_uri,
+                }
+            ],
+            opts=child,
+        )
+        # Key Vault Secrets User is the least role with getSecret (artifact-cache-cli.md).
+        grant = authorization.RoleAssignment(
+            f"{name}-docker-hub-secrets",
+            principal_id=credentials.identity.apply(lambda i: i.principal_id if i else ""),
+            principal_type="ServicePrincipal",
+            role_definition_id=_role(client.subscription_id, ROLE_KEY_VAULT_SECRETS_USER),
+            scope=vault.id,
+            opts=child,
+        )
+        rule = containerregistry.CacheRule(
+            f"{name}-docker-hub",
+            resource_group_name=rg,
+            registry_name=self.registry.name,
+            cache_rule_name="docker-hub",
+            source_repository="docker.io/*",
+            target_repository=f"{DOCKER_HUB_CACHE_PREFIX}/*",
+            credential_set_resource_id=credentials.id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[grant]),
+        )
+        return rule, grant
 
 
 def _provider(name: str, site: Site, opts: pulumi.ResourceOptions) -> azure_provider.Provider:
@@ -465,10 +729,14 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     k8s_provider = k8s.Provider(
         f"{site.name}-k8s",
         kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[cluster.cluster, cluster.deployer_admin]),
+        opts=pulumi.ResourceOptions(
+            parent=site_component, depends_on=[cluster.cluster, cluster.deployer_admin, cluster.admin_propagated]
+        ),
     )
     redis = Redis(f"{site.name}-redis", site, net, tags, child)
-    registry = Registry(f"{site.name}-registry", site, cluster, client, tags, child)
+    login = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
+    assert login is not None  # required on Azure
+    registry = Registry(f"{site.name}-registry", site, cluster, client, login, tags, child)
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
     return Platform(
@@ -478,17 +746,17 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         system_pool=system_pool,
         gpu_pools=gpu_pools,
-        redis=RedisEndpoint(host=redis.cache.host_name, port=REDIS_TLS_PORT, tls=True, auth_token=redis.key),
+        redis=RedisEndpoint(host=redis.host, port=redis.port, tls=True, auth_token=redis.key),
         # The load balancer's public IP carries the cost tags like everything else.
         lb_annotations={"service.beta.kubernetes.io/azure-pip-tags": ",".join(f"{k}={v}" for k, v in tags.items())},
         # Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
         # to load weights, so replicas of a model download them once.
         storage=StorageClasses(rwo="managed-csi", rwx="azurefile-csi-premium"),
-        # Placeholder until the site's pull-through cache and push login are built.
         images=ImageRegistry(
             own=registry.prefix,
-            docker_hub=pulumi.Output.from_input("docker.io"),
-            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+            docker_hub=registry.docker_hub_prefix,
+            login=registry.login,
+            ready=registry.ready,
         ),
         # AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
         needs_device_plugin=True,

@@ -1,4 +1,8 @@
-"""A GCP site: VPC, GKE, node pools, Memorystore, Artifact Registry, budget -> Platform."""
+"""A GCP site: VPC, GKE, node pools, Memorystore, Artifact Registry, budget -> Platform.
+
+APIs the project needs enabled before the first `pulumi up` (GKE_APIS): a missing one fails
+the first resource that uses it, after everything before it was created.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.config import Site, StackConfig
+from infra.config import ConfigError, Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
     ImageRegistry,
@@ -18,6 +22,7 @@ from infra.platform import (
     RegistryLogin,
     StorageClasses,
     Taint,
+    docker_hub_login,
     exec_kubeconfig,
     gpu_node_pool,
     resource_tags,
@@ -25,10 +30,49 @@ from infra.platform import (
 )
 from infra.secrets import Secrets
 
+# Artifact Registry's Docker Hub remote repository pulls anonymously unless given credentials
+# (cloud.google.com/artifact-registry/docs/docker/configure-remote-auth-docker-hub, read 2026-12-01).
+DOCKER_HUB_LOGIN_REQUIRED = False
 REDIS_MEMORY_GB = {"small": 1, "medium": 5, "large": 16}
 # Memorystore serves TLS on 6378 once in-transit encryption is on.
 REDIS_TLS_PORT = 6378
 RELEASE_CHANNEL = "REGULAR"
+# Every API the site's resources call, for `gcloud services enable` before the first deploy.
+GKE_APIS = (
+    "compute.googleapis.com",
+    "container.googleapis.com",
+    "cloudkms.googleapis.com",
+    "iam.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "redis.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "secretmanager.googleapis.com",
+    "monitoring.googleapis.com",
+    "logging.googleapis.com",
+    "billingbudgets.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "serviceusage.googleapis.com",
+)
+# Where GKE's driver installer puts the NVIDIA driver on the host (COS and Ubuntu nodes).
+# GKE's runtime mounts it only into containers that request a GPU, so node agents that do
+# not (the DCGM exporter) must mount it themselves, as Google's own DCGM manifest does
+# (GoogleCloudPlatform/prometheus-engine@2ffde4e:examples/nvidia-dcgm/exporter.yaml, read 2026-12-01).
+GKE_DRIVER_DIR = "/home/kubernetes/bin/nvidia"
+# Workload vulnerability scanning can no longer be enabled on GKE Standard: VULNERABILITY_BASIC
+# is "no longer supported" and VULNERABILITY_ENTERPRISE needs GKE Enterprise; BASIC keeps the
+# workload configuration audit (https://cloud.google.com/kubernetes-engine/docs/deprecations/vulnerability-scanning-gkee,
+# and SecurityPostureConfig.VulnerabilityMode in the GKE v1 API reference, read 2026-12-01).
+SECURITY_POSTURE = {"mode": "BASIC", "vulnerability_mode": "VULNERABILITY_DISABLED"}
+# The cluster's node_config and initial_node_count describe only the default pool, which is
+# deleted as soon as the cluster exists; GKE then reports the first remaining pool's config
+# there ("For responses, this field will be populated with the node configuration of the
+# first node pool", GKE v1 API, Cluster.nodeConfig), so any later diff on them would replace
+# the cluster. terraform-google-kubernetes-engine ignores them the same way
+# (v44.2.0:cluster.tf, ignore_changes = [node_pool, initial_node_count], read 2026-12-01).
+DEFAULT_POOL_INPUTS = ("nodeConfig", "initialNodeCount")
+# The user name Artifact Registry's access-token login takes, at <region>-docker.pkg.dev
+# (https://cloud.google.com/artifact-registry/docs/docker/authentication, read 2026-12-01).
+REGISTRY_USER = "oauth2accesstoken"
 # GKE taints GPU nodes with nvidia.com/gpu=present:NoSchedule itself; declaring the same
 # taint keeps one taint per key and effect, and lets the scheduling checks see it.
 GPU_TAINT_VALUE = "present"
@@ -39,6 +83,34 @@ NODE_ROLES = ("roles/container.defaultNodeServiceAccount",)
 
 def _stack_site(site: Site) -> str:
     return f"{pulumi.get_stack()}-{site.name}"
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor.split("-")[0])
+
+
+def channel_version(minor: str, channel: str, offered: gcp.container.GetEngineVersionsResult, where: str) -> str:
+    """The configured minor as the cluster's version, once the channel offers it here.
+
+    Asked for by minor, GKE picks the channel's current patch and keeps upgrading it, so the
+    input never drifts from what runs. A minor the channel does not offer fails here, at
+    preview, instead of after the network, keys and accounts are created. `offered` is read
+    with version_prefix "<minor>.": its release_channel_latest_version holds a channel only
+    where that channel has a version of the minor (hashicorp/terraform-provider-google,
+    google/services/container/data_source_google_container_engine_versions.go, read 2026-12-01).
+    """
+    in_channel = (offered.release_channel_latest_version or {}).get(channel)
+    if in_channel and in_channel.startswith(f"{minor}."):
+        return minor
+    default = (offered.release_channel_default_version or {}).get(channel, "unknown")
+    newer = _minor(minor) > _minor(default) if default != "unknown" else False
+    hint = "it has not reached the channel yet" if newer else "the channel no longer offers it"
+    raise ConfigError(
+        where,
+        f"GKE's {channel} channel has no {minor} version in this location ({hint}; the channel's "
+        f"default is {default}); set a minor the channel offers (gcloud container get-server-config)",
+    )
 
 
 class Network(pulumi.ComponentResource):
@@ -117,6 +189,7 @@ class Cluster(pulumi.ComponentResource):
         self,
         name: str,
         site: Site,
+        site_index: int,
         network: Network,
         project: pulumi.Output[gcp.organizations.GetProjectResult],
         labels: dict[str, str],
@@ -166,11 +239,19 @@ class Cluster(pulumi.ComponentResource):
             for role in NODE_ROLES
         ]
         private_endpoint = not site.api_allowed_cidrs
+        offered = gcp.container.get_engine_versions_output(
+            location=site.region,
+            version_prefix=f"{site.kubernetes_version}.",
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        where = f"sites[{site_index}].kubernetesVersion"
         self.cluster = gcp.container.Cluster(
             f"{name}-gke",
             name=self.cluster_name,
             location=site.region,
-            min_master_version=site.kubernetes_version,
+            min_master_version=offered.apply(
+                lambda o: channel_version(site.kubernetes_version, RELEASE_CHANNEL, o, where)
+            ),
             release_channel={"channel": RELEASE_CHANNEL},
             network=network.vpc.id,
             subnetwork=network.subnet.id,
@@ -206,7 +287,7 @@ class Cluster(pulumi.ComponentResource):
             },
             cluster_autoscaling={"autoscaling_profile": "OPTIMIZE_UTILIZATION"},
             cost_management_config={"enabled": True},
-            security_posture_config={"mode": "BASIC", "vulnerability_mode": "VULNERABILITY_BASIC"},
+            security_posture_config=SECURITY_POSTURE,
             maintenance_policy={"daily_maintenance_window": {"start_time": "03:00"}},
             # GKE cannot start without a node pool; it is replaced by ours at once, but
             # even its few minutes run with our service account and hardening.
@@ -215,7 +296,11 @@ class Cluster(pulumi.ComponentResource):
             node_config=_node_config(self, "e2-small", 20, {}, {}, (), labels, None),
             resource_labels=labels,
             deletion_protection=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*agent_grants, *self.node_roles]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*agent_grants, *self.node_roles],
+                ignore_changes=list(DEFAULT_POOL_INPUTS),
+            ),
         )
         self.register_outputs({"name": self.cluster.name, "endpoint": self.cluster.endpoint})
 
@@ -352,10 +437,26 @@ class Redis(pulumi.ComponentResource):
 
 
 class Registry(pulumi.ComponentResource):
-    """An Artifact Registry Docker repository with immutable tags, the newest 50 versions
-    kept, and pull access for the node service account only."""
+    """Two Artifact Registry Docker repositories in the site's region: ours, where the program
+    pushes what it builds (immutable tags, the newest 50 versions kept), and a remote
+    repository that pulls Docker Hub images on first use and serves them from the region
+    after. The node service account may read both; nodes reach them over Private Google
+    Access, so no pull ever leaves Google's network for Docker Hub.
 
-    def __init__(self, name: str, site: Site, cluster: Cluster, labels: dict[str, str], opts: pulumi.ResourceOptions):
+    Docker Hub is pulled anonymously unless a Docker Hub user and access token are set, which
+    Google recommends for the higher download limit; the token is then kept in Secret Manager,
+    where Artifact Registry's service agent reads it
+    (https://cloud.google.com/artifact-registry/docs/docker/configure-remote-auth-docker-hub, read 2026-12-01)."""
+
+    def __init__(
+        self,
+        name: str,
+        site: Site,
+        cluster: Cluster,
+        docker_hub_login: tuple[str, pulumi.Output[str]] | None,
+        labels: dict[str, str],
+        opts: pulumi.ResourceOptions,
+    ):
         super().__init__("llm-platform:gcp:Registry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.repository = gcp.artifactregistry.Repository(
@@ -372,18 +473,71 @@ class Registry(pulumi.ComponentResource):
             labels=labels,
             opts=child,
         )
-        gcp.artifactregistry.RepositoryIamMember(
-            f"{name}-node-pull",
-            repository=self.repository.name,
+        upstream: dict = {}
+        upstream_ready: list[pulumi.Resource] = []
+        if docker_hub_login is not None:
+            user, token = docker_hub_login
+            secret = gcp.secretmanager.Secret(
+                f"{name}-docker-hub-token",
+                secret_id=f"llm-{_stack_site(site)}-docker-hub-token",
+                replication={"auto": {}},
+                labels=labels,
+                opts=child,
+            )
+            version = gcp.secretmanager.SecretVersion(
+                f"{name}-docker-hub-token", secret=secret.id, secret_data=token, opts=child
+            )
+            # The agent exists once the API is enabled; asking for it makes sure it does
+            # before the grant names it.
+            agent = gcp.projects.ServiceIdentity(
+                f"{name}-artifactregistry-agent", service="artifactregistry.googleapis.com", opts=child
+            )
+            upstream_ready.append(
+                gcp.secretmanager.SecretIamMember(
+                    f"{name}-docker-hub-token-agent",
+                    secret_id=secret.id,
+                    role="roles/secretmanager.secretAccessor",
+                    member=agent.member,
+                    opts=child,
+                )
+            )
+            upstream = {"username_password_credentials": {"username": user, "password_secret_version": version.name}}
+        self.docker_hub = gcp.artifactregistry.Repository(
+            f"{name}-docker-hub",
+            repository_id=f"llm-platform-{_stack_site(site)}-docker-hub",
             location=site.region,
-            role="roles/artifactregistry.reader",
-            member=cluster.node_account.member,
-            opts=child,
+            format="DOCKER",
+            mode="REMOTE_REPOSITORY",
+            description=f"Docker Hub, cached in {site.region} for {site.name}",
+            remote_repository_config={
+                "description": "Docker Hub",
+                "docker_repository": {"public_repository": "DOCKER_HUB"},
+                **({"upstream_credentials": upstream} if upstream else {}),
+            },
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=upstream_ready),
         )
-        self.prefix = pulumi.Output.format(
-            "{0}-docker.pkg.dev/{1}/{2}", site.region, self.repository.project, self.repository.repository_id
+        self.ready: tuple[pulumi.Resource, ...] = (
+            self.repository,
+            self.docker_hub,
+            *(
+                gcp.artifactregistry.RepositoryIamMember(
+                    f"{name}-{suffix}",
+                    repository=repo.name,
+                    location=site.region,
+                    role="roles/artifactregistry.reader",
+                    member=cluster.node_account.member,
+                    opts=child,
+                )
+                for suffix, repo in (("node-pull", self.repository), ("node-pull-docker-hub", self.docker_hub))
+            ),
         )
-        self.register_outputs({"prefix": self.prefix})
+        self.host = f"{site.region}-docker.pkg.dev"
+        self.prefix = pulumi.Output.format("{0}/{1}/{2}", self.host, self.repository.project, self.repository.repository_id)
+        self.docker_hub_prefix = pulumi.Output.format(
+            "{0}/{1}/{2}", self.host, self.docker_hub.project, self.docker_hub.repository_id
+        )
+        self.register_outputs({"prefix": self.prefix, "dockerHubPrefix": self.docker_hub_prefix})
 
 
 def _provider(name: str, site: Site, labels: dict[str, str], opts: pulumi.ResourceOptions) -> gcp.Provider:
@@ -408,7 +562,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(provider=provider))
 
     network = Network(f"{site.name}-net", site, labels, child)
-    cluster = Cluster(f"{site.name}-cluster", site, network, project, labels, child)
+    cluster = Cluster(f"{site.name}-cluster", site, cfg.sites.index(site), network, project, labels, child)
     system_pool = system_node_pool(site)
     system = NodeGroup(f"{site.name}-system", site, cluster, system_pool, site.system_pool.disk_gb, labels, child)
     gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools)
@@ -423,7 +577,8 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.node_pool]),
     )
     redis = Redis(f"{site.name}-redis", site, network, labels, child)
-    registry = Registry(f"{site.name}-registry", site, cluster, labels, child)
+    registry = Registry(f"{site.name}-registry", site, cluster, docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED), labels, child)
+    client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
     return Platform(
@@ -441,15 +596,22 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         lb_annotations={"cloud.google.com/l4-rbs": "enabled"},
         # GKE ships both classes; pd-balanced (standard-rwo) works on every GPU machine series.
         storage=StorageClasses(rwo="standard-rwo", rwx=None),
-        # Placeholder until the site's pull-through cache and push login are built.
         images=ImageRegistry(
             own=registry.prefix,
-            docker_hub=pulumi.Output.from_input("docker.io"),
-            login=RegistryLogin(registry.prefix, pulumi.Output.from_input(""), pulumi.Output.secret("")),
+            docker_hub=registry.docker_hub_prefix,
+            # A short-lived token of whoever runs `pulumi up`, who needs
+            # roles/artifactregistry.writer on the project (or the repository).
+            login=RegistryLogin(
+                address=pulumi.Output.from_input(registry.host),
+                username=pulumi.Output.from_input(REGISTRY_USER),
+                password=pulumi.Output.secret(client.access_token),
+            ),
+            ready=registry.ready,
         ),
         # GKE installs the driver (gpu_driver_installation_config) and runs its own device plugin.
         needs_device_plugin=False,
         ready=(*(g.node_pool for g in groups),),
+        gpu_driver_host_dir=GKE_DRIVER_DIR,
     )
 
 

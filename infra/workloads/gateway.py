@@ -150,7 +150,9 @@ class Gateway(pulumi.ComponentResource):
                 "externalTrafficPolicy": "Local",
                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
             },
-            opts=child,
+            # The cloud's load-balancer controller must be answering first (on EKS its Service
+            # webhook rejects a Service while it is not).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *platform.ready]),
         )
         if not keda_autoscaled:
             # Where KEDA runs, its ScaledObject (CPU and in-flight requests) replaces this HPA.

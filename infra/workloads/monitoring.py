@@ -37,6 +37,7 @@ POOL_LABEL_METRIC = "label_" + "".join(c if c.isalnum() else "_" for c in POOL_L
 NODE_PRICE_RECORD = "llm_platform:node_price_usd_per_hour"
 BUDGET_RECORD = "llm_platform:budget_monthly_usd"
 GENERATED_RECORDS = (NODE_PRICE_RECORD, BUDGET_RECORD)
+DCGM_READY_SECONDS = 900
 
 
 def rule_files() -> dict[str, dict]:
@@ -132,6 +133,9 @@ def chart_values(mon: MonitoringConfig, platform: Platform) -> dict:
         },
         "grafana": {
             "fullnameOverride": GRAFANA_SERVICE,
+            # Grafana is the one image of this chart on Docker Hub (grafana 12.11.1 values.yaml
+            # image.registry: docker.io); pulled through the site's cache like vLLM.
+            "image": {"registry": platform.images.docker_hub},
             "nodeSelector": system,
             "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
             "service": grafana_service,
@@ -142,13 +146,43 @@ def chart_values(mon: MonitoringConfig, platform: Platform) -> dict:
     }
 
 
+# Where the cloud's host driver directory appears in the exporter, the loader path into it,
+# and the GPU id GKE's device plugin hands out (nvidia0, not a UUID): as in Google's own DCGM
+# exporter manifest for GKE, which also runs it privileged, since GKE gives /dev/nvidia* only
+# to containers that request a GPU
+# (GoogleCloudPlatform/prometheus-engine@2ffde4e:examples/nvidia-dcgm/exporter.yaml, read 2026-12-01).
+DCGM_DRIVER_VOLUME = "nvidia-install-dir-host"
+DCGM_DRIVER_MOUNT = "/usr/local/nvidia"
+DCGM_HOST_DRIVER_ENV = (
+    {"name": "LD_LIBRARY_PATH", "value": f"{DCGM_DRIVER_MOUNT}/lib64"},
+    {"name": "DCGM_EXPORTER_KUBERNETES_GPU_ID_TYPE", "value": "device-name"},
+)
+# A list in values replaces the chart's whole list: its own mount of the metrics ConfigMap
+# goes first again (NVIDIA/dcgm-exporter@4.5.3-4.8.2:deployment/values.yaml extraVolumeMounts).
+DCGM_CHART_MOUNTS = (
+    {
+        "name": "exporter-metrics-volume",
+        "mountPath": "/etc/dcgm-exporter/default-counters.csv",
+        "subPath": "default-counters.csv",
+    },
+)
+
+
 def dcgm_values(platform: Platform) -> dict:
     taints = sorted({t for pool in platform.gpu_pools for t in pool.taints}, key=lambda t: t.key)
-    return {
+    values: dict = {
         "tolerations": [{"key": t.key, "operator": "Exists", "effect": t.effect} for t in taints],
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "serviceMonitor": {"enabled": True, "interval": "15s"},
     }
+    if platform.gpu_driver_host_dir:
+        values["extraHostVolumes"] = [{"name": DCGM_DRIVER_VOLUME, "hostPath": platform.gpu_driver_host_dir}]
+        values["extraVolumeMounts"] = [*(dict(m) for m in DCGM_CHART_MOUNTS), {"name": DCGM_DRIVER_VOLUME, "mountPath": DCGM_DRIVER_MOUNT}]
+        values["extraEnv"] = [dict(e) for e in DCGM_HOST_DRIVER_ENV]
+        # Merged into the chart's securityContext, whose allowPrivilegeEscalation: false the
+        # API server rejects beside privileged: true.
+        values["securityContext"] = {"privileged": True, "allowPrivilegeEscalation": True}
+    return values
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -205,6 +239,9 @@ class Monitoring(pulumi.ComponentResource):
             repository_opts={"repo": DCGM_EXPORTER.repo},
             namespace=NAMESPACE,
             values=dcgm_values(platform),
+            # The DaemonSet is ready only once every GPU node has its driver (GKE installs it
+            # after the node joins); Helm's default wait of 300 s is too short for that.
+            timeout=DCGM_READY_SECONDS,
             opts=after_crds,
         )
 

@@ -50,7 +50,9 @@ def takes_tags(type_token: str) -> str | None:
         return None
     params = inspect.signature(cls._internal_init).parameters
     # user_labels before labels: on a monitoring notification channel `labels` is its address.
-    for key in ("tags", "user_labels", "resource_labels", "labels"):
+    # GCP's `tags`, where a type has it, binds Resource Manager tags, never cost labels.
+    keys = ("user_labels", "resource_labels", "labels") if package == "gcp" else ("tags",)
+    for key in keys:
         if key in params:
             return key
     return None

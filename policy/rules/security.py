@@ -98,11 +98,13 @@ def _redis(args: ResourceValidationArgs, report: ReportViolation) -> None:
             report("Memorystore AUTH is off")
         if p.get("transitEncryptionMode") != "SERVER_AUTHENTICATION":
             report("Memorystore without TLS (transitEncryptionMode: SERVER_AUTHENTICATION)")
-    elif t.startswith("azure-native:redis:Redis") or t.startswith("azure-native:cache:Redis"):
-        if p.get("enableNonSslPort"):
-            report("Azure Cache for Redis has the non-TLS port open")
-        if p.get("publicNetworkAccess", "Enabled") != "Disabled":
-            report("Azure Cache for Redis allows public network access")
+    elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":RedisEnterprise"):
+        # Azure Managed Redis; publicNetworkAccess has no default to rely on.
+        if p.get("publicNetworkAccess") != "Disabled":
+            report("Azure Managed Redis allows public network access")
+    elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":Database"):
+        if p.get("clientProtocol") == "Plaintext":
+            report("Azure Managed Redis database takes plaintext connections")
 
 
 def _least_privilege(args: ResourceValidationArgs, report: ReportViolation) -> None:

@@ -16,6 +16,7 @@ SENTINELS = {
     "hfToken": "hf_SENTINEL0hf0token0value",
     "apiKeys": {"team-a": "sk-SENTINEL0team0a0key", "team-b": "sk-SENTINEL0team0b0key"},
     "fallbackApiKey": "sk-SENTINEL0fallback0key",
+    "dockerHubToken": "dckr_pat_SENTINEL0docker0hub",
 }
 
 

@@ -12,7 +12,7 @@ import ipaddress
 from functools import cache
 
 from infra.plan.graph import SECRET, Graph, Resource
-from infra.plan.mocks import azure_autoname, mock_auth_string, mock_redis_key
+from infra.plan.mocks import MOCK_AZURE_ACCESS_TOKEN, azure_autoname, mock_auth_string, mock_redis_key
 
 COST_TAGS = ("project", "stack", "site", "team", "env", "cost-center", "managed-by")
 _SDKS = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure_native"}
@@ -22,7 +22,7 @@ _LABEL_INPUT_OVERRIDES = {"gcp:monitoring/notificationChannel:NotificationChanne
 REDIS_TYPES = {
     "aws": "aws:elasticache/replicationGroup:ReplicationGroup",
     "gcp": "gcp:redis/instance:Instance",
-    "azure": "azure-native:redis:Redis",
+    "azure": "azure-native:redisenterprise:RedisEnterprise",
 }
 CLUSTER_TYPES = {
     "aws": "aws:eks/cluster:Cluster",
@@ -59,7 +59,8 @@ def tag_input(type_token: str) -> str | None:
         return None
     module = importlib.import_module(sdk if module_path == "index" else f"{sdk}.{module_path.split('/')[0]}")
     params = inspect.signature(getattr(module, name)._internal_init).parameters
-    for key in ("tags", "labels", "resource_labels"):
+    # GCP's `tags`, where a type has it, binds Resource Manager tags, never cost labels.
+    for key in ("labels", "resource_labels") if package == "gcp" else ("tags",):
         if key in params:
             return _camel(key)
     return None
@@ -143,11 +144,15 @@ def _azure_redis(graph: Graph, cache_: Resource) -> list[str]:
     out = []
     if inputs.get("publicNetworkAccess") != "Disabled":
         out.append(f"{cache_.name}: public network access is on")
-    if inputs.get("enableNonSslPort") is not False or inputs.get("minimumTlsVersion") != "1.2":
-        out.append(f"{cache_.name}: the non-TLS port is on or TLS below 1.2 is allowed")
-    for rule in graph.of_type("azure-native:redis:FirewallRule"):
-        if rule.inputs.get("startIp") == "0.0.0.0" and rule.inputs.get("endIp") == "255.255.255.255":
-            out.append(f"{rule.name}: Redis firewall open to the internet")
+    if inputs.get("minimumTlsVersion") != "1.2":
+        out.append(f"{cache_.name}: TLS below 1.2 is allowed")
+    cache_name = cache_.id.rsplit("/", 1)[-1]
+    databases = [d for d in graph.of_type("azure-native:redisenterprise:Database") if d.inputs.get("clusterName") == cache_name]
+    if not databases:
+        out.append(f"{cache_.name}: no database")
+    for db in databases:
+        if db.inputs.get("clientProtocol", "Encrypted") != "Encrypted":
+            out.append(f"{cache_.name}: database {db.name} takes plaintext connections")
     site = graph.site_of(cache_)
     subnets = {r.id for r in graph.of_type("azure-native:network:Subnet") if graph.site_of(r) == site}
     endpoints = [
@@ -189,7 +194,9 @@ def missing_redis(graph: Graph) -> list[str]:
 def leaked_values(graph: Graph) -> list[str]:
     """Generated secrets the mock clouds answered with: none may appear anywhere the plan writes."""
     values = [mock_auth_string(r.name) for r in graph.of_type(REDIS_TYPES["gcp"])]
-    values += [mock_redis_key(r.inputs.get("name") or azure_autoname(r.name)) for r in graph.of_type(REDIS_TYPES["azure"])]
+    values += [mock_redis_key(r.inputs.get("clusterName") or azure_autoname(r.name)) for r in graph.of_type(REDIS_TYPES["azure"])]
+    if graph.of_type(REDIS_TYPES["azure"]):
+        values.append(MOCK_AZURE_ACCESS_TOKEN)
     return values
 
 

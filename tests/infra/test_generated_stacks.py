@@ -89,6 +89,7 @@ def stack_configs(draw):
         "llm-platform:budget": {"monthlyAmount": draw(st.floats(100, 1e6)), "emails": ["a@example.com"]},
         "llm-platform:tags": {"team": "t", "env": "gen", "cost-center": "c1"},
         "llm-platform:models": models,
+        "llm-platform:images": {"dockerHubUser": "genuser"},
         "llm-platform:sites": sites,
     }
 
@@ -103,7 +104,8 @@ def test_generated_stacks_hold_the_invariants(raw):
     gpu_pods = [p for p in pods(graph) if p.gpus]
     assert len(gpu_pods) == sum(len(s["models"]) for s in raw["llm-platform:sites"])
     text = str(graph.to_plan())
-    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key", *leaked_values(graph)):
+    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key",
+                  "dckr_pat_SENTINEL0docker0hub", *leaked_values(graph)):
         assert value not in text
     for r in graph.of_type("kubernetes:core/v1:Secret"):
         assert r.inputs["stringData"] == SECRET

@@ -131,7 +131,7 @@ def test_redis_check_can_fail(graphs):
     graph = graphs["prod"]
     broken = Graph(stack="prod")
     for r in graph:
-        if r.type == "azure-native:redis:Redis":
+        if r.type == "azure-native:redisenterprise:RedisEnterprise":
             r = replace(r, inputs={**r.inputs, "publicNetworkAccess": "Enabled"})
         if r.type == "gcp:redis/instance:Instance":
             r = replace(r, inputs={**r.inputs, "connectMode": "DIRECT_PEERING"})
@@ -173,8 +173,10 @@ def test_plan_json_shape(graphs, stack, tmp_path):
     urns = {r["urn"] for r in plan["resources"]}
     assert len(urns) == len(plan["resources"])
     for r in plan["resources"]:
-        assert set(r) == {"urn", "type", "name", "parent", "provider", "inputs"}
-        assert isinstance(r["inputs"], dict)
+        assert set(r) == {"urn", "type", "name", "parent", "provider", "inputs", "options"}
+        assert isinstance(r["inputs"], dict) and isinstance(r["options"], dict)
+        # Every URN an option names is a resource of the same plan.
+        assert set(r["options"].get("dependsOn", [])) <= urns
         assert r["provider"] is None or r["provider"].startswith("urn:pulumi:")
 
 

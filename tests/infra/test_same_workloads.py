@@ -1,6 +1,7 @@
 """The workloads are the same on every cloud: the same model on an AWS, a GCP and an Azure
 site gives the same Kubernetes objects, differing only where the Platform says so (node
-selectors and tolerations, storage, load-balancer annotations, the image registry, pod
+selectors and tolerations, storage, load-balancer annotations, the image registry and Docker
+Hub cache, pod
 sizes from the node pool, the Redis CA where a cloud has a private one)."""
 
 from __future__ import annotations
@@ -27,14 +28,19 @@ PLATFORM_PATHS = tuple(
         r"(^|\.)tolerations(\[\]|\.|$)",  # pool taints
         r"^spec\.template\.spec\.volumes",  # the model cache (RWO per pod or a shared RWX claim), the Redis CA
         r"^spec\.template\.spec\.containers\[\]\.volumeMounts",
-        r"^spec\.template\.spec\.containers\[\]\.image$",  # the gateway image comes from the site's registry
+        r"^spec\.template\.spec\.containers\[\]\.image$",  # images come from the site's registry and its Docker Hub cache
+        r"(^|\.)image\.registry$",  # chart images from Docker Hub, through the same cache
         r"^spec\.template\.spec\.containers\[\]\.resources\.",  # sized from the node pool's allocatable
         r"(^|\.)storageClassName$",  # the platform's storage classes
         r"^metadata\.annotations\.(service\.beta\.kubernetes\.io|cloud\.google\.com)/",  # load balancer
     )
 )
 # The recorded node prices of the site's pools, which cost alerts join on.
-PLATFORM_PATHS_BY_OBJECT = {"PrometheusRule/llm-platform-prices": (re.compile(r"^spec\.groups\[\]\.rules\[\]\."),)}
+PLATFORM_PATHS_BY_OBJECT = {
+    "PrometheusRule/llm-platform-prices": (re.compile(r"^spec\.groups\[\]\.rules\[\]\."),),
+    # The GPU driver's host directory, where a cloud installs it outside the runtime (GKE).
+    "Release/dcgm-exporter": (re.compile(r"^values\.(extraHostVolumes|extraVolumeMounts|extraEnv|securityContext)(\[\]|\.|$)"),),
+}
 # Objects only some platforms need: the shared cache claim (RWX storage), the Redis CA
 # (a private CA), NVIDIA's device plugin (where the cloud does not run one).
 PLATFORM_OBJECTS = re.compile(r"^(PersistentVolumeClaim/vllm-.*-cache|ConfigMap/gateway-redis-ca|Release/nvidia-device-plugin)$")
@@ -115,6 +121,7 @@ def test_vllm_on_identical_nodes_differs_only_in_placement_and_storage(three_clo
         "spec.template.spec.nodeSelector.llm-platform.io/site",
         "spec.template.spec.tolerations[].value",  # GKE's own GPU taint value
         "spec.template.spec.volumes[].ephemeral.volumeClaimTemplate.spec.storageClassName",
+        "spec.template.spec.containers[].image",  # the same image, through each site's own cache
     }, paths
 
 

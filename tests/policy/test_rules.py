@@ -162,7 +162,7 @@ CLOUD_BREAKERS = {
         .inputs["nodeConfig"].update(serviceAccount="123-compute@developer.gserviceaccount.com")),
     "memorystore-no-auth": ("redis-tls-auth-private", lambda g: first(g, "gcp:redis/instance:Instance").inputs.update(
         authEnabled=False)),
-    "azure-redis-public": ("redis-tls-auth-private", lambda g: first(g, "azure-native:redis:Redis").inputs.update(
+    "azure-redis-public": ("redis-tls-auth-private", lambda g: first(g, "azure-native:redisenterprise:RedisEnterprise").inputs.update(
         publicNetworkAccess="Enabled")),
     "gke-version-off-channel": ("kubernetes-version-supported", lambda g: first(g, "gcp:container/cluster:Cluster")
         .inputs.update(minMasterVersion="1.37")),
