@@ -81,9 +81,10 @@ checkov: plan $(CHECKOV_ENV)
 	    --skip-check "$(CHECKOV_SKIPS)" -f images/*/Dockerfile || rc=1; \
 	fi; exit $$rc
 
-# Vendored upstream artifacts for the chart pins in infra/charts.py (release lists, values.yaml,
-# CRDs; see upstream/refresh.py), read from the charts' GitHub repositories with git. Run after
-# changing a pin; `make test` reads only what it wrote. UPSTREAM_ARGS=--offline reuses the clones.
+# Facts derived from the upstream artifacts of the chart pins in infra/charts.py (release lists,
+# Chart.yaml facts, values.yaml key paths, CRD schemas; see upstream/refresh.py), read from the
+# charts' GitHub repositories with git. Run after changing a pin; `make test` reads only what it
+# wrote. UPSTREAM_ARGS=--offline reuses the clones.
 UPSTREAM_ARGS ?=
 upstream: env
 	$(PY) -m upstream.refresh $(UPSTREAM_ARGS)

@@ -1,9 +1,9 @@
 """Helm charts the platform and workloads install, pinned in one place so an upgrade is one diff.
 
 Each pin carries the chart's appVersion and the Kubernetes minors it supports, with where
-that range is stated. `make upstream` vendors each pinned chart's release list, values.yaml
-and the CRDs the program uses into upstream/, and tests/upstream/ checks the program against
-them: a pin that was never released, a values key the chart does not have, or a custom
+that range is stated. `make upstream` writes facts derived from each pinned chart (its release
+list, Chart.yaml facts, the key paths of its values.yaml, the schemas of the CRDs the program
+uses) into upstream/, and tests/upstream/ checks the program against them: a pin that was never released, a values key the chart does not have, or a custom
 resource its CRD rejects fails there.
 """
 

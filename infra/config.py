@@ -156,7 +156,8 @@ class Images(_Model):
     docker_hub_user: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9]{4,30}$",
-        description="Docker Hub user of the dockerHubToken secret; AWS sites need both for ECR's Docker Hub cache.",
+        description="Docker Hub user of the dockerHubToken secret; AWS and Azure sites need both (their Docker Hub "
+        "caches sign in), GCP sites may use them.",
     )
     vllm: str = Field(default="vllm/vllm-openai:v0.33.0", pattern=r"^\S+:[\w][\w.-]*$")
 

@@ -17,8 +17,8 @@ class Secrets:
     hf_token: pulumi.Output[str] | None
     api_keys: pulumi.Output[dict] | None  # key id -> key
     fallback_api_key: pulumi.Output[str] | None
-    # A Docker Hub access token, for registries whose Docker Hub cache must sign in (ECR's
-    # pull-through cache does; Artifact Registry and ACR can pull anonymously).
+    # A Docker Hub access token, for the sites' Docker Hub caches: ECR's pull-through cache and
+    # ACR's artifact cache must sign in; Artifact Registry's remote repository may.
     docker_hub_token: pulumi.Output[str] | None = None
 
 
