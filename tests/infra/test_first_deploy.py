@@ -205,3 +205,21 @@ def test_plan_records_each_resource_option_and_the_policy_run_sees_them(tmp_path
     assert (seen.custom_timeouts.create_seconds, seen.custom_timeouts.update_seconds, seen.custom_timeouts.delete_seconds) == (
         2700, 5400, 90)
     assert seen.protect and seen.ignore_changes == ["length"] and seen.delete_before_replace is True
+
+
+@pytest.mark.parametrize(
+    ("image", "path"),
+    [
+        ("vllm/vllm-openai:v0.33.0", "vllm/vllm-openai:v0.33.0"),
+        ("docker.io/vllm/vllm-openai:v0.33.0", "vllm/vllm-openai:v0.33.0"),
+        ("busybox:1.38.0", "library/busybox:1.38.0"),
+        ("docker.io/busybox:1.38.0", "library/busybox:1.38.0"),
+        ("ghcr.io/org/model-server:1.2", None),
+        ("registry.example.com:5000/team/vllm:1", None),
+        ("localhost/vllm:dev", None),
+    ],
+)
+def test_only_docker_hub_images_go_through_the_cache(image, path):
+    from infra.workloads.images import docker_hub_path
+
+    assert docker_hub_path(image) == path
