@@ -174,6 +174,12 @@ class PlanMocks(sdk_mocks.Mocks):
             arn = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{key_id}"
             manager = "AWS" if args.args.get("keyId", "").startswith("alias/aws/") else "CUSTOMER"
             return {"id": key_id, "arn": arn, "keyManager": manager, "enabled": True, "keyState": "Enabled"}, []
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            # Offline there is no EKS to name its default version: a placeholder of the right shape.
+            minor = args.args.get("kubernetesVersion", "")
+            version = f"v0.0.0-offline.{minor}"
+            return {"id": args.args.get("addonName", ""), "addonName": args.args.get("addonName", ""),
+                    "kubernetesVersion": minor, "version": version, "mostRecent": False}, []
         if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             password = mock_ecr_password(region)
             return {

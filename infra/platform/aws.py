@@ -636,10 +636,20 @@ class ClusterAddons(pulumi.ComponentResource):
         pod_trust = _assume_role("pods.eks.amazonaws.com", ("sts:AssumeRole", "sts:TagSession"))
 
         def addon(addon_name: str, after: list[pulumi.Resource], **kwargs) -> aws.eks.Addon:
+            # Pinned to the version EKS names the default for the cluster's Kubernetes minor,
+            # read from EKS itself (DescribeAddonVersions), so the pin always exists and a
+            # cluster upgrade moves it with the cluster.
+            version = aws.eks.get_addon_version_output(
+                addon_name=addon_name,
+                kubernetes_version=cluster.cluster.version,
+                most_recent=False,
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            ).version
             return aws.eks.Addon(
                 f"{name}-{addon_name}",
                 cluster_name=eks_name,
                 addon_name=addon_name,
+                addon_version=version,
                 resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",
                 tags=tags,

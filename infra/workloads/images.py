@@ -57,6 +57,9 @@ class GatewayImage(pulumi.ComponentResource):
             push=True,
             # A preview must not need Docker or push anything.
             build_on_preview=False,
+            # Each cloud's push token is short-lived and new on every run; the provider leaves a
+            # changed password out of its diff, so a new token alone rebuilds and re-pushes
+            # nothing (pulumi/pulumi-docker-build v0.0.22, provider/internal/image.go Diff).
             registries=[{"address": login.address, "username": login.username, "password": login.password}],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(registry.ready)),
         )

@@ -412,3 +412,17 @@ def test_listed_principals_get_cluster_admin(with_admins, stack):
             and a.inputs["accessScope"]["type"] == "cluster"
         }
         assert admins >= set(ADMINS), f"{site}: {set(ADMINS) - admins} lack cluster-wide admin"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_every_eks_add_on_is_pinned_to_a_version_eks_offers(aws_graphs, stack):
+    """Unpinned, an add-on takes whatever EKS defaults to at create time and the plan cannot
+    show it; each pin is read from EKS for the cluster's own Kubernetes minor."""
+    graph = aws_graphs[stack]
+    for site in _aws_sites(graph):
+        minor = _one(graph, site, "aws:eks/cluster:Cluster").inputs["version"]
+        addons = _in(graph, site, "aws:eks/addon:Addon")
+        assert len(addons) >= 6
+        for addon in addons:
+            # The offline answer for DescribeAddonVersions names the minor it was asked for.
+            assert addon.inputs.get("addonVersion", "").endswith(minor), f"{addon.name}: not pinned for {minor}"
