@@ -539,7 +539,8 @@ def acr_refresh_token(login_server: str, tenant: str, aad_token: str) -> str:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)["refresh_token"]
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(
+        # RunError: the engine prints its message alone, without a traceback.
+        raise pulumi.RunError(
             f"{login_server} refused to exchange the deployer's Entra token ({exc.code}); "
             "the deployer needs AcrPush on the registry, which this program grants and waits for"
         ) from None
