@@ -386,7 +386,7 @@ def test_refused_exchange_says_what_the_deployer_lacks(monkeypatch):
         raise azure.urllib.error.HTTPError(request.full_url, 401, "Unauthorized", {}, io.BytesIO(b"{}"))
 
     monkeypatch.setattr(azure.urllib.request, "urlopen", urlopen)
-    with pytest.raises(RuntimeError, match="AcrPush"):
+    with pytest.raises(pulumi.RunError, match="AcrPush"):
         azure.acr_refresh_token("llmx.azurecr.io", "tenant-1", "aad-token")
 
 
