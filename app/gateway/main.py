@@ -12,9 +12,10 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
@@ -51,13 +52,20 @@ _ERRORS = {
 async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     metrics = GatewayMetrics()
-    # No retries inside redis-py: a rate-limit check must fail fast and let the fail mode decide.
-    redis = Redis.from_url(
+    # A blocking pool: a burst of checks beyond the pool waits (up to the timeout) for a
+    # connection instead of failing with MaxConnectionsError, which is no Redis outage.
+    # One immediate retry, on connection errors only, replaces a pooled connection Redis has
+    # dropped (a restart, a failover, an idle cut); when Redis is really down the reconnect is
+    # refused at once, and timeouts are not retried, so a check still fails fast.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+    redis = Redis.from_pool(pool)  # closes the pool with the client
     connector = aiohttp.TCPConnector(
         limit=settings.max_upstream_connections,
         keepalive_timeout=settings.upstream_keepalive_s,

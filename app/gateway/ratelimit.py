@@ -11,7 +11,8 @@ from importlib import resources
 from typing import Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, RedisError
 
 from .keyfile import ApiKey
 from .metrics import GatewayMetrics
@@ -76,10 +77,25 @@ class RateLimiter:
         # One hash tag so both buckets live in the same Redis Cluster slot.
         return [f"gateway:rl:{{{key.key_id}}}:req", f"gateway:rl:{{{key.key_id}}}:tok"]
 
+    @staticmethod
+    def _saturated(exc: BaseException) -> bool:
+        """Every pooled connection busy for the whole wait (BlockingConnectionPool raises a
+        ConnectionError from the wait's timeout), or a plain pool's MaxConnectionsError: this
+        worker is overloaded, Redis is not down."""
+        if isinstance(exc, MaxConnectionsError):
+            return True
+        return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, asyncio.TimeoutError)
+
     def _failed(self, exc: BaseException) -> Decision:
-        self._down_until = time.monotonic() + self._BACKOFF_S
         self._metrics.redis_errors.labels(self._fail_mode).inc()
-        log.warning("rate limiter cannot reach redis", extra={"fail_mode": self._fail_mode, "error": type(exc).__name__})
+        saturated = self._saturated(exc)
+        if not saturated:
+            # An outage: skip Redis for a while rather than waiting on it in every request.
+            self._down_until = time.monotonic() + self._BACKOFF_S
+        log.warning(
+            "rate limiter cannot reach redis",
+            extra={"fail_mode": self._fail_mode, "error": type(exc).__name__, "pool_saturated": saturated},
+        )
         return self._degraded()
 
     def _degraded(self) -> Decision:

@@ -65,7 +65,12 @@ class GatewaySettings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="lines of '<key-id> <sha256 hex of key> [rpm=N] [tpm=N] [models=a,b]'")
     api_keys_redis_hash: str | None = Field(None, description="Redis hash: field sha256 hex, value '<key-id> [options]'")
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_timeout_s: float = Field(0.25, gt=0)
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="per Redis command and connect; also how long a check waits for a pooled connection"
+    )
+    redis_max_connections: int = Field(
+        100, ge=1, description="Redis connections per worker; more checks in flight wait for one instead of failing"
+    )
     redis_fail_mode: Literal["open", "closed"] = "open"
     default_rpm: int = Field(600, ge=0, description="requests per minute per key; 0 means unlimited")
     default_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 means unlimited")

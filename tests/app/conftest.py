@@ -23,8 +23,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def keys(log_dir: Path) -> Keys:
-    made = {name: make_key() for name in ("alice", "rpm5", "rpm1", "tpm", "other_models", "spare")}
-    options = {"rpm5": "rpm=5", "rpm1": "rpm=1", "tpm": "tpm=60", "other_models": "models=other-model"}
+    made = {name: make_key() for name in ("alice", "rpm5", "rpm1", "rpm60", "tpm", "other_models", "spare")}
+    options = {"rpm5": "rpm=5", "rpm1": "rpm=1", "rpm60": "rpm=60", "tpm": "tpm=60", "other_models": "models=other-model"}
     lines = ["# test keys"] + [f"{name} {digest} {options.get(name, '')}".rstrip() for name, (_, digest) in made.items()]
     path = log_dir / "api-keys"
     path.write_text("\n".join(lines) + "\n")
