@@ -53,7 +53,13 @@ async def _burst(url: str, key: str, n: int) -> list[int]:
 def test_more_limit_checks_in_flight_than_pooled_connections_keep_the_limit(open_gateway, keys):
     # 200 requests at once in one worker, more than redis-py's default pool of 100: a busy pool
     # is not an outage, so fail-open must not wave them through past rpm=60.
-    statuses = asyncio.run(_burst(open_gateway.url, keys.by_id["rpm60"], 200))
+    # A loop of its own: asyncio.run would leave the main thread without one, which the Pulumi
+    # SDK's synchronous helpers in later tests need.
+    loop = asyncio.new_event_loop()
+    try:
+        statuses = loop.run_until_complete(_burst(open_gateway.url, keys.by_id["rpm60"], 200))
+    finally:
+        loop.close()
     assert statuses.count(200) <= 63, statuses.count(200)  # the burst, plus the refill while it runs
     assert statuses.count(429) >= 137
     assert metric_sum(scrape(open_gateway.url), "gateway_ratelimit_redis_errors_total") == 0
