@@ -10,6 +10,9 @@ resource its CRD rejects fails there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import pulumi_kubernetes as k8s
 
 
 def _minor(version: str) -> tuple[int, int]:
@@ -27,6 +30,17 @@ class Chart:
     # Kubernetes minors the pin supports ("1.35"); kube_max None where upstream states no upper bound.
     kube_min: str
     kube_max: str | None
+
+    def release(self, resource_name: str, release_name: str, **kwargs: Any) -> k8s.helm.v3.Release:
+        """A Helm release of this pin: the chart, version and repository always come from here."""
+        return k8s.helm.v3.Release(
+            resource_name,
+            name=release_name,
+            chart=self.chart,
+            version=self.version,
+            repository_opts={"repo": self.repo},
+            **kwargs,
+        )
 
     def supports(self, kubernetes_version: str) -> bool:
         """Whether a cluster at this Kubernetes version ("1.35" or "1.35.2") is in the pin's range."""

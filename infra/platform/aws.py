@@ -714,12 +714,9 @@ class ClusterAddons(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self.autoscaler = k8s.helm.v3.Release(
+        self.autoscaler = CLUSTER_AUTOSCALER.release(
             f"{name}-cluster-autoscaler",
-            name="cluster-autoscaler",
-            chart=CLUSTER_AUTOSCALER.chart,
-            version=CLUSTER_AUTOSCALER.version,
-            repository_opts={"repo": CLUSTER_AUTOSCALER.repo},
+            "cluster-autoscaler",
             namespace="kube-system",
             values={
                 "cloudProvider": "aws",
@@ -762,12 +759,9 @@ class ClusterAddons(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self.load_balancer_controller = k8s.helm.v3.Release(
+        self.load_balancer_controller = controller.release(
             f"{name}-aws-load-balancer-controller",
-            name="aws-load-balancer-controller",
-            chart=controller.chart,
-            version=controller.version,
-            repository_opts={"repo": controller.repo},
+            "aws-load-balancer-controller",
             namespace="kube-system",
             values={
                 "clusterName": eks_name,

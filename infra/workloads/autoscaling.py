@@ -67,12 +67,9 @@ class Autoscaling(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=platform.provider),
         )
         system = dict(platform.system_pool.labels)
-        self.release = k8s.helm.v3.Release(
+        self.release = KEDA.release(
             f"{name}-keda",
-            name="keda",
-            chart=KEDA.chart,
-            version=KEDA.version,
-            repository_opts={"repo": KEDA.repo},
+            "keda",
             namespace=NAMESPACE,
             values={"nodeSelector": system, "prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
             opts=pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns, *platform.ready]),

@@ -22,12 +22,9 @@ class GpuPlumbing(pulumi.ComponentResource):
                 for t in sorted({t for pool in platform.gpu_pools for t in pool.taints}, key=lambda t: t.key)
             ]
             self.releases.append(
-                k8s.helm.v3.Release(
+                NVIDIA_DEVICE_PLUGIN.release(
                     f"{name}-device-plugin",
-                    name="nvidia-device-plugin",
-                    chart=NVIDIA_DEVICE_PLUGIN.chart,
-                    version=NVIDIA_DEVICE_PLUGIN.version,
-                    repository_opts={"repo": NVIDIA_DEVICE_PLUGIN.repo},
+                    "nvidia-device-plugin",
                     namespace="kube-system",
                     values={"tolerations": tolerations, "priorityClassName": "system-node-critical"},
                     opts=pulumi.ResourceOptions(parent=self, depends_on=list(platform.ready)),

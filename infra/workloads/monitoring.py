@@ -217,12 +217,9 @@ class Monitoring(pulumi.ComponentResource):
             string_data={"admin-user": "admin", "admin-password": pulumi.Output.secret(password.result)},
             opts=in_ns,
         )
-        self.release = k8s.helm.v3.Release(
+        self.release = KUBE_PROMETHEUS_STACK.release(
             f"{name}-kube-prometheus-stack",
-            name=RELEASE,
-            chart=KUBE_PROMETHEUS_STACK.chart,
-            version=KUBE_PROMETHEUS_STACK.version,
-            repository_opts={"repo": KUBE_PROMETHEUS_STACK.repo},
+            RELEASE,
             namespace=NAMESPACE,
             values=chart_values(mon, platform),
             opts=pulumi.ResourceOptions(
@@ -231,12 +228,9 @@ class Monitoring(pulumi.ComponentResource):
         )
         # CustomResources need the chart's CRDs first.
         after_crds = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns, self.release])
-        k8s.helm.v3.Release(
+        DCGM_EXPORTER.release(
             f"{name}-dcgm-exporter",
-            name="dcgm-exporter",
-            chart=DCGM_EXPORTER.chart,
-            version=DCGM_EXPORTER.version,
-            repository_opts={"repo": DCGM_EXPORTER.repo},
+            "dcgm-exporter",
             namespace=NAMESPACE,
             values=dcgm_values(platform),
             # The DaemonSet is ready only once every GPU node has its driver (GKE installs it
