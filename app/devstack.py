@@ -42,9 +42,10 @@ class Proc:
     """A child process whose output goes to a log file (a pipe nobody reads would fill and block)."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None,
-                 url: str = "") -> None:
+                 url: str = "", metrics_url: str = "") -> None:
         self.name = name
         self.url = url
+        self.metrics_url = metrics_url or url  # the gateway serves /metrics on a port of its own
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         full_env = {**os.environ, **(env or {})}
@@ -145,9 +146,11 @@ def start_simulator(log_dir: Path, port: int | None = None, env: Mapping[str, st
 def start_gateway(log_dir: Path, env: Mapping[str, str], port: int | None = None, workers: int = 1,
                   wait: str | None = "/readyz") -> Proc:
     port = port or free_port()
+    metrics_port = int(env.get("GATEWAY_METRICS_PORT") or free_port())
     argv = [sys.executable, "-m", "app.gateway", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers)]
-    proc = Proc(f"gateway-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    proc = Proc(f"gateway-{port}", argv, log_dir, env={**env, "GATEWAY_METRICS_PORT": str(metrics_port)},
+                url=f"http://127.0.0.1:{port}", metrics_url=f"http://127.0.0.1:{metrics_port}")
     if wait:
         proc.wait_http(wait)
     return proc
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"""
 gateway   {base}
 api key   {key}
+metrics   {gateway.metrics_url}/metrics
 replicas  {", ".join(s.url for s in sims)}
 logs      {log_dir}
 

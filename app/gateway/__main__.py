@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, with the limits and timeouts of server.py.
+        http="app.gateway.server:GatewayHttpProtocol",
         lifespan="on",
         access_log=False,
         log_config=log_config(settings.log_level),

@@ -11,10 +11,19 @@ from .keyfile import ApiKey
 from .ratelimit import retry_after_header
 
 
-async def authenticate(ctx: GatewayContext, authorization: str) -> ApiKey:
-    """The key for an Authorization header value; 401 in OpenAI's shape when it is missing or wrong."""
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
+async def authenticate(ctx: GatewayContext, authorization: list[str]) -> ApiKey:
+    """The key for the request's Authorization header values (as ASGI gives them, latin-1);
+    401 in OpenAI's shape when it is missing or wrong, 400 when there is more than one."""
+    if len(authorization) > 1:
+        # Which one counts would depend on who reads them; HTTP allows one (RFC 9110, 11.6.2).
+        ctx.metrics.auth_failures.labels("ambiguous").inc()
+        raise OpenAIError(400, "Send one Authorization header, not several.", code="invalid_api_key")
+    scheme, _, token = (authorization[0] if authorization else "").partition(" ")
+    try:
+        # Header bytes arrive as latin-1; a key is text sent as UTF-8, so a non-ASCII key matches too.
+        token = token.strip().encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        token = ""
     if scheme.lower() != "bearer" or not token:
         ctx.metrics.auth_failures.labels("missing").inc()
         raise OpenAIError(

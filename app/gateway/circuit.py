@@ -67,6 +67,16 @@ class CircuitBreaker:
             return True
         return False
 
+    def trip(self, now: float | None = None) -> bool:
+        """Opens the circuit now (the replica was found hung); returns whether it was not open already."""
+        if self.state is State.OPEN:
+            return False
+        now = time.monotonic() if now is None else now
+        self.state = State.OPEN
+        self._open_until = now + self._cooldown
+        self._trial_out = False
+        return True
+
     def release_trial(self) -> None:
         """A trial that ended without a verdict (the client left) frees the slot."""
         self._trial_out = False

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admission import authenticate, enforce_limits
 from .context import GatewayContext
-from .errors import OpenAIError, validation_message
+from .errors import OpenAIError, log_refusal, validation_message
 from .proxy import ProxyPlan, ProxyResponse
 from .requestid import pick
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -48,10 +48,11 @@ class CompletionsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        authorization = given_id = length = None
+        authorization: list[str] = []
+        given_id = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value.decode("latin-1")
+                authorization.append(value.decode("latin-1"))
             elif name == b"content-length":
                 length = value
             elif name == b"x-request-id":
@@ -59,33 +60,38 @@ class CompletionsEndpoint:
         rid = pick(given_id)
         response: ProxyResponse | None = None
         try:
-            plan, limits = await self._admit(scope["path"], receive, authorization or "", length, rid, started)
+            plan, limits = await self._admit(scope["path"], receive, authorization, length, rid, started)
             response = ProxyResponse(self.ctx, plan, limits)
             await response(scope, receive, send)
         except OpenAIError as err:
+            log_refusal(err, rid, scope["path"], scope.get("client"))
             await err.send(send, rid)
         except Exception as exc:  # never a traceback to the client: OpenAI's 500 with the request id
             log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
             if response is None or not response.started:
                 await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
 
-    async def _admit(self, path: str, receive: Receive, authorization: str, length: bytes | None, rid: str,
+    async def _admit(self, path: str, receive: Receive, authorization: list[str], length: bytes | None, rid: str,
                      started: float) -> tuple[ProxyPlan, asyncio.Future[None]]:
         ctx = self.ctx
         limit = ctx.settings.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise _too_large(limit)
         key = await authenticate(ctx, authorization)
-        raw = await _read_body(receive, limit)
-        body, forwarded = _parse(ROUTES[path], raw)
-        model = body.model
-        if not key.may_use(model):
-            ctx.metrics.auth_failures.labels("model_not_allowed").inc()
-            raise OpenAIError(403, f"This API key may not use model '{model}'.", param="model",
-                              code="model_not_allowed")
-        if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
-            raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
-                              code="model_not_found")
+        try:
+            raw = await _read_body(receive, limit)
+            body, forwarded = _parse(ROUTES[path], raw)
+            model = body.model
+            if not key.may_use(model):
+                ctx.metrics.auth_failures.labels("model_not_allowed").inc()
+                raise OpenAIError(403, f"This API key may not use model '{model}'.", param="model",
+                                  code="model_not_allowed")
+            if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
+                raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
+                                  code="model_not_found")
+        except OpenAIError as err:
+            err.key_id = key.key_id
+            raise
         limits = asyncio.ensure_future(enforce_limits(ctx, key))
         chars = ctx.settings.affinity_prefix_chars
         plan = ProxyPlan(
@@ -99,6 +105,7 @@ class CompletionsEndpoint:
             client_wants_usage=body.wants_usage(),
             prefix=body.prefix(chars) if chars else None,
             prompt_chars=body.prompt_chars(),
+            output_cap=body.output_cap(),
             request_id=rid,
             started=started,
             limits_first=ctx.limiter.recently_refused(key),

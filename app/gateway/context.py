@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 from redis.asyncio import Redis
 
+from .accounting import DecodeRates
 from .auth import KeyStore
 from .metrics import GatewayMetrics
 from .ratelimit import RateLimiter
@@ -25,3 +26,4 @@ class GatewayContext:
     pool: UpstreamPool
     upstream_headers: dict[str, str]
     fallback_headers: dict[str, str]
+    decode_rates: DecodeRates

@@ -16,6 +16,7 @@ from starlette.types import Send
 from .requestid import request_id
 
 log = logging.getLogger("gateway")
+access = logging.getLogger("gateway.access")
 
 JSON = "application/json"
 
@@ -37,6 +38,8 @@ class OpenAIError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        # Set by admission once the caller is known, for the refusal's log line.
+        self.key_id: str | None = None
         self.status = status
         self.message = message
         self.type = type_
@@ -61,6 +64,22 @@ class OpenAIError(Exception):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def log_refusal(err: OpenAIError, rid: str, path: str, client: tuple | list | None) -> None:
+    """One line per request refused at the edge, so brute force and model probing leave a trace.
+
+    Only what identifies the attempt: never the key presented, the body or the model asked for.
+    """
+    access.info("refused", extra={
+        "request_id": rid,
+        "status": err.status,
+        "code": err.code,
+        "param": err.param,
+        "path": path[:256],
+        "key_id": err.key_id,
+        "client": client[0] if client else None,
+    })
+
+
 def _param(loc: tuple) -> str | None:
     # pydantic puts the union member it tried into the location ("prompt.str"); users know fields.
     parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and "[" in p)]
@@ -83,14 +102,19 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | 
 
 
 def install(app: FastAPI) -> None:
+    def refuse(request: Request, err: OpenAIError) -> Response:
+        rid = request_id(request)
+        log_refusal(err, rid, request.url.path, request.scope.get("client"))
+        return err.response(rid)
+
     @app.exception_handler(OpenAIError)
     async def _openai(request: Request, exc: OpenAIError) -> Response:
-        return exc.response(request_id(request))
+        return refuse(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         message, param = validation_message(exc.errors())
-        return OpenAIError(400, message, param=param).response(request_id(request))
+        return refuse(request, OpenAIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -100,7 +124,7 @@ def install(app: FastAPI) -> None:
             err = OpenAIError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
         else:
             err = OpenAIError(exc.status_code, str(exc.detail))
-        return err.response(request_id(request))
+        return refuse(request, err)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -11,7 +11,6 @@ import aiohttp
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -19,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
+from .accounting import DecodeRates
 from .admission import authenticate
 from .auth import KeyStore
 from .completions import ROUTES, CompletionsEndpoint
@@ -26,6 +26,7 @@ from .context import GatewayContext
 from .errors import JSON, install
 from .keyfile import ApiKey
 from .metrics import GatewayMetrics
+from .ops import OpsServer
 from .ratelimit import RateLimiter
 from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .settings import GatewaySettings
@@ -92,18 +93,24 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         pool=pool,
         upstream_headers=upstream_headers,
         fallback_headers=fallback_headers,
+        decode_rates=DecodeRates(),
     )
     app.state.ctx = ctx
     app.completions = CompletionsEndpoint(ctx)
-    await pool.start()
-    # Everything built so far lives as long as the worker: move it out of the collector's sight,
-    # so full collections stay short and do not stall streams in flight.
-    gc.collect()
-    gc.freeze()
-    log.info("gateway ready", extra={"upstreams": len(pool.members()), "healthy": pool.healthy_count()})
+    ops = OpsServer(settings.host, settings.metrics_port, metrics, app.openapi)
     try:
+        await pool.start()
+        # A port already taken stops start-up here, and the clients above are still closed.
+        await ops.start()
+        # Everything built so far lives as long as the worker: move it out of the collector's
+        # sight, so full collections stay short and do not stall streams in flight.
+        gc.collect()
+        gc.freeze()
+        log.info("gateway ready", extra={"upstreams": len(pool.members()), "healthy": pool.healthy_count(),
+                                         "metrics_port": settings.metrics_port})
         yield
     finally:
+        await ops.stop()
         await pool.stop()
         await ctx.limiter.drain()
         await session.close()
@@ -129,7 +136,7 @@ def get_context(request: Request) -> GatewayContext:
 
 
 async def caller(request: Request) -> ApiKey:
-    return await authenticate(get_context(request), request.headers.get("authorization", ""))
+    return await authenticate(get_context(request), request.headers.getlist("authorization"))
 
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
@@ -140,6 +147,10 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # The schema is served on the operations port (ops.py), not to the internet.
+        openapi_url=None,
+        # No 307 to the slashless path: its Location would echo the client's Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings or GatewaySettings()
     install(app)
@@ -173,15 +184,13 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             redis_ok = False
         # With fail-open limits a Redis outage must not take every gateway out of the Service.
         redis_needed = ctx.settings.redis_fail_mode == "closed"
-        # Known models are held while they scale up from zero, so an empty pool is no reason to
-        # leave the Service: a gateway out of the load balancer could never take that first request.
-        can_serve = healthy > 0 or bool(ctx.settings.fallback_base_url) or bool(ctx.settings.models)
+        # A gateway that knows its models stays in the Service with no replica up: it holds the
+        # requests of a model scaling up from zero, and answers the others 503 at once, which is
+        # better for a client than a load balancer with no backend.
+        s = ctx.settings
+        can_serve = healthy > 0 or bool(s.fallback_base_url or s.models or s.scale_from_zero_models)
         ready = can_serve and (redis_ok or not redis_needed)
         body = {"ready": ready, "healthy_upstreams": healthy, "redis": redis_ok}
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
-
-    @app.get("/metrics", tags=["ops"])
-    async def metrics(ctx: GatewayContext = Depends(get_context)) -> Response:
-        return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

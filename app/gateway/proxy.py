@@ -12,6 +12,9 @@ or a stream that ends before its first chunk) is retried on another replica; aft
 ends the stream with an error event, since the client already holds part of an answer.
 Stream chunks are forwarded as they arrive, without decoding, except the one event that carries
 `usage`, which is parsed to charge tokens and dropped when the client did not ask for it.
+
+A replica the health checks find hung (upstreams.py) ends the attempts it holds the same way:
+retried elsewhere before the first byte, an error event after it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from .accounting import prompt_tokens_estimate
 from .context import GatewayContext
 from .errors import JSON, OpenAIError, error_body
 from .keyfile import ApiKey
@@ -64,6 +68,7 @@ class ProxyPlan:
     client_wants_usage: bool
     prefix: str | None
     prompt_chars: int
+    output_cap: int | None
     request_id: str
     started: float
     # Wait for the limit check before going upstream (the key was refused lately).
@@ -92,6 +97,9 @@ class ProxyResponse:
         self._task: asyncio.Task | None = None
         self._checking = False
         self._refusal: OpenAIError | None = None
+        self._replica: Upstream | None = None  # the replica of the attempt under way
+        self._replica_hung = False
+        self._sent_at: float | None = None  # when the request last went upstream
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -160,6 +168,13 @@ class ProxyResponse:
         self.status_code = err.status
         await err.send(send, self.plan.request_id)
 
+    def replica_hung(self, up: Upstream) -> None:
+        """Called by the pool when `up` stops answering: ends this request's attempt on it."""
+        if (up is self._replica and not self._finished and not self._client_gone and self._refusal is None
+                and not self._replica_hung and self._task is not None):
+            self._replica_hung = True
+            self._task.cancel()
+
     async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -178,7 +193,7 @@ class ProxyResponse:
         fallback = ctx.settings.fallback_base_url
         while self.attempts < ctx.settings.max_attempts:
             up = ctx.pool.choose(p.model, p.prefix, tried)
-            if up is None and not tried and not fallback:
+            if up is None and not tried and not fallback and p.model in ctx.settings.scale_from_zero_models:
                 await self._check_limits()  # a refused request must not wait for a scale-up
                 up = await self._hold(tried)
             if up is None:
@@ -230,10 +245,13 @@ class ProxyResponse:
         label = up.url if up is not None else "fallback"
         if up is not None:
             up.in_flight += 1
+            up.attempts.add(self)
+            self._replica = up
             ctx.metrics.upstream_in_flight.labels(label).inc()
         resp: aiohttp.ClientResponse | None = None
         verdict: bool | None = None
         clean = False
+        self._sent_at = time.perf_counter()
         try:
             try:
                 resp = await ctx.session.post(
@@ -283,8 +301,27 @@ class ProxyResponse:
             verdict = await self._pump(send, resp, first, label)
             clean = verdict
             return Outcome.DONE
+        except asyncio.CancelledError:
+            if not self._replica_hung:
+                raise
+            # The pool found this replica hung (see replica_hung): not a cancellation of the request.
+            self._replica_hung = False
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            verdict = False
+            ctx.metrics.upstream_requests.labels(label, "hung").inc()
+            log.warning("upstream hung", extra={"request_id": p.request_id, "upstream": label})
+            if not self._sent_start:
+                return Outcome.RETRY
+            self._tail = b""
+            self.status_code = 502
+            event = b"data: " + error_body("The upstream replica stopped answering mid-stream.", "server_error",
+                                           code="upstream_hung") + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return Outcome.DONE
         finally:
+            self._replica = None
             if up is not None:
+                up.attempts.discard(self)
                 up.in_flight -= 1
                 ctx.metrics.upstream_in_flight.labels(label).dec()
                 if verdict is None:
@@ -418,7 +455,7 @@ class ProxyResponse:
         m.latency.labels(p.model_label, p.endpoint, stream).observe(now - p.started)
         if self.first_byte_at is not None:
             m.ttft.labels(p.model_label, p.endpoint, stream).observe(self.first_byte_at - p.started)
-        prompt_tokens, completion_tokens, estimated = self._tokens()
+        prompt_tokens, completion_tokens, estimated = self._tokens(now)
         if prompt_tokens or completion_tokens:
             m.prompt_tokens.labels(p.model_label, p.key.key_id).inc(prompt_tokens)
             m.completion_tokens.labels(p.model_label, p.key.key_id).inc(completion_tokens)
@@ -443,16 +480,26 @@ class ProxyResponse:
             },
         )
 
-    def _tokens(self) -> tuple[int, int, bool]:
-        usage = self.usage
+    def _tokens(self, now: float) -> tuple[int, int, bool]:
+        """Prompt and output tokens to charge, and whether they are estimated (see accounting.py)."""
+        p, usage = self.plan, self.usage
         if usage is not None:
             try:
-                return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
+                prompt, output = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             except (TypeError, ValueError):
                 pass
-        if self.first_byte_at is None:
+            else:
+                if self.first_byte_at is not None and self._sent_at is not None:
+                    # Decoding time: from the first chunk on a stream; the whole wait otherwise.
+                    began = self.first_byte_at if p.stream else self._sent_at
+                    self.ctx.decode_rates.observe(p.model, output, now - began)
+                return prompt, output, False
+        if self.first_byte_at is None and not (self._client_gone and self._sent_at is not None):
+            # Nothing was answered and the client did not leave: the replicas failed it, no charge.
             return 0, 0, False
-        # No usage (the client left, or the upstream omits it): about 4 characters a token for the
-        # prompt and one token per stream event, without tokenizing anything.
-        return self.plan.prompt_chars // 4, max(0, self._events - 1) if self.plan.stream else 0, True
+        prompt = prompt_tokens_estimate(p.prompt_chars)
+        if p.stream and self.first_byte_at is not None:
+            return prompt, max(0, self._events - 1), True  # one token per stream event
+        ran = now - (self._sent_at or now)
+        return prompt, self.ctx.decode_rates.estimate(p.model, ran, p.output_cap), True
 

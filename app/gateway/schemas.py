@@ -1,5 +1,6 @@
 """Request bodies at the edge: the fields the gateway reads are typed; everything else passes through.
 
+Strict, as OpenAI's API is: `"stream": "yes"` or `"max_tokens": true` is a 400, not a guess.
 vLLM validates the rest of the OpenAI schema itself and its 4xx answers are passed to the client.
 """
 
@@ -14,18 +15,18 @@ Name = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Annotated[str, Field(min_length=1, max_length=64)]
     content: str | list[dict[str, Any]] | None = None
 
 
 class _Generation(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: Name
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -37,6 +38,11 @@ class _Generation(BaseModel):
 
     def wants_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def output_cap(self) -> int | None:
+        """The most output tokens the request allows over all its choices; None when it sets no limit."""
+        limit = getattr(self, "max_completion_tokens", None) or self.max_tokens
+        return None if limit is None else limit * (self.n or 1)
 
 
 class ChatCompletionRequest(_Generation):
@@ -58,7 +64,14 @@ class ChatCompletionRequest(_Generation):
         return "\x1f".join(parts)[:chars]
 
     def prompt_chars(self) -> int:
-        return sum(len(m.content) if isinstance(m.content, str) else 0 for m in self.messages)
+        total = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                total += len(m.content)
+            elif m.content:
+                # Content parts: the text ones count; an image or audio part is billed by vLLM's usage.
+                total += sum(len(p["text"]) for p in m.content if isinstance(p.get("text"), str))
+        return total
 
 
 class CompletionRequest(_Generation):

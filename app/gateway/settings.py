@@ -36,10 +36,13 @@ class GatewaySettings(BaseSettings):
         (), description="comma-separated host:port of headless Services, re-resolved every dns_refresh_s"
     )
     models: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="comma-separated model names served even while no replica runs (scale to zero)"
+        (), description="comma-separated models served here: while none of their replicas is up, 503, not 404"
+    )
+    scale_from_zero_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated models that may have no replica: their requests wait for one"
     )
     hold_timeout_s: float = Field(
-        30.0, ge=0, description="how long a request for a known model waits for a replica when none is up"
+        30.0, ge=0, description="how long a request for a scale-from-zero model waits for a replica"
     )
     upstream_api_key: SecretStr | None = Field(None, description="sent to replicas started with vLLM's --api-key")
     dns_refresh_s: float = Field(10.0, gt=0)
@@ -54,6 +57,9 @@ class GatewaySettings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=10, description="replicas tried before the first byte")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a replica's circuit")
     breaker_cooldown_s: float = Field(5.0, gt=0, description="open time before a trial request; doubles on repeat")
+    hung_probes: int = Field(
+        2, ge=1, description="health probes timing out in a row that mark a replica hung: its requests end, its circuit opens"
+    )
     affinity_prefix_chars: int = Field(256, ge=0, description="prompt characters hashed for prefix affinity; 0 disables it")
     affinity_load_factor: float = Field(1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load")
 
@@ -75,8 +81,21 @@ class GatewaySettings(BaseSettings):
     default_rpm: int = Field(600, ge=0, description="requests per minute per key; 0 means unlimited")
     default_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 means unlimited")
 
-    # Edge.
+    # Edge: what one client connection may cost (server.py enforces all but the body size).
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="request line and headers; more is answered 431"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="for a request's line and headers to arrive, from the connection or its first byte"
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="for a request's body to arrive after its headers")
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a client that reads nothing of its answer for this long is cut off"
+    )
+    metrics_port: int = Field(
+        9090, ge=1, le=65535, description="/metrics and /openapi.json are served here, not on the client port"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Process.
@@ -89,7 +108,7 @@ class GatewaySettings(BaseSettings):
     def _parse_upstreams(cls, value: object) -> object:
         return tuple(_base_url(u) for u in _split(value))  # type: ignore[union-attr]
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "scale_from_zero_models", mode="before")
     @classmethod
     def _parse_models(cls, value: object) -> object:
         return tuple(_split(value))  # type: ignore[arg-type]
@@ -129,6 +148,8 @@ class GatewaySettings(BaseSettings):
             raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_DNS (or GATEWAY_FALLBACK_BASE_URL)")
         if self.api_keys_file is None and not self.api_keys_redis_hash:
             raise ValueError("set GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS_REDIS_HASH")
+        if self.metrics_port == self.port:
+            raise ValueError(f"GATEWAY_METRICS_PORT must differ from GATEWAY_PORT ({self.port})")
         if self.fallback_base_url and self.fallback_api_key is None:
             raise ValueError("GATEWAY_FALLBACK_API_KEY is required with GATEWAY_FALLBACK_BASE_URL")
         return self

@@ -1,4 +1,11 @@
-"""The replicas behind the gateway: discovery (static URLs and DNS), health, and load readings."""
+"""The replicas behind the gateway: discovery (static URLs and DNS), health, and load readings.
+
+A replica whose health probes time out `hung_probes` times in a row is hung (a stopped process,
+a node cut off), not draining (a replica shutting down refuses connections at once, and its
+requests in flight still finish): its circuit opens and the requests it holds are ended, retried
+elsewhere when nothing of their answer was sent yet. Without this they would wait out the read
+timeout.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +51,8 @@ def parse_vllm_load(text: bytes) -> dict[str, float]:
 
 
 class Upstream:
-    __slots__ = ("url", "breaker", "healthy", "models", "in_flight", "waiting", "running", "kv_usage", "_metrics")
+    __slots__ = ("url", "breaker", "healthy", "models", "in_flight", "attempts", "probe_timeouts", "waiting",
+                 "running", "kv_usage", "_metrics")
 
     def __init__(self, url: str, breaker: CircuitBreaker, metrics: GatewayMetrics) -> None:
         self.url = url
@@ -53,6 +61,9 @@ class Upstream:
         self.healthy = True
         self.models: frozenset[str] = frozenset()
         self.in_flight = 0
+        # The requests under way on it (proxy.ProxyResponse), to end them if it hangs.
+        self.attempts: set = set()
+        self.probe_timeouts = 0
         self.waiting = 0.0
         self.running = 0.0
         self.kv_usage = 0.0
@@ -133,6 +144,7 @@ class UpstreamPool:
             return resp.status, await resp.read()
 
     async def probe(self, up: Upstream) -> None:
+        timed_out = False
         try:
             status, _ = await self._get(up.url + "/health")
             healthy = status == 200
@@ -144,14 +156,27 @@ class UpstreamPool:
                 if status == 200:
                     load = parse_vllm_load(body)
                     up.waiting, up.running, up.kv_usage = load["waiting"], load["running"], load["kv_usage"]
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError):
+        except asyncio.TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
             healthy = False
+            timed_out = True
+        except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
+            healthy = False
+        up.probe_timeouts = up.probe_timeouts + 1 if timed_out else 0
+        if up.probe_timeouts == self._settings.hung_probes:
+            self._hung(up)
         if healthy != up.healthy:
             log.info("upstream health changed", extra={"upstream": up.url, "healthy": healthy})
         up.healthy = healthy
         if not healthy:
             up.waiting = up.running = 0.0
         up.publish()
+
+    def _hung(self, up: Upstream) -> None:
+        log.warning("upstream hung", extra={"upstream": up.url, "requests": len(up.attempts)})
+        if up.breaker.trip():
+            self._metrics.circuit_opened.labels(up.url).inc()
+        for attempt in list(up.attempts):
+            attempt.replica_hung(up)
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(up) for up in list(self._by_url.values())))
@@ -183,7 +208,7 @@ class UpstreamPool:
         return list(self._by_url.values())
 
     def models(self) -> set[str]:
-        out: set[str] = set(self._settings.models)
+        out: set[str] = set(self._settings.models) | set(self._settings.scale_from_zero_models)
         for up in self._by_url.values():
             out |= up.models
         return out
@@ -194,7 +219,9 @@ class UpstreamPool:
 
     def serves(self, model: str) -> bool:
         """Whether the model is served here, even if no replica of it is up right now."""
-        return model in self._settings.models or any(model in up.models for up in self._by_url.values())
+        s = self._settings
+        return (model in s.models or model in s.scale_from_zero_models
+                or any(model in up.models for up in self._by_url.values()))
 
     def choose(self, model: str, prefix: str | None, exclude: set[str]) -> Upstream | None:
         now = time.monotonic()

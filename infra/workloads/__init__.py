@@ -27,11 +27,11 @@ from infra.workloads.images import GatewayImage, pulled_through
 from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.autoscaling import Autoscaling
+from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.monitoring import Monitoring
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 NAMESPACE = "llm"
-MONITORING_NAMESPACE = "monitoring"
 
 
 @dataclass(frozen=True)

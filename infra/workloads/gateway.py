@@ -9,9 +9,12 @@ from infra.config import Gateway as GatewayConfig
 from infra.config import ModelSpec
 from infra.platform import Platform
 from infra.workloads.labels import GATEWAY_SELECTOR, labels
+from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 PORT = 8080
+# /metrics and /openapi.json: not on the load balancer, reachable from the monitoring namespace only.
+METRICS_PORT = 9090
 GATEWAY_UID = 10001
 API_KEYS_SECRET = "gateway-api-keys"
 REDIS_SECRET = "gateway-redis"
@@ -51,8 +54,11 @@ class Gateway(pulumi.ComponentResource):
 
         env: list[dict] = [
             {"name": "GATEWAY_UPSTREAM_DNS", "value": upstream_dns(models, namespace)},
-            # Known models are held, not refused, while they scale up from zero replicas.
+            # Known models: while none of their replicas is up, a request gets 503, not 404 ...
             {"name": "GATEWAY_MODELS", "value": ",".join(m.name for m in models)},
+            # ... and those that may scale to zero hold it while a replica starts.
+            {"name": "GATEWAY_SCALE_FROM_ZERO_MODELS", "value": ",".join(m.name for m in models if m.replicas.min == 0)},
+            {"name": "GATEWAY_METRICS_PORT", "value": str(METRICS_PORT)},
             {"name": "GATEWAY_HOLD_TIMEOUT_S", "value": str(cfg.hold_timeout_seconds)},
             {"name": "GATEWAY_API_KEYS_FILE", "value": f"{KEYS_DIR}/keys"},
             {"name": "GATEWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "url"}}},
@@ -113,7 +119,10 @@ class Gateway(pulumi.ComponentResource):
                                 "name": "gateway",
                                 "image": image,
                                 "args": ["--port", str(PORT)],
-                                "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+                                "ports": [
+                                    {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+                                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                                ],
                                 "env": env,
                                 "resources": {
                                     "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
@@ -175,15 +184,23 @@ class Gateway(pulumi.ComponentResource):
             spec={"maxUnavailable": 1, "selector": {"matchLabels": GATEWAY_SELECTOR}},
             opts=child,
         )
-        # Clients (through the load balancer, source IPs kept) and Prometheus reach the one
-        # HTTP port; nothing else is open.
+        # Clients (through the load balancer, source IPs kept) reach the HTTP port; only
+        # Prometheus, from the monitoring namespace, reaches the metrics port.
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol",
             metadata=meta,
             spec={
                 "podSelector": {"matchLabels": GATEWAY_SELECTOR},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+                "ingress": [
+                    {"ports": [{"protocol": "TCP", "port": PORT}]},
+                    {
+                        "from": [
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}
+                        ],
+                        "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+                    },
+                ],
             },
             opts=child,
         )

@@ -239,7 +239,7 @@ class Monitoring(pulumi.ComponentResource):
             opts=after_crds,
         )
 
-        def pod_monitor(resource: str, monitor: str, selector: dict[str, str]) -> None:
+        def pod_monitor(resource: str, monitor: str, selector: dict[str, str], port: str) -> None:
             k8s.apiextensions.CustomResource(
                 f"{name}-{resource}",
                 api_version="monitoring.coreos.com/v1",
@@ -248,14 +248,15 @@ class Monitoring(pulumi.ComponentResource):
                 spec={
                     "namespaceSelector": {"matchNames": [workloads_namespace]},
                     "selector": {"matchLabels": selector},
-                    "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+                    "podMetricsEndpoints": [{"port": port, "path": "/metrics", "interval": "15s"}],
                 },
                 opts=after_crds,
             )
 
         # Per pod, not per Service: the vLLM Service is headless and each replica's queue matters.
-        pod_monitor("vllm-monitor", "vllm", {COMPONENT: "vllm"})
-        pod_monitor("gateway-monitor", "gateway", dict(GATEWAY_SELECTOR))
+        pod_monitor("vllm-monitor", "vllm", {COMPONENT: "vllm"}, "http")
+        # The gateway serves its metrics on their own port, off the load balancer (gateway.py).
+        pod_monitor("gateway-monitor", "gateway", dict(GATEWAY_SELECTOR), "metrics")
 
         def prometheus_rule(stem: str, content: dict) -> None:
             k8s.apiextensions.CustomResource(

@@ -44,7 +44,7 @@ def test_stream_disconnect_aborts_upstream(gateway, keys, replicas, idle):
     # Leaving the block closes the connection mid-stream.
     eventually(lambda: _aborted(replicas) == idle + 1, timeout=3)
     assert _running(replicas) == 0
-    eventually(lambda: metric_sum(scrape(gateway.url), "gateway_client_disconnects_total") >= 1, timeout=3)
+    eventually(lambda: metric_sum(scrape(gateway.metrics_url), "gateway_client_disconnects_total") >= 1, timeout=3)
 
 
 def test_non_streaming_disconnect_aborts_upstream(gateway, keys, replicas, idle):

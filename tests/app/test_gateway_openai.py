@@ -64,13 +64,13 @@ def test_stream_headers_disable_proxy_buffering(gateway, keys):
 
 
 def test_requests_and_tokens_are_counted(gateway, client):
-    before = scrape(gateway.url)
+    before = scrape(gateway.metrics_url)
     client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "a b c"}], max_tokens=7)
     list(client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "a b c"}],
                                         max_tokens=5, stream=True))
 
     def counted():
-        after = scrape(gateway.url)
+        after = scrape(gateway.metrics_url)
         delta = lambda name, **kw: metric_sum(after, name, **kw) - metric_sum(before, name, **kw)  # noqa: E731
         assert delta("gateway_requests_total", key_id="alice", model="sim-model", status="200") == 2
         assert delta("gateway_completion_tokens_total", key_id="alice") == 12

@@ -28,7 +28,7 @@ def test_rpm_limit_is_shared_by_two_gateways(gateway, gateway_b, keys):
     assert 1 <= int(refused.headers["retry-after"]) <= 13  # one request every 12 s at rpm=5
     err = refused.json()["error"]
     assert err["code"] == "rate_limit_exceeded" and err["type"] == "requests"
-    samples = scrape(gateway.url)
+    samples = scrape(gateway.metrics_url)
     assert metric_sum(samples, "gateway_ratelimit_rejections_total", key_id="rpm5", limit="rpm") >= 1
 
 
@@ -117,7 +117,7 @@ def test_redis_down_fail_closed_refuses_and_counts(gateways_without_redis, keys)
     r = _post(closed.url, keys.alice)
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "rate_limiter_unavailable"
-    assert metric_sum(scrape(closed.url), "gateway_ratelimit_redis_errors_total", fail_mode="closed") >= 1
+    assert metric_sum(scrape(closed.metrics_url), "gateway_ratelimit_redis_errors_total", fail_mode="closed") >= 1
     ready = httpx.get(closed.url + "/readyz")
     assert ready.status_code == 503 and ready.json()["redis"] is False
 
@@ -125,5 +125,5 @@ def test_redis_down_fail_closed_refuses_and_counts(gateways_without_redis, keys)
 def test_redis_down_fail_open_serves_and_counts(gateways_without_redis, keys):
     _, opened = gateways_without_redis
     assert _post(opened.url, keys.alice).status_code == 200
-    assert metric_sum(scrape(opened.url), "gateway_ratelimit_redis_errors_total", fail_mode="open") >= 1
+    assert metric_sum(scrape(opened.metrics_url), "gateway_ratelimit_redis_errors_total", fail_mode="open") >= 1
     assert httpx.get(opened.url + "/readyz").status_code == 200

@@ -22,10 +22,10 @@ def test_counts_add_up_across_workers(log_dir, procs, keys, redis_server, replic
 
     def all_counted():
         for _ in range(6):  # several scrapes, landing on either worker
-            samples = scrape(gw.url)
+            samples = scrape(gw.metrics_url)
             assert metric_sum(samples, "gateway_requests_total", key_id="spare", status="200") == 20
             assert metric_sum(samples, "gateway_completion_tokens_total", key_id="spare") == 20
         return True
 
     eventually(all_counted, timeout=10)
-    assert metric_sum(scrape(gw.url), "gateway_requests_in_flight") == 0
+    assert metric_sum(scrape(gw.metrics_url), "gateway_requests_in_flight") == 0

@@ -37,7 +37,7 @@ def test_connections_redis_dropped_are_replaced_without_refusing_anyone(closed_g
     admin.close()
     statuses = [_post(closed_gateway.url, keys.alice) for _ in range(20)]
     assert statuses.count(503) == 0, statuses
-    assert metric_sum(scrape(closed_gateway.url), "gateway_ratelimit_redis_errors_total") == 0
+    assert metric_sum(scrape(closed_gateway.metrics_url), "gateway_ratelimit_redis_errors_total") == 0
 
 
 async def _burst(url: str, key: str, n: int) -> list[int]:
@@ -62,4 +62,4 @@ def test_more_limit_checks_in_flight_than_pooled_connections_keep_the_limit(open
         loop.close()
     assert statuses.count(200) <= 63, statuses.count(200)  # the burst, plus the refill while it runs
     assert statuses.count(429) >= 137
-    assert metric_sum(scrape(open_gateway.url), "gateway_ratelimit_redis_errors_total") == 0
+    assert metric_sum(scrape(open_gateway.metrics_url), "gateway_ratelimit_redis_errors_total") == 0

@@ -85,7 +85,7 @@ def test_replica_killed_mid_run_is_routed_around(log_dir, procs, keys, redis_ser
     assert all(ok for _, stream, ok in results if not stream), "non-streaming requests are retried before any byte"
     # Only a stream already flowing from the killed replica may break.
     assert sum(not ok for _, _, ok in results) <= 4
-    eventually(lambda: metric_sum(scrape(gw.url), "gateway_upstream_healthy", upstream=sims[0].url) == 0, timeout=5)
+    eventually(lambda: metric_sum(scrape(gw.metrics_url), "gateway_upstream_healthy", upstream=sims[0].url) == 0, timeout=5)
 
 
 def test_5xx_is_retried_on_another_replica_and_opens_the_circuit(log_dir, procs, keys, redis_server, replicas):
@@ -96,7 +96,7 @@ def test_5xx_is_retried_on_another_replica_and_opens_the_circuit(log_dir, procs,
     for i in range(10):
         out = client.completions.create(model="sim-model", prompt=f"p{i}", max_tokens=2)
         assert out.choices[0].text.split() == ["the", "quick"]
-    samples = scrape(gw.url)
+    samples = scrape(gw.metrics_url)
     assert metric_sum(samples, "gateway_retries_total") >= 1
     assert metric_sum(samples, "gateway_upstream_requests_total", upstream=broken.url, outcome="http_5xx") == 3
     assert metric_sum(samples, "gateway_circuit_opened_total", upstream=broken.url) == 1
@@ -116,7 +116,7 @@ def test_hosted_fallback_takes_requests_no_replica_can(log_dir, procs, keys, red
     chunks = list(client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}],
                                                  max_tokens=3, stream=True))
     assert chunks and all(c.choices for c in chunks)
-    assert metric_sum(scrape(gw.url), "gateway_fallback_requests_total", outcome="ok") == 2
+    assert metric_sum(scrape(gw.metrics_url), "gateway_fallback_requests_total", outcome="ok") == 2
     assert "sk-hosted-fallback" not in gw.log()
 
 
@@ -126,12 +126,13 @@ def test_upstreams_found_through_dns(log_dir, procs, keys, redis_server, replica
     gw = procs(start_gateway(log_dir, env))
     out = _client(gw, keys.alice).completions.create(model="sim-model", prompt="dns", max_tokens=2)
     assert out.choices[0].text.split() == ["the", "quick"]
-    assert metric_sum(scrape(gw.url), "gateway_upstream_healthy", upstream=f"http://127.0.0.1:{port}") == 1
+    assert metric_sum(scrape(gw.metrics_url), "gateway_upstream_healthy", upstream=f"http://127.0.0.1:{port}") == 1
 
 
 def test_request_is_held_until_a_replica_of_a_scaled_to_zero_model_starts(log_dir, procs, keys, redis_server):
     port = free_port()
-    env = gateway_env(keys, redis_server.url, [f"http://127.0.0.1:{port}"], models="sim-model", hold_timeout_s=60)
+    env = gateway_env(keys, redis_server.url, [f"http://127.0.0.1:{port}"], scale_from_zero_models="sim-model",
+                      hold_timeout_s=60)
     gw = procs(start_gateway(log_dir, env, wait="/healthz"))
     # Ready with no replica at all: the load balancer must send it the request that wakes the model.
     assert httpx.get(gw.url + "/readyz").status_code == 200
@@ -140,8 +141,30 @@ def test_request_is_held_until_a_replica_of_a_scaled_to_zero_model_starts(log_di
     waiter = threading.Thread(target=lambda: result.append(_client(gw, keys.alice).completions.create(
         model="sim-model", prompt="wake up", max_tokens=2)))
     waiter.start()
-    eventually(lambda: metric_sum(scrape(gw.url), "gateway_requests_waiting", model="sim-model") == 1, timeout=10)
+    eventually(lambda: metric_sum(scrape(gw.metrics_url), "gateway_requests_waiting", model="sim-model") == 1, timeout=10)
     procs(start_simulator(log_dir, port=port, **FAST))
     waiter.join(60)
     assert result and result[0].choices[0].text.split() == ["the", "quick"]
-    assert metric_sum(scrape(gw.url), "gateway_requests_waiting", model="sim-model") == 0
+    assert metric_sum(scrape(gw.metrics_url), "gateway_requests_waiting", model="sim-model") == 0
+
+
+def test_known_model_with_no_replica_up_is_503_at_once_not_404_and_not_held(log_dir, procs, keys, redis_server):
+    """A model that does not scale to zero, all of its replicas down (here: never started), on a
+    gateway started during the outage: 503 with Retry-After straight away, not a 404 clients take
+    as permanent, and not a wait of hold_timeout_s for a replica nothing will start."""
+    port = free_port()
+    env = gateway_env(keys, redis_server.url, [f"http://127.0.0.1:{port}"], models="sim-model", hold_timeout_s=20)
+    gw = procs(start_gateway(log_dir, env, wait="/healthz"))
+    assert httpx.get(gw.url + "/readyz").status_code == 200  # still in the Service: it answers
+    started = time.monotonic()
+    resp = httpx.post(gw.url + "/v1/completions", headers={"authorization": f"Bearer {keys.alice}"},
+                      json={"model": "sim-model", "prompt": "x", "max_tokens": 2}, timeout=30)
+    took = time.monotonic() - started
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "no_upstream_available"
+    assert resp.headers["retry-after"] == "1"
+    assert took < 5, f"held {took:.1f}s for a model that does not scale from zero (hold_timeout_s=20)"
+    # A model it does not know is still a 404.
+    other = httpx.post(gw.url + "/v1/completions", headers={"authorization": f"Bearer {keys.alice}"},
+                       json={"model": "no-such-model", "prompt": "x"}, timeout=30)
+    assert other.status_code == 404
