@@ -351,3 +351,57 @@ def test_gateway_env_is_what_the_gateway_reads(graphs_with_secrets, stack):
         served = next(e["value"] for e in env if e["name"] == "GATEWAY_MODELS").split(",")
         site = next(s for s in stack_config(stack)["llm-platform:sites"] if s["name"] == pod.site)
         assert sorted(served) == sorted(site["models"])
+        # Every literal value, and the port from the args, pass the gateway's own validation
+        # together (a metrics port equal to the client port is refused there, for one).
+        literal = {e["name"].removeprefix(ENV_PREFIX).lower(): e["value"] for e in env if "value" in e}
+        args = pod.spec["containers"][0]["args"]
+        from_secrets = {e["name"].removeprefix(ENV_PREFIX).lower(): "from-a-secret" for e in env if "valueFrom" in e}
+        from_secrets.pop("redis_url", None)  # a URL the validator checks; its default stands in
+        GatewaySettings.model_validate({**literal, **from_secrets, "port": args[args.index("--port") + 1],
+                                        "api_keys_file": None, "api_keys_redis_hash": "k"})
+
+
+def _stack_models(stack: str) -> dict[str, dict]:
+    return {m["name"]: m for m in stack_config(stack)["llm-platform:models"]}
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_only_models_that_scale_to_zero_hold_requests(graphs_with_secrets, stack):
+    models = _stack_models(stack)
+    for pod in (p for p in pods(graphs_with_secrets[stack]) if p.name == "gateway"):
+        env = {e["name"]: e.get("value") for e in pod.spec["containers"][0]["env"]}
+        held = {m for m in env["GATEWAY_SCALE_FROM_ZERO_MODELS"].split(",") if m}
+        known = set(env["GATEWAY_MODELS"].split(","))
+        assert held == {m for m in known if models[m]["replicas"]["min"] == 0}
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_gateway_metrics_port_is_scraped_but_not_public(graphs, stack):
+    """Prometheus scrapes the gateway's metrics port, which neither the load balancer nor any
+    namespace but monitoring reaches."""
+    from infra.workloads.monitoring import NAMESPACE as MONITORING
+
+    graph = graphs[stack]
+    gateways = [p for p in pods(graph) if p.name == "gateway"]
+    monitors = [r for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")
+                if r.inputs["metadata"]["name"] == "gateway"]
+    policies = [r for r in graph.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                if r.inputs["metadata"]["name"] == "gateway"]
+    services = [r for r in graph.of_type("kubernetes:core/v1:Service") if r.inputs["metadata"]["name"] == "gateway"]
+    assert gateways and monitors and policies and services
+    for pod in gateways:
+        ports = {p["name"]: p["containerPort"] for p in pod.spec["containers"][0]["ports"]}
+        for monitor in monitors:
+            if graph.site_of(monitor) != pod.site:
+                continue
+            scraped = monitor.inputs["spec"]["podMetricsEndpoints"][0]["port"]
+            assert scraped in ports and scraped != "http"
+            for service in (s for s in services if graph.site_of(s) == pod.site):
+                assert scraped not in {p["targetPort"] for p in service.inputs["spec"]["ports"]}
+            for policy in (n for n in policies if graph.site_of(n) == pod.site):
+                rules = [r for r in policy.inputs["spec"]["ingress"]
+                         if any(p["port"] == ports[scraped] for p in r["ports"])]
+                assert rules and all(
+                    r.get("from") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}}]
+                    for r in rules
+                )
