@@ -63,6 +63,8 @@ class CompletionsEndpoint:
             plan, limits = await self._admit(scope["path"], receive, authorization, length, rid, started)
             response = ProxyResponse(self.ctx, plan, limits)
             await response(scope, receive, send)
+        except _ClientGone:
+            return  # nothing to answer, and the server logged why if it cut the client off
         except OpenAIError as err:
             log_refusal(err, rid, scope["path"], scope.get("client"))
             await err.send(send, rid)
@@ -113,6 +115,10 @@ class CompletionsEndpoint:
         return plan, limits
 
 
+class _ClientGone(Exception):
+    """The connection closed before the whole body arrived."""
+
+
 def _too_large(limit: int) -> OpenAIError:
     return OpenAIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
@@ -123,7 +129,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise OpenAIError(400, "The client closed the connection before sending the whole body.")
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

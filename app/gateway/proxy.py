@@ -489,7 +489,7 @@ class ProxyResponse:
             except (TypeError, ValueError):
                 pass
             else:
-                if self.first_byte_at is not None and self._sent_at is not None:
+                if self.first_byte_at is not None and self._sent_at is not None and self.upstream != "fallback":
                     # Decoding time: from the first chunk on a stream; the whole wait otherwise.
                     began = self.first_byte_at if p.stream else self._sent_at
                     self.ctx.decode_rates.observe(p.model, output, now - began)

@@ -67,22 +67,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_open:
+        while self._head_open and len(data) > self._max_head - self._head_seen:
+            # Feed the parser only up to the limit: if that does not end the head, refuse.
             room = self._max_head - self._head_seen
-            if len(data) > room:
-                # Feed the parser only up to the limit: if the head is still not complete, refuse.
-                self._head_seen = self._max_head
-                super().data_received(data[:room])
-                if self.transport.is_closing():
-                    return
-                if self._head_open:
-                    self._refuse(431, f"The request line and headers are larger than the limit of "
-                                      f"{self._max_head} bytes.", "request_header_too_large")
-                    return
-                data = data[room:]
-            else:
-                self._head_seen += len(data)
-        super().data_received(data)
+            chunk, data = data[:room], data[room:]
+            self._head_seen = self._max_head
+            super().data_received(chunk)
+            if self.transport.is_closing():
+                return
+            if self._head_open and self._head_seen >= self._max_head:
+                self._refuse(431, f"The request line and headers are larger than the limit of "
+                                  f"{self._max_head} bytes.", "request_header_too_large")
+                return
+            # The head ended (or a whole pipelined request did) within the chunk: go on.
+        if self._head_open:
+            self._head_seen += len(data)
+        if data:
+            super().data_received(data)
 
     # -- parser callbacks ----------------------------------------------------------------------
 

@@ -99,6 +99,14 @@ def test_oversized_header_is_431_in_openai_shape(gw):
     assert str(MAX_HEADER) in body["error"]["message"]
 
 
+def test_the_limit_is_per_request_head_not_per_connection(gw):
+    """Pipelined requests whose heads together pass the limit, each well within it, are all served."""
+    one = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * (MAX_HEADER // 2) + b"\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    raw = _raw(gw, one * 10 + last)
+    assert raw.count(b"HTTP/1.1 200 OK") == 11, raw[:300]
+
+
 def test_header_floods_cost_neither_cpu_nor_memory_and_others_are_served(gw, keys):
     """Two 64 MiB headers at once, without a key: before, 3.6 s of CPU each and hundreds of MiB."""
     pid = gw.pid
