@@ -88,6 +88,7 @@ class ProxyResponse:
         self._sent_start = False
         self._tail = b""
         self._events = 0
+        self._done_sent = False  # the stream's final `data: [DONE]` event went to the client
         self.usage: dict | None = None
         self.upstream: str | None = None
         self.attempts = 0
@@ -123,8 +124,10 @@ class ProxyResponse:
                 await self._refuse(send, self._refusal)
             elif self._client_gone:
                 task.uncancel()
-                self.status_code = 499
-                m.disconnects.labels(p.model_label).inc()
+                # A client that hangs up once it has the stream's last event got the whole answer.
+                if not self._done_sent:
+                    self.status_code = 499
+                    m.disconnects.labels(p.model_label).inc()
             else:
                 raise
         finally:
@@ -379,6 +382,8 @@ class ProxyResponse:
             self._tail = data[cut + 2 :]
             data = data[: cut + 2]
         self._events += data.count(b"\n\n")
+        if data.endswith(b"data: [DONE]\n\n"):
+            self._done_sent = True
         if b'"usage":{' in data or b'"usage": {' in data:
             data = self._take_usage(data)
         return data
