@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator  # noqa: E402
+from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator, start_vllm  # noqa: E402
 from gateway_testkit import FAST, Keys, gateway_env  # noqa: E402
 
 
@@ -67,3 +67,12 @@ def gateway(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: list
 def gateway_b(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: list[Proc]) -> Proc:
     """A second gateway replica on the same Redis and replicas."""
     return procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas])))
+
+
+@pytest.fixture(scope="session")
+def engines(log_dir: Path, procs) -> list[Proc]:
+    """Two real vLLM replicas of the tiny local model, started side by side (most of a minute each)."""
+    started = [procs(start_vllm(log_dir, wait=False)) for _ in range(2)]
+    for proc in started:
+        proc.wait_http("/health", timeout=300)
+    return started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -70,3 +72,25 @@ def eventually(check: Callable[[], object], timeout: float = 10.0, interval: flo
     if last is not None:
         raise last
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@functools.cache
+def platform_vllm_names() -> dict[str, set[str]]:
+    """vllm:* names read by the alert rules and dashboards, the KEDA triggers and the gateway."""
+    from app.gateway.upstreams import _SCRAPED
+    from infra.plan.run import record_stack  # the recorded graph of each shipped stack
+    from tests.infra.conftest import REPO, SHIPPED
+    from tests.monitoring.test_rules import all_exprs, metric_names
+
+    used: dict[str, set[str]] = {}
+    for expr in all_exprs():
+        for name in metric_names(expr):
+            used.setdefault(name, set()).add("rules and dashboards")
+    for stack in SHIPPED:
+        for r in record_stack(stack, REPO).of_type("kubernetes:keda.sh/v1alpha1:ScaledObject"):
+            for trigger in r.inputs["spec"]["triggers"]:
+                for name in re.findall(r"vllm:[\w:]+", trigger.get("metadata", {}).get("query", "")):
+                    used.setdefault(name, set()).add(f"KEDA ({stack})")
+    for name in _SCRAPED:
+        used.setdefault(name.decode(), set()).add("gateway")
+    return {n: where for n, where in used.items() if n.startswith("vllm:")}

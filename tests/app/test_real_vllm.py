@@ -7,27 +7,16 @@ and metrics are vLLM's own.
 
 from __future__ import annotations
 
-import re
 import threading
 
 import httpx
 import openai
 import pytest
 
-from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway, start_vllm
-from app.gateway.upstreams import _SCRAPED
-from gateway_testkit import eventually, gateway_env, metric_sum, scrape
+from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway
+from gateway_testkit import eventually, gateway_env, metric_sum, platform_vllm_names, scrape
 
 MODEL = TINY_MODEL_NAME
-
-
-@pytest.fixture(scope="module")
-def engines(log_dir, procs):
-    """Two real vLLM replicas, started side by side (each takes most of a minute on 2 cores)."""
-    started = [procs(start_vllm(log_dir, wait=False)) for _ in range(2)]
-    for proc in started:
-        proc.wait_http("/health", timeout=300)
-    return started
 
 
 @pytest.fixture(scope="module")
@@ -127,26 +116,6 @@ def test_gateway_reads_its_load_view_from_real_metrics(real_gateway, engines):
 # -- the metric names the platform reads ---------------------------------------------------------
 
 
-def _platform_vllm_names() -> dict[str, set[str]]:
-    """vllm:* names read by the alert rules and dashboards, the KEDA triggers and the gateway."""
-    from infra.plan.run import record_stack  # the recorded graph of each shipped stack
-    from tests.infra.conftest import REPO, SHIPPED
-    from tests.monitoring.test_rules import all_exprs, metric_names
-
-    used: dict[str, set[str]] = {}
-    for expr in all_exprs():
-        for name in metric_names(expr):
-            used.setdefault(name, set()).add("rules and dashboards")
-    for stack in SHIPPED:
-        for r in record_stack(stack, REPO).of_type("kubernetes:keda.sh/v1alpha1:ScaledObject"):
-            for trigger in r.inputs["spec"]["triggers"]:
-                for name in re.findall(r"vllm:[\w:]+", trigger.get("metadata", {}).get("query", "")):
-                    used.setdefault(name, set()).add(f"KEDA ({stack})")
-    for name in _SCRAPED:
-        used.setdefault(name.decode(), set()).add("gateway")
-    return {n: where for n, where in used.items() if n.startswith("vllm:")}
-
-
 def _published(engines) -> set[str]:
     names = set()
     for engine in engines:
@@ -156,7 +125,7 @@ def _published(engines) -> set[str]:
 
 
 def test_every_vllm_metric_the_platform_reads_is_published_by_vllm(engines):
-    used = _platform_vllm_names()
+    used = platform_vllm_names()
     assert {"rules and dashboards", "gateway"} <= set().union(*used.values())
     missing = {name: sorted(where) for name, where in used.items() if name not in _published(engines)}
     assert not missing, f"read here but not published by vLLM: {missing}"
