@@ -24,6 +24,10 @@ from .settings import SimulatorSettings
 _JSON = "application/json"
 
 
+# vLLM writes `vllm-<version>-<hash>`; the simulator says what it is.
+_FINGERPRINT = "vllm-simulator"
+
+
 def _error(status: int, message: str, kind: str, param: str | None = None) -> Response:
     # vLLM's error body: OpenAI's shape with the exception class name as the type.
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
@@ -138,31 +142,33 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = {"id": rid, "object": obj, "created": int(time.time()), "model": model}
-        usage_field = {"usage": None} if include_usage else {}
+        # The chunks as vLLM 0.32 writes them (tests/app/test_simulator_contract.py compares):
+        # token chunks carry no `usage` key even with include_usage; chat opens with a role chunk.
         # Token events differ only in their text: encode the rest once, so a simulator serving
         # many streams spends its CPU like vLLM's frontend would, not on JSON encoding.
         if chat:
-            marker = {"index": 0, "delta": {"content": "\x00"}, "logprobs": None, "finish_reason": None}
+            yield b"data: " + orjson.dumps({**head, "choices": [{
+                "index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None,
+            }], "prompt_token_ids": None, "prompt_text": None}) + b"\n\n"
+            marker = {"index": 0, "delta": {"content": "\x00"}, "logprobs": None, "finish_reason": None,
+                      "token_ids": None}
         else:
-            marker = {"index": 0, "text": "\x00", "logprobs": None, "finish_reason": None, "stop_reason": None}
-        template = b"data: " + orjson.dumps({**head, "choices": [marker], **usage_field}) + b"\n\n"
+            marker = {"index": 0, "text": "\x00", "logprobs": None, "finish_reason": None, "stop_reason": None,
+                      "prompt_token_ids": None, "token_ids": None}
+        template = b"data: " + orjson.dumps({**head, "choices": [marker]}) + b"\n\n"
         before, after = template.split(b'"\\u0000"')
-        first = True
         async for text in engine.generate(prompt, gen):
-            if first and chat:
-                delta = {"role": "assistant", "content": text}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-                yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
-            else:
-                yield before + orjson.dumps(text) + after
-            first = False
+            yield before + orjson.dumps(text) + after
         if chat:
-            choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
+            choice = {"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": gen.finish_reason,
+                      "stop_reason": None, "token_ids": None}
         else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
-        yield b"data: " + orjson.dumps({**head, "choices": [choice], **usage_field}) + b"\n\n"
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None,
+                      "prompt_token_ids": None, "token_ids": None}
+        yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
         if include_usage:
-            yield b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(gen)}) + b"\n\n"
+            yield b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(gen),
+                                            "system_fingerprint": _FINGERPRINT}) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def _serve(request: Request, prompt: list[str], max_tokens: int | None, req, chat: bool) -> Response:
@@ -192,13 +198,24 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "tool_calls": []},
+                        "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
+                                    "audio": None, "function_call": None, "reasoning": None},
                         "logprobs": None,
                         "finish_reason": plan.finish_reason,
                         "stop_reason": None,
+                        "token_ids": None,
+                        "routed_experts": None,
                     }
                 ],
-                "usage": _usage(plan),
+                "service_tier": None,
+                "system_fingerprint": _FINGERPRINT,
+                "usage": {**_usage(plan), "prompt_tokens_details": None, "completion_tokens_details": None},
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "prompt_text": None,
+                "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
             }
         else:
             body = {
@@ -207,9 +224,15 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
                 "created": created,
                 "model": req.model,
                 "choices": [
-                    {"index": 0, "text": text, "logprobs": None, "finish_reason": plan.finish_reason, "stop_reason": None}
+                    {"index": 0, "text": text, "logprobs": None, "finish_reason": plan.finish_reason, "stop_reason": None,
+                     "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
                 ],
-                "usage": _usage(plan),
+                "service_tier": None,
+                "system_fingerprint": _FINGERPRINT,
+                "usage": {**_usage(plan), "prompt_tokens_details": None, "completion_tokens_details": None},
+                "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
             }
         return Response(orjson.dumps(body), media_type=_JSON)
 
