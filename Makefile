@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock plan policy cost preflight upstream test serve bench clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args plan policy cost preflight upstream test serve bench clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -114,7 +114,18 @@ vllm-lock: $(UV)
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec \
 	  -o tools/vllm/requirements.lock
 
-test: env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV)
+# The pinned image's vLLM release (vllm==0.33.0, infra/config.py's images.vllm), without its
+# dependencies, for its argument parser: tools/vllm/parse_serve_args.py runs it over the vLLM
+# environment's CPU torch, and the tests hold every rendered `vllm serve` command to it.
+VLLM_ARGS := .vllm-args/.synced
+$(VLLM_ARGS): $(VLLM_ENV) tools/vllm/image-vllm.lock
+	rm -rf .vllm-args
+	$(UV) pip install --quiet --no-deps --require-hashes --python $(VLLM_VENV)/bin/python --target .vllm-args -r tools/vllm/image-vllm.lock
+	touch $@
+
+vllm-args: $(VLLM_ARGS)
+
+test: env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV) $(VLLM_ARGS)
 	$(PY) -m pytest
 
 clean:
