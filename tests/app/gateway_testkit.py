@@ -58,6 +58,21 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+def read_events(response, count: int):
+    """Reads a stream until `count` SSE events arrived, and returns the open chunk iterator.
+
+    The caller must keep it (`chunks = read_events(r, 3)`): a generator dropped after `break`
+    closes the stream at once, before the caller's checks while it is still open.
+    """
+    got = 0
+    chunks = response.iter_raw()
+    for chunk in chunks:
+        got += chunk.count(b"data:")
+        if got >= count:
+            break
+    return chunks
+
+
 def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None

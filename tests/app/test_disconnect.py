@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from gateway_testkit import eventually, metric_sum, scrape
+from gateway_testkit import eventually, metric_sum, read_events, scrape
 
 LONG = {"model": "sim-model", "max_tokens": 2000}  # 10 s of tokens at 5 ms each
 
@@ -32,13 +32,7 @@ def test_stream_disconnect_aborts_upstream(gateway, keys, replicas, idle):
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers) as r:
             assert r.status_code == 200
-            got = 0
-            # Held in a variable: a generator dropped after `break` would close the stream early.
-            chunks = r.iter_raw()
-            for chunk in chunks:
-                got += chunk.count(b"data:")
-                if got >= 3:
-                    break
+            chunks = read_events(r, 3)  # noqa: F841  (held open until the block ends)
             assert _running(replicas) == 1
             assert _aborted(replicas) == idle
     # Leaving the block closes the connection mid-stream.

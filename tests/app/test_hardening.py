@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from app.devstack import start_gateway, start_simulator
-from gateway_testkit import eventually, gateway_env, metric_sum, scrape
+from gateway_testkit import eventually, gateway_env, metric_sum, read_events, scrape
 
 MAX_HEADER = 8192
 NON_ASCII_KEY = "sk-clé-ключ-鍵-0123456789"
@@ -329,12 +329,7 @@ def test_an_abandoned_stream_with_content_parts_is_charged_its_prompt(gw, keys):
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", gw.url + "/v1/chat/completions", headers=_auth(key), json=body) as r:
             assert r.status_code == 200
-            chunks = r.iter_raw()
-            got = 0
-            for chunk in chunks:
-                got += chunk.count(b"data:")
-                if got >= 3:
-                    break
+            chunks = read_events(r, 3)  # noqa: F841  (held open until the block ends)
     after = eventually(lambda: (t := _tokens(gw, "spare"))[0] > before[0] and t, timeout=5)
     assert after[0] - before[0] == len(text) // 4
     assert after[1] - before[1] >= 2

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway
-from gateway_testkit import eventually, gateway_env, metric_sum, platform_vllm_names, scrape
+from gateway_testkit import eventually, gateway_env, metric_sum, platform_vllm_names, read_events, scrape
 
 MODEL = TINY_MODEL_NAME
 
@@ -69,12 +69,7 @@ def test_disconnects_abort_the_request_in_vllm(real_gateway, keys, engines):
             "messages": [{"role": "user", "content": "go on"}]}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", real_gateway.url + "/v1/chat/completions", json=body, headers=headers) as r:
-            chunks = r.iter_raw()
-            got = 0
-            for chunk in chunks:
-                got += chunk.count(b"data:")
-                if got >= 3:
-                    break
+            chunks = read_events(r, 3)  # noqa: F841  (held open until the block ends)
             assert _running(engines) == 1
     eventually(lambda: _running(engines) == 0, timeout=5)  # bound: 5 s after the client left
 
