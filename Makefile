@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args plan policy cost preflight upstream test serve bench bench-vllm clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags plan policy cost preflight upstream test serve bench bench-vllm clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -124,6 +124,13 @@ $(VLLM_ARGS): $(VLLM_ENV) tools/vllm/image-vllm.lock
 	touch $@
 
 vllm-args: $(VLLM_ARGS)
+
+# infra/catalog/vllm_cli.yaml, the flags config validation checks models[].extraArgs against,
+# written by that release's own parser. Run after changing the vLLM pin; the tests fail while
+# the committed catalog differs from what the parser gives.
+vllm-flags: $(VLLM_ARGS)
+	env PYTHONPATH=.vllm-args VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 \
+	  $(VLLM_VENV)/bin/python tools/vllm/parse_serve_args.py --catalog infra/catalog/vllm_cli.yaml
 
 test: env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV) $(VLLM_ARGS)
 	$(PY) -m pytest

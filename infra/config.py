@@ -25,7 +25,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from infra.catalog import CLOUDS, catalog, vllm_cli
+from infra.catalog import CLOUDS, catalog
+from infra.catalog.vllm_flags import vllm_cli
 
 PROJECT = "llm-platform"
 # Keys in the project namespace that hold secrets; everything else must be a known key.
@@ -114,15 +115,28 @@ class ModelSpec(_Model):
     @field_validator("extra_args")
     @classmethod
     def _flags_only(cls, args: list[str]) -> list[str]:
-        reserved = {"--port", "--host", "--served-model-name", "--tensor-parallel-size", "--model"}
-        cli = vllm_cli()
-        for arg in args:
-            flag = arg.split("=", 1)[0]
-            if flag in reserved:
-                raise ValueError(f"{flag} is set from the model's own keys; remove it")
-            if flag.startswith("-") and not cli.accepts(flag):
-                raise ValueError(f"{flag} is not a `vllm serve` flag in vLLM {cli.version}; see infra/catalog/vllm_cli.yaml")
+        # Read as vLLM's own parser reads them (infra/catalog/vllm_flags.py), so an alias or
+        # the underscore spelling of a derived flag is caught too.
+        for option in vllm_cli().read(args):
+            if option.flag.dest in DERIVED_DESTS:
+                raise ValueError(f"{option.text} is set from the model's own keys; remove it")
+            if option.flag.dest in SECRET_DESTS:
+                raise ValueError(f"{option.text} would put a secret in the pod spec; {SECRET_DESTS[option.flag.dest]}")
         return args
+
+
+# `vllm serve` settings the command derives from the model's keys and the pod
+# (infra/workloads/vllm_args.py; a test holds the two together). Prefix caching stays the
+# user's to turn off.
+DERIVED_DESTS = frozenset({
+    "model", "host", "port", "served_model_name", "revision", "dtype", "tensor_parallel_size", "max_model_len",
+    "gpu_memory_utilization", "download_dir", "quantization",
+})
+# Settings that hold a secret: a flag's value is plain text in the Deployment.
+SECRET_DESTS = {
+    "hf_token": "set the hfToken secret instead (it reaches vLLM as HF_TOKEN from a Kubernetes Secret)",
+    "api_key": "only the gateway reaches vLLM (a NetworkPolicy), and clients authenticate at the gateway",
+}
 
 
 class RateLimits(_Model):

@@ -94,29 +94,6 @@ def instance(cloud: str, name: str) -> InstanceType:
     return catalog(cloud).instances[name]
 
 
-@dataclass(frozen=True)
-class VllmCli:
-    version: str
-    flags: frozenset[str]
-
-    def accepts(self, flag: str) -> bool:
-        name = flag.split("=", 1)[0].replace("_", "-")
-        if name in self.flags:
-            return True
-        # argparse's BooleanOptionalAction and vLLM's enable/disable pairs.
-        for prefix, opposite in (("--no-", "--"), ("--disable-", "--enable-"), ("--enable-", "--disable-")):
-            if name.startswith(prefix) and opposite + name[len(prefix):] in self.flags:
-                return True
-        return False
-
-
-@cache
-def vllm_cli() -> VllmCli:
-    """The `vllm serve` flags of the pinned vLLM release (vllm_cli.yaml)."""
-    raw = yaml.safe_load((_HERE / "vllm_cli.yaml").read_text())
-    return VllmCli(version=str(raw["version"]), flags=frozenset(raw["flags"]))
-
-
 SUPPORT_CALENDAR = _HERE.parents[1] / "upstream" / "kubernetes" / "support.yaml"
 
 

@@ -35,7 +35,3 @@ def serve_args(model: ModelSpec) -> list[str]:
         args += ["--quantization", model.quantization]
     return args + list(model.extra_args)
 
-
-def flags(args: list[str]) -> list[str]:
-    """The flag names in an argument list (`--x=1` and `--x 1` both give `--x`)."""
-    return [a.split("=", 1)[0] for a in args if a.startswith("--")]

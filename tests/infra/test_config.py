@@ -132,10 +132,38 @@ def test_extra_args_must_be_real_vllm_flags():
     assert "--swap-space" in err.message and "vLLM 0.33" in err.message
 
 
-def test_extra_args_accept_real_flags_and_negations():
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--max-num-seqs-x", "64"], "did you mean --max-num-seqs"),
+        (["--max-num-seq", "64"], "--max-num-seq abbreviates --max-num-seqs; write it in full"),
+        (["--dtype", "fp64"], "--dtype takes one of auto, bfloat16"),
+        (["--scheduling-policy=lifo"], "--scheduling-policy takes one of fcfs, priority; not 'lifo'"),
+        (["--max-num-seqs"], "--max-num-seqs takes a value"),
+        (["--enforce-eager=yes"], "--enforce-eager is a switch"),
+        (["--enforce-eager", "64"], "'64' is neither a flag nor the value of one"),
+        (["--max-model-len.x", "1"], "--max-model-len.x is not a `vllm serve` flag"),
+        (["-tp", "2"], "-tp is set from the model's own keys"),
+        (["--served_model_name", "other"], "--served_model_name is set from the model's own keys"),
+        (["--hf-token", "hf_x"], "--hf-token would put a secret in the pod spec"),
+        (["--api-key", "k"], "--api-key would put a secret in the pod spec"),
+    ],
+)
+def test_extra_args_vllm_would_refuse_are_refused(args, says):
+    err = error_for(lambda r: r["models"][0].update(extraArgs=args))
+    assert err.path == "models[0].extraArgs"
+    assert says in err.message, err.message
+
+
+def test_extra_args_accept_what_vllm_reads():
     raw = base()
-    raw["models"][0]["extraArgs"] = ["--max-num-seqs", "64", "--no-enable-prefix-caching", "--kv-cache-dtype=fp8"]
-    assert parse(raw).models[0].extra_args[0] == "--max-num-seqs"
+    accepted = [
+        "--max-num-seqs", "64", "--no-enable-prefix-caching", "--disable-chunked-prefill",
+        "--kv-cache-dtype=fp8", "--max_num_batched_tokens", "8192", "-O3",
+        "--compilation-config.cudagraph_mode", "FULL",
+    ]
+    raw["models"][0]["extraArgs"] = accepted
+    assert parse(raw).models[0].extra_args == accepted
 
 
 def test_extra_args_cannot_override_derived_flags():

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.catalog import catalog
-from infra.config import parse
+from infra.catalog.vllm_flags import vllm_cli
+from infra.config import DERIVED_DESTS, SECRET_DESTS, parse
 from infra.plan.graph import SECRET
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
 from tests.infra.conftest import SENTINELS, record_raw
@@ -22,6 +23,31 @@ REGIONS = {
     "azure": ["eastus", "westeurope", "japaneast"],
 }
 SYSTEM_TYPES = {"aws": "m7i.large", "gcp": "n2-standard-4", "azure": "Standard_D4s_v5"}
+# Flags a model's extraArgs may carry, from the catalog of the pinned vLLM's own parser:
+# switches (every spelling: --no-, --disable-, short aliases) and flags with a fixed set of
+# values. The rest take values whose type only vLLM knows.
+_FLAGS = {o: f for o, f in vllm_cli().flags.items() if f.dest not in DERIVED_DESTS | SECRET_DESTS.keys()}
+SWITCHES = sorted(o for o, f in _FLAGS.items() if f.value is None)
+CHOICES = sorted((o, f.choices) for o, f in _FLAGS.items() if f.choices and f.value == "one")
+
+
+@st.composite
+def extra_args(draw) -> list[str]:
+    """`vllm serve` flags as a user writes them: either spelling of a name, `--x v` or `--x=v`."""
+    args: list[str] = []
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            option = draw(st.sampled_from(SWITCHES))
+            args.append(option)
+            continue
+        option, choices = draw(st.sampled_from(CHOICES))
+        if option.startswith("--") and draw(st.booleans()):
+            option = "--" + option[2:].replace("-", "_")
+        value = draw(st.sampled_from(choices))
+        args += [f"{option}={value}"] if draw(st.booleans()) else [option, value]
+    if draw(st.integers(0, 4)) == 0:
+        args.append(f"-O{draw(st.integers(0, 3))}")
+    return args
 
 
 def _cloud_block(draw, cloud: str) -> dict:
@@ -81,6 +107,7 @@ def stack_configs(draw):
                 "gpuPool": pool,
                 "replicas": {"min": low, "max": low + draw(st.integers(1, 3))},
                 "quantization": draw(st.sampled_from([None, "awq", "fp8"])),
+                "extraArgs": draw(extra_args()),
             }
         )
         for site in sites:
