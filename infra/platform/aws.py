@@ -461,7 +461,7 @@ class Registry(pulumi.ComponentResource):
     pull-through cache of Docker Hub, so nodes pull upstream images (vLLM) from inside AWS:
     signed in to Docker Hub, and not once per node against its anonymous pull limit."""
 
-    IMAGES = ("gateway",)
+    IMAGES = ("gateway", "vllm")
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from infra.workloads.gateway import (
     Gateway,
 )
 from infra.workloads.gpu_plumbing import GpuPlumbing
-from infra.workloads.images import GatewayImage, pulled_through
+from infra.workloads.images import gateway_image, vllm_image
 from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.autoscaling import Autoscaling
@@ -98,14 +98,14 @@ class Workloads(pulumi.ComponentResource):
             provider=platform.provider,
             depends_on=[ns, *plumbing.releases, *platform.ready, *platform.images.ready],
         )
-        vllm_image = pulled_through(cfg.images.vllm, platform.images)
+        vllm = vllm_image(f"{name}-vllm-image", platform.images, cfg.images.vllm, pulumi.ResourceOptions(parent=self)).ref
         for model in models:
             ModelServer(
                 f"{name}-{model.name}",
                 model,
                 platform,
                 NAMESPACE,
-                vllm_image,
+                vllm,
                 secrets.hf_token is not None,
                 after_gpus,
                 autoscaled=monitored,
@@ -116,7 +116,7 @@ class Workloads(pulumi.ComponentResource):
             models,
             platform,
             NAMESPACE,
-            GatewayImage(
+            gateway_image(
                 f"{name}-gateway-image", platform.images, cfg.images.gateway_tag, pulumi.ResourceOptions(parent=self)
             ).ref,
             has_fallback_key,

@@ -21,8 +21,8 @@ from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, await_seconds, kv_byt
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
-# The image's own `vllm` user (uid 2000, gid 0); its USER stays root, so the pod names it.
-# A uid without a passwd entry makes torch's getpass.getuser() raise, and vLLM exits on import.
+# The upstream image's own `vllm` user (uid 2000, gid 0). images/vllm runs as it; the pod names
+# it too, so runAsNonRoot is checked against a number whatever the image's USER says.
 VLLM_USER = vllm_image_user()
 # Checkov's CKV_K8S_40 wants uid >= 10000 to avoid host accounts; the image's user is 2000,
 # and only a passwd entry in the image (or USER in the environment) keeps getuser() working.
@@ -52,18 +52,8 @@ class ModelServer(pulumi.ComponentResource):
         selector = vllm_selector(model.name)
         meta_labels = {**labels("vllm", model.name), **selector}
 
-        env = [
-            {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
-            {"name": "XDG_CACHE_HOME", "value": f"{CACHE_DIR}/cache"},
-            {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_DIR}/cache/vllm"},
-            {"name": "HOME", "value": "/tmp"},
-            # getpass.getuser() reads these before it looks the uid up in /etc/passwd.
-            {"name": "USER", "value": VLLM_USER.user},
-            {"name": "LOGNAME", "value": VLLM_USER.user},
-            # Usage stats would phone home from every replica.
-            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-            {"name": "DO_NOT_TRACK", "value": "1"},
-        ]
+        # Cache paths, HOME and the user name come from the image (images/vllm/Dockerfile).
+        env = []
         if has_hf_token:
             env.append(
                 {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "token"}}}

@@ -214,3 +214,39 @@ def provider_mismatches(graph: Graph) -> list[str]:
         elif graph.site_of(provider) != graph.site_of(r):
             out.append(f"{r.type} {r.name}: on {graph.site_of(r)} but uses {graph.site_of(provider)}'s cluster")
     return out
+
+
+def closure(graph: Graph, r: Resource) -> set[str]:
+    """Every URN `r` waits for, directly or through what it waits for (dependencies of its
+    inputs and its dependsOn)."""
+    index = graph.by_urn()
+    seen: set[str] = set()
+    todo = [*r.dependencies, *r.options.get("dependsOn", [])]
+    while todo:
+        urn = todo.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        if urn in index:
+            todo += [*index[urn].dependencies, *index[urn].options.get("dependsOn", [])]
+    return seen
+
+
+def image_build(graph: Graph, workload: Resource, image: str) -> Resource | None:
+    """The docker-build Image this run pushes and `workload` runs as `image` (its ref,
+    <repository>@<digest>), when the workload waits for it; None for an image built elsewhere."""
+    repository = image.split("@", 1)[0]
+    waits_for = closure(graph, workload)
+    for build in graph.of_type("docker-build:index:Image"):
+        if build.urn in waits_for and any(t.rsplit(":", 1)[0] == repository for t in build.inputs.get("tags") or []):
+            return build
+    return None
+
+
+def vllm_upstream(graph: Graph, workload: Resource, container: dict) -> str:
+    """The upstream vLLM image a container runs: the base of images/vllm where this run built
+    it (its VLLM_IMAGE build argument), else the container's image itself."""
+    build = image_build(graph, workload, container["image"])
+    if build is None:
+        return container["image"]
+    return build.inputs["buildArgs"]["VLLM_IMAGE"]

@@ -23,7 +23,7 @@ from infra.plan.mocks import mock_ecr_password
 from infra.plan.run import record, to_engine_config
 from infra.stack import run as program
 from tests.infra.conftest import REPO, SHIPPED, record_raw, stack_config
-from tests.infra.invariants import COST_TAGS, site_clouds
+from tests.infra.invariants import COST_TAGS, closure, image_build, site_clouds, vllm_upstream
 
 AWS_STACKS = [s for s in SHIPPED if any(site["cloud"] == "aws" for site in stack_config(s)["llm-platform:sites"])]
 
@@ -193,7 +193,11 @@ def test_docker_hub_images_are_pulled_through_the_sites_ecr(aws_graphs, stack):
         assert gpu_deployments, f"{site}: no GPU Deployment"
         for d in gpu_deployments:
             for c in d.inputs["spec"]["template"]["spec"]["containers"]:
-                assert cache.match(c["image"]), f"{d.name}: {c['image']} is not pulled through {prefix}"
+                # images/vllm is built FROM the upstream image, pulled through the cache.
+                base = vllm_upstream(graph, d, c)
+                assert cache.match(base), f"{d.name}: {base} is not pulled through {prefix}"
+                build = image_build(graph, d, c["image"])
+                assert build is not None and rule.urn in closure(graph, build), f"{d.name}: built before the cache exists"
             assert rule.urn in _deps(d), f"{d.name} does not wait for the pull-through cache"
 
 

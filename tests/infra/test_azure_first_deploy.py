@@ -24,6 +24,7 @@ from infra.platform import azure
 from infra.secrets import from_pulumi as read_secrets
 from policy.rules import POLICIES
 from tests.infra.conftest import REPO, SHIPPED, record_raw, stack_config as raw_stack_config
+from tests.infra.invariants import closure, image_build, vllm_upstream
 
 AZURE_STACKS = [s for s in SHIPPED if any(site["cloud"] == "azure" for site in raw_stack_config(s)["llm-platform:sites"])]
 CLUSTER = "azure-native:containerservice:ManagedCluster"
@@ -42,20 +43,6 @@ KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 
 def _deps(graph: Graph, r: Resource) -> set[str]:
     return set(r.dependencies) | set(r.options.get("dependsOn", []))
-
-
-def _closure(graph: Graph, r: Resource) -> set[str]:
-    """Every URN `r` waits for, directly or through what it waits for."""
-    index = graph.by_urn()
-    seen: set[str] = set()
-    todo = list(_deps(graph, r))
-    while todo:
-        urn = todo.pop()
-        if urn in seen or urn not in index:
-            continue
-        seen.add(urn)
-        todo += _deps(graph, index[urn])
-    return seen
 
 
 def _in_site(graph: Graph, typ: str, site: str) -> list[Resource]:
@@ -283,15 +270,21 @@ def images_not_from_the_site_registry(graph: Graph) -> list[str]:
             ]
             if not readers:
                 out.append(f"{creds.name}: its identity may not read the Key Vault secrets")
-        for deploy in _in_site(graph, "kubernetes:apps/v1:Deployment", site):
+        vllm = [d for d in _in_site(graph, "kubernetes:apps/v1:Deployment", site) if d.inputs["metadata"]["name"].startswith("vllm-")]
+        if not vllm:
+            out.append(f"{site}: no vLLM Deployment")
+        for deploy in vllm:
             for c in deploy.inputs["spec"]["template"]["spec"]["containers"]:
-                if "vllm-openai" not in c["image"]:
-                    continue
-                if not c["image"].startswith(f"{login_server}/dockerhub/vllm/vllm-openai:"):
-                    out.append(f"{deploy.name}: pulls {c['image']}, not through {login_server}/dockerhub")
-                waits_for = {index[u].type for u in _closure(graph, deploy) if u in index}
+                if not c["image"].startswith(f"{login_server}/"):
+                    out.append(f"{deploy.name}: pulls {c['image']}, not from {login_server}")
+                # images/vllm is built FROM the upstream image, pulled through the cache.
+                base = vllm_upstream(graph, deploy, c)
+                if not base.startswith(f"{login_server}/dockerhub/vllm/vllm-openai:"):
+                    out.append(f"{deploy.name}: its vLLM base {base} is not pulled through {login_server}/dockerhub")
+                build = image_build(graph, deploy, c["image"])
+                waits_for = {index[u].type for u in closure(graph, build or deploy) if u in index}
                 if "azure-native:containerregistry:CacheRule" not in waits_for or SLEEP not in waits_for:
-                    out.append(f"{deploy.name}: may pull before the cache rule and the pull grants are in place")
+                    out.append(f"{deploy.name}: its image may be built before the cache rule and the grants are in place")
     return out
 
 
@@ -302,15 +295,13 @@ def test_vllm_is_pulled_through_the_site_registry(graphs, stack):
 
 def test_the_registry_check_can_fail(graphs):
     graph = copy.deepcopy(graphs[AZURE_STACKS[0]])
-    container = next(
-        c
-        for d in graph.of_type("kubernetes:apps/v1:Deployment")
-        if graph.site_of(d) in _azure_sites(graph)
-        for c in d.inputs["spec"]["template"]["spec"]["containers"]
-        if "vllm-openai" in c["image"]
+    build = next(
+        b
+        for b in graph.of_type("docker-build:index:Image")
+        if graph.site_of(b) in _azure_sites(graph) and "VLLM_IMAGE" in (b.inputs.get("buildArgs") or {})
     )
-    container["image"] = "docker.io/vllm/vllm-openai:v1"
-    assert images_not_from_the_site_registry(graph)
+    build.inputs["buildArgs"]["VLLM_IMAGE"] = "docker.io/vllm/vllm-openai:v1"
+    assert all("is not pulled through" in p for p in images_not_from_the_site_registry(graph) or ["none"])
 
 
 @pytest.mark.parametrize("stack", AZURE_STACKS)
@@ -324,7 +315,7 @@ def test_deployer_may_push_once_the_grant_propagated(graphs, stack):
         builds = [b for b in graph.of_type("docker-build:index:Image") if graph.site_of(b) == site]
         assert builds
         for build in builds:
-            waits = [index[u] for u in _closure(graph, build) if u in index and index[u].type == SLEEP]
+            waits = [index[u] for u in closure(graph, build) if u in index and index[u].type == SLEEP]
             assert any(pushes[0].urn in _deps(graph, w) for w in waits), f"{build.name}: pushes before AcrPush propagated"
 
 

@@ -17,7 +17,7 @@ from infra.plan.run import record
 from infra.catalog import vllm_image_user
 from infra.workloads.vllm_args import serve_args
 from tests.infra.conftest import SHIPPED, stack_config
-from tests.infra.invariants import GPU_POOL_TYPES
+from tests.infra.invariants import GPU_POOL_TYPES, closure, image_build
 
 NAMESPACED = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
               "kubernetes:core/v1:ConfigMap", "kubernetes:policy/v1:PodDisruptionBudget",
@@ -28,21 +28,6 @@ SITE_REGISTRY = {
     "gcp": re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev/"),
     "azure": re.compile(r"^[a-z0-9]+\.azurecr\.io/"),
 }
-
-
-def closure(graph: Graph, r: Resource) -> set[str]:
-    """Every URN `r` waits for, directly or through what it waits for."""
-    index = graph.by_urn()
-    seen: set[str] = set()
-    todo = list(r.dependencies)
-    while todo:
-        urn = todo.pop()
-        if urn in seen:
-            continue
-        seen.add(urn)
-        if urn in index:
-            todo.extend(index[urn].dependencies)
-    return seen
 
 
 def _site_cloud(graph: Graph) -> dict[str, str]:
@@ -87,7 +72,7 @@ def test_an_object_that_does_not_wait_is_caught(graphs):
 
     graph = copy.deepcopy(graphs["dev"])
     vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.name.endswith("-deploy") and "vllm" in str(r.inputs["metadata"]))
-    graph.resources[graph.resources.index(vllm)] = Resource(**{**vllm.__dict__, "dependencies": ()})
+    graph.resources[graph.resources.index(vllm)] = Resource(**{**vllm.__dict__, "dependencies": (), "options": {}})
     assert len(waits_missing(graph)) >= 2
 
 
@@ -108,15 +93,37 @@ def test_images_come_from_the_sites_own_registry(graphs, stack):
     assert pulled_from_outside(graphs[stack]) == []
 
 
-@pytest.mark.parametrize("stack", SHIPPED)
-def test_the_gateway_runs_the_image_this_deploy_pushed(graphs, stack):
-    graph = graphs[stack]
-    builds = {graph.site_of(r): r.urn for r in graph.of_type("docker-build:index:Image")}
+def not_built_here(graph: Graph) -> list[str]:
+    """The gateway and vLLM containers that do not run, by digest, an image this run pushed
+    (images/gateway, images/vllm) and waited for."""
+    problems = []
     for r in graph.of_type("kubernetes:apps/v1:Deployment"):
-        if r.inputs["metadata"]["name"] == "gateway":
-            image = r.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
-            assert "@sha256:" in image, image  # the digest of what was pushed, not a tag that may not exist
-            assert builds[graph.site_of(r)] in closure(graph, r)
+        name = r.inputs["metadata"]["name"]
+        if name != "gateway" and not name.startswith("vllm-"):
+            continue
+        for c in r.inputs["spec"]["template"]["spec"]["containers"]:
+            # The digest of what was pushed, not a tag that may not exist or may move.
+            if "@sha256:" not in c["image"]:
+                problems.append(f"{r.name}: runs {c['image']}, not a pushed digest")
+            build = image_build(graph, r, c["image"])
+            wanted = "images/gateway/Dockerfile" if name == "gateway" else "images/vllm/Dockerfile"
+            if build is None or build.inputs["dockerfile"]["location"] != wanted:
+                problems.append(f"{r.name}: does not run {wanted} as this run built and pushed it")
+    return problems
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_the_workloads_run_the_images_this_deploy_pushed(graphs, stack):
+    assert not_built_here(graphs[stack]) == []
+
+
+def test_an_image_not_built_here_is_caught(graphs):
+    import copy
+
+    graph = copy.deepcopy(graphs["dev"])
+    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-"))
+    vllm.inputs["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.33.0"
+    assert len(not_built_here(graph)) == 2
 
 
 def unknown_users(graph: Graph) -> list[str]:

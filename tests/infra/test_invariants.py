@@ -21,6 +21,7 @@ from tests.infra.invariants import (
     site_clouds,
     tag_input,
     untagged,
+    vllm_upstream,
 )
 
 
@@ -156,10 +157,14 @@ def test_kubernetes_objects_use_a_site_provider(graphs, stack):
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_vllm_runs_the_release_its_flags_are_checked_against(graphs, stack):
     # The commands themselves go through that release's parser (tests/infra/test_vllm_parser.py).
-    containers = [c for p in pods(graphs[stack]) for c in p.spec["containers"] if c["name"] == "vllm"]
-    assert containers
-    for c in containers:
-        assert c["image"].endswith(f":v{vllm_cli().version}")
+    graph = graphs[stack]
+    checked = 0
+    for r in graph.of_type("kubernetes:apps/v1:Deployment"):
+        for c in r.inputs["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "vllm":
+                assert vllm_upstream(graph, r, c).endswith(f"/vllm/vllm-openai:v{vllm_cli().version}")
+                checked += 1
+    assert checked
 
 
 @pytest.mark.parametrize("stack", SHIPPED)
