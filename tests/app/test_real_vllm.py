@@ -14,7 +14,16 @@ import openai
 import pytest
 
 from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway
-from gateway_testkit import eventually, gateway_env, metric_sum, platform_vllm_names, read_events, scrape
+from gateway_testkit import (
+    NEXT_MODEL,
+    Switchboard,
+    eventually,
+    gateway_env,
+    metric_sum,
+    platform_vllm_names,
+    read_events,
+    scrape,
+)
 
 MODEL = TINY_MODEL_NAME
 
@@ -59,6 +68,35 @@ def test_vllm_errors_reach_the_client_in_openai_shape(client):
     body = bad.value.response.json()
     assert set(body["error"]) >= {"message", "type", "code"}
     assert str(TINY_MAX_MODEL_LEN) in body["error"]["message"]  # vLLM's own words, naming its limit
+
+
+def test_vllm_404_reaches_the_client_when_a_replica_no_longer_serves_the_model(
+        log_dir, procs, keys, redis_server, engines, next_engine):
+    """A rollout replaces the pods behind a replica's address before the gateway's next probe:
+    the gateway still routes the old model there, and vLLM's own 404 is the answer the client
+    gets, unchanged (the gateway answers unknown models itself only for names no replica lists)."""
+    board = Switchboard(engines[0].url)
+    try:
+        env = gateway_env(keys, redis_server.url, [board.url], models=MODEL, health_interval_s=3600)
+        stale = procs(start_gateway(log_dir, env))
+        client = openai.OpenAI(base_url=stale.url + "/v1", api_key=keys.alice, max_retries=0, timeout=60)
+        assert client.completions.create(model=MODEL, prompt="x", max_tokens=1).usage.completion_tokens == 1
+        board.switch(next_engine.url)
+        with pytest.raises(openai.NotFoundError) as gone:
+            client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+        error = gone.value.response.json()["error"]
+        # vLLM's words, not the gateway's ("... does not exist or is not served here").
+        assert error["message"].startswith(f"The model `{MODEL}` does not exist."), error
+        assert error["type"] == "NotFoundError" and error["code"] == 404
+        # The replica answered: a client error is not a replica failure, so it stays in rotation.
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=MODEL, max_tokens=1, messages=[{"role": "user", "content": "x"}])
+        samples = scrape(stale.metrics_url)
+        assert metric_sum(samples, "gateway_upstream_requests_total", outcome="ok") == 3
+        assert metric_sum(samples, "gateway_upstream_requests_total") == 3
+        assert metric_sum(samples, "gateway_circuit_opened_total") == 0
+    finally:
+        board.close()
 
 
 def test_disconnects_abort_the_request_in_vllm(real_gateway, keys, engines):
