@@ -333,6 +333,20 @@ class StackConfig(_Model):
     def clouds(self) -> list[str]:
         return sorted({site.cloud for site in self.sites}, key=CLOUDS.index)
 
+    def budget_by_cloud(self) -> dict[str, float]:
+        """Monthly budget per cloud: byCloud shares first, the rest split equally over the
+        clouds byCloud leaves out. Every reader of a budget (the clouds' budget resources, the
+        sites' Prometheus budget records) takes its figure from here."""
+        explicit = self.budget.by_cloud
+        rest = [c for c in self.clouds() if c not in explicit]
+        left = self.budget.monthly_amount - sum(explicit.values())
+        return {c: explicit.get(c, left / len(rest) if rest else 0.0) for c in self.clouds()}
+
+    def site_budget(self, site_name: str) -> float:
+        """A site's share: its cloud's budget split equally over that cloud's sites."""
+        cloud = next(s.cloud for s in self.sites if s.name == site_name)
+        return self.budget_by_cloud()[cloud] / sum(1 for s in self.sites if s.cloud == cloud)
+
 
 def _check_references(cfg: StackConfig) -> None:
     """Cross-field rules pydantic field validators cannot see."""

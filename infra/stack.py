@@ -10,20 +10,11 @@ from infra.secrets import from_pulumi as read_secrets
 from infra.workloads import deploy
 
 
-def budget_shares(cfg: stack_config.StackConfig) -> dict[str, float]:
-    """Monthly budget per cloud: explicit shares first, the rest split equally."""
-    clouds = cfg.clouds()
-    explicit = cfg.budget.by_cloud
-    rest = [c for c in clouds if c not in explicit]
-    left = cfg.budget.monthly_amount - sum(explicit.values())
-    return {c: explicit.get(c, left / len(rest) if rest else 0.0) for c in clouds}
-
-
 def run() -> None:
     cfg = stack_config.from_pulumi()
     secrets = read_secrets()
     check_clouds(cfg, secrets)
-    for cloud, amount in budget_shares(cfg).items():
+    for cloud, amount in cfg.budget_by_cloud().items():
         first_site = next(s for s in cfg.sites if s.cloud == cloud)
         build_budget(cfg, amount, first_site)
 

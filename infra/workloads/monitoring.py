@@ -65,19 +65,6 @@ def pool_prices(platform: Platform) -> dict[str, float]:
     return out
 
 
-def site_budget(cfg: StackConfig, site_name: str) -> float:
-    """This site's share of the monthly budget: its cloud's byCloud share split over the
-    cloud's sites, or the unassigned rest split over the sites of unlisted clouds."""
-    budget = cfg.budget
-    site = next(s for s in cfg.sites if s.name == site_name)
-    if site.cloud in budget.by_cloud:
-        peers = [s for s in cfg.sites if s.cloud == site.cloud]
-        return budget.by_cloud[site.cloud] / len(peers)
-    rest = budget.monthly_amount - sum(budget.by_cloud.values())
-    peers = [s for s in cfg.sites if s.cloud not in budget.by_cloud]
-    return rest / len(peers)
-
-
 def generated_rules(prices: dict[str, float], budget: float) -> dict:
     """Facts from config as recording rules, so cost rules in PromQL can join on them."""
     rules = [
@@ -270,7 +257,7 @@ class Monitoring(pulumi.ComponentResource):
 
         for stem, content in rule_files().items():
             prometheus_rule(stem, content)
-        prometheus_rule("prices", generated_rules(pool_prices(platform), site_budget(cfg, platform.site.name)))
+        prometheus_rule("prices", generated_rules(pool_prices(platform), cfg.site_budget(platform.site.name)))
 
         for stem, text in dashboard_files().items():
             k8s.core.v1.ConfigMap(

@@ -13,6 +13,7 @@ from functools import cache
 
 from infra.plan.graph import SECRET, Graph, Resource
 from infra.plan.mocks import MOCK_AZURE_ACCESS_TOKEN, azure_autoname, mock_auth_string, mock_redis_key
+from infra.workloads.monitoring import BUDGET_RECORD
 
 COST_TAGS = ("project", "stack", "site", "team", "env", "cost-center", "managed-by")
 _SDKS = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure_native"}
@@ -250,3 +251,32 @@ def vllm_upstream(graph: Graph, workload: Resource, container: dict) -> str:
     if build is None:
         return container["image"]
     return build.inputs["buildArgs"]["VLLM_IMAGE"]
+
+
+def _budget_amount(r: Resource) -> float:
+    """A cloud budget's monthly amount, as each provider's inputs hold it."""
+    if r.type == BUDGET_TYPES["aws"]:
+        return float(r.inputs["limitAmount"])
+    if r.type == BUDGET_TYPES["gcp"]:
+        return float(r.inputs["amount"]["specifiedAmount"]["units"])
+    return float(r.inputs["amount"])
+
+
+def budget_mismatches(graph: Graph) -> list[str]:
+    """Clouds whose budget resource's amount differs from the sum of the budget records
+    (llm_platform:budget_monthly_usd) its monitored sites' Prometheus carries."""
+    clouds = site_clouds(graph)
+    budgets = {cloud: _budget_amount(r) for cloud, typ in BUDGET_TYPES.items() for r in graph.of_type(typ)}
+    records: dict[str, float] = {}
+    for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule"):
+        for group in r.inputs["spec"]["groups"]:
+            for rule in group["rules"]:
+                if rule.get("record") == BUDGET_RECORD:
+                    cloud = clouds[graph.site_of(r)]
+                    records[cloud] = records.get(cloud, 0.0) + float(rule["expr"].removeprefix("vector(").rstrip(")"))
+    problems = []
+    for cloud, total in records.items():
+        # GCP budgets take whole units, and the records are written with 6 significant digits.
+        if abs(budgets.get(cloud, 0.0) - total) > 1 + total * 1e-5:
+            problems.append(f"{cloud}: budget {budgets.get(cloud)} but its sites' records add up to {total:.2f}")
+    return problems

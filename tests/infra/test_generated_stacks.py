@@ -13,7 +13,7 @@ from infra.config import DERIVED_DESTS, SECRET_DESTS, parse
 from infra.plan.graph import SECRET
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
 from tests.infra.conftest import SENTINELS, record_raw
-from tests.infra.invariants import leaked_values, missing_redis, open_redis, provider_mismatches, untagged
+from tests.infra.invariants import budget_mismatches, leaked_values, missing_redis, open_redis, provider_mismatches, untagged
 
 CLOUDS = ("aws", "gcp", "azure")
 GPU_TYPES = {cloud: sorted(catalog(cloud).instances) for cloud in CLOUDS}
@@ -61,7 +61,7 @@ def _cloud_block(draw, cloud: str) -> dict:
 @st.composite
 def stack_configs(draw):
     pool_names = draw(st.lists(st.sampled_from(["a10", "l4", "l40s", "big"]), min_size=1, max_size=3, unique=True))
-    site_count = draw(st.integers(1, 2))
+    site_count = draw(st.integers(1, 3))
     sites = []
     gpus_by_pool: dict[str, int] = {}
     for s in range(site_count):
@@ -112,8 +112,13 @@ def stack_configs(draw):
         )
         for site in sites:
             site["models"].append(f"model-{m}")
+    amount = draw(st.floats(100, 1e6))
+    used = sorted({s["cloud"] for s in sites}, key=CLOUDS.index)
+    # byCloud for some of the stack's clouds (or none), within the whole amount.
+    listed = draw(st.lists(st.sampled_from(used), unique=True, max_size=len(used)))
+    by_cloud = {c: round(amount * draw(st.floats(0.0, 1.0)) / (len(used) + 1), 2) for c in listed}
     return {
-        "llm-platform:budget": {"monthlyAmount": draw(st.floats(100, 1e6)), "emails": ["a@example.com"]},
+        "llm-platform:budget": {"monthlyAmount": amount, "emails": ["a@example.com"], "byCloud": by_cloud},
         "llm-platform:tags": {"team": "t", "env": "gen", "cost-center": "c1"},
         "llm-platform:models": models,
         "llm-platform:images": {"dockerHubUser": "genuser"},
@@ -139,3 +144,4 @@ def test_generated_stacks_hold_the_invariants(raw):
     assert untagged(graph) == []
     assert missing_redis(graph) == [] and open_redis(graph) == []
     assert provider_mismatches(graph) == []
+    assert budget_mismatches(graph) == []

@@ -11,9 +11,11 @@ from infra.catalog.vllm_flags import vllm_cli
 from infra.plan import report
 from infra.plan.graph import SECRET, Graph
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods, why_not
-from tests.infra.conftest import SENTINELS, SHIPPED, stack_config
+from infra.workloads.monitoring import BUDGET_RECORD
+from tests.infra.conftest import SENTINELS, SHIPPED, record_raw, stack_config
 from tests.infra.invariants import (
     COST_TAGS,
+    budget_mismatches,
     leaked_values,
     missing_redis,
     open_redis,
@@ -406,3 +408,24 @@ def test_gateway_metrics_port_is_scraped_but_not_public(graphs, stack):
                     r.get("from") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}}]
                     for r in rules
                 )
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_each_clouds_budget_is_the_sum_of_its_sites_budget_records(graphs, stack):
+    assert budget_mismatches(graphs[stack]) == []
+
+
+def test_budgets_agree_when_by_cloud_leaves_clouds_out():
+    """prod without budget.byCloud: two AWS sites, one on GCP, one on Azure. The unassigned
+    budget is split per cloud, and each cloud's share over its sites; a per-site split gave
+    AWS's sites 36,000 of records against a 24,000 budget."""
+    raw = stack_config("prod")
+    raw["llm-platform:budget"] = {k: v for k, v in raw["llm-platform:budget"].items() if k != "byCloud"}
+    graph = record_raw("prod", raw, SENTINELS)
+    assert budget_mismatches(graph) == []
+    # Control: one site's record off by a tenth is reported.
+    rule = next(r for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
+                if any(x.get("record") == BUDGET_RECORD for g in r.inputs["spec"]["groups"] for x in g["rules"]))
+    record = next(x for g in rule.inputs["spec"]["groups"] for x in g["rules"] if x.get("record") == BUDGET_RECORD)
+    record["expr"] = f"vector({float(record['expr'][7:-1]) * 1.1:.6g})"
+    assert len(budget_mismatches(graph)) == 1
