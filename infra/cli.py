@@ -45,7 +45,10 @@ def _plan(args: argparse.Namespace) -> int:
     text, _ = _policy_check(graph, args.stack, args.pack_config)
     print(text)
     print()
-    print(f"wrote {written['plan']}, {count} manifests under {written['manifests']}/, {costs['json']}, {costs['png']}, {picture}")
+    print(
+        f"wrote {written['plan']}, {count} manifests under {written['manifests']}/, "
+        f"{costs['json']}, {costs['png']}, {picture}"
+    )
     return 0
 
 

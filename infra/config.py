@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -64,7 +65,7 @@ class MinMax(_Model):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "MinMax":
+    def _ordered(self) -> MinMax:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
         if self.expected is not None and not self.min <= self.expected <= self.max:
@@ -128,10 +129,21 @@ class ModelSpec(_Model):
 # `vllm serve` settings the command derives from the model's keys and the pod
 # (infra/workloads/vllm_args.py; a test holds the two together). Prefix caching stays the
 # user's to turn off.
-DERIVED_DESTS = frozenset({
-    "model", "host", "port", "served_model_name", "revision", "dtype", "tensor_parallel_size", "max_model_len",
-    "gpu_memory_utilization", "download_dir", "quantization",
-})
+DERIVED_DESTS = frozenset(
+    {
+        "model",
+        "host",
+        "port",
+        "served_model_name",
+        "revision",
+        "dtype",
+        "tensor_parallel_size",
+        "max_model_len",
+        "gpu_memory_utilization",
+        "download_dir",
+        "quantization",
+    }
+)
 # Settings that hold a secret: a flag's value is plain text in the Deployment.
 SECRET_DESTS = {
     "hf_token": "set the hfToken secret instead (it reaches vLLM as HF_TOKEN from a Kubernetes Secret)",
@@ -226,7 +238,9 @@ class GcpSite(_Model):
     )
     gpu_zones: list[Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]] = Field(
         default_factory=list,
-        description="Zones of the region for the GPU node pools (where the GPU type has capacity); empty = GKE's default zones.",
+        description=(
+            "Zones of the region for the GPU node pools (where the GPU type has capacity); empty = GKE's default zones."
+        ),
     )
 
 
@@ -251,7 +265,9 @@ class AzureSite(_Model):
 class AwsSite(_Model):
     """What only an AWS site needs."""
 
-    admin_principal_arns: list[Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")]] = Field(
+    admin_principal_arns: list[
+        Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")]
+    ] = Field(
         default_factory=list,
         description="IAM roles or users (a CI role, an admin role) that get cluster admin through EKS access entries, "
         "beside the identity that runs `pulumi up`.",
@@ -281,7 +297,9 @@ class Site(_Model):
     models: list[Slug] = Field(min_length=1, description="Names of the stack's models served here.")
     aws: AwsSite | None = Field(default=None, description="Optional on cloud aws sites: extra cluster admins.")
     gcp: GcpSite | None = Field(default=None, description="Required on cloud gcp sites: project and billing account.")
-    azure: AzureSite | None = Field(default=None, description="Optional on cloud azure sites: subscription, admin groups.")
+    azure: AzureSite | None = Field(
+        default=None, description="Optional on cloud azure sites: subscription, admin groups."
+    )
 
     @field_validator("network_cidr")
     @classmethod
@@ -355,12 +373,16 @@ def _check_references(cfg: StackConfig) -> None:
     served = {name for site in cfg.sites for name in site.models}
     for i, model in enumerate(cfg.models):
         if model.name not in served:
-            raise ConfigError(f"models[{i}]", f"model {model.name!r} is served by no site; add it to some sites[].models")
+            raise ConfigError(
+                f"models[{i}]", f"model {model.name!r} is served by no site; add it to some sites[].models"
+            )
     if sum(cfg.budget.by_cloud.values()) > cfg.budget.monthly_amount:
         raise ConfigError("budget.byCloud", "the shares add up to more than monthlyAmount")
     for cloud in cfg.budget.by_cloud:
         if cloud not in cfg.clouds():
-            raise ConfigError(f"budget.byCloud.{cloud}", f"no site uses {cloud}; clouds in use: {', '.join(cfg.clouds())}")
+            raise ConfigError(
+                f"budget.byCloud.{cloud}", f"no site uses {cloud}; clouds in use: {', '.join(cfg.clouds())}"
+            )
 
     _check_cloud_blocks(cfg)
     model_names = [m.name for m in cfg.models]
@@ -413,7 +435,9 @@ def _check_cloud_blocks(cfg: StackConfig) -> None:
             if getattr(site, cloud) is not None and site.cloud != cloud:
                 raise ConfigError(f"{at}.{cloud}", f"only for cloud {cloud} sites; this site is {site.cloud}")
         if site.cloud == "gcp" and site.gcp is None:
-            raise ConfigError(f"{at}.gcp", "required for cloud gcp: {project: <project id>, billingAccount: XXXXXX-XXXXXX-XXXXXX}")
+            raise ConfigError(
+                f"{at}.gcp", "required for cloud gcp: {project: <project id>, billingAccount: XXXXXX-XXXXXX-XXXXXX}"
+            )
         if site.cloud == "gcp" and site.gcp is not None:
             for z, zone in enumerate(site.gcp.gpu_zones):
                 if not zone.startswith(site.region + "-"):
@@ -426,8 +450,8 @@ def _check_cloud_blocks(cfg: StackConfig) -> None:
                     other = seen.get(short, "system")
                     raise ConfigError(
                         f"{at}.gpuPools[{p}].name",
-                        f"on Azure {pool.name!r} becomes agent pool {short!r}, as {other!r} does; pick names that differ "
-                        "in their first 12 letters and digits",
+                        f"on Azure {pool.name!r} becomes agent pool {short!r}, as {other!r} does; "
+                        "pick names that differ in their first 12 letters and digits",
                     )
                 seen[short] = pool.name
     if "azure" in cfg.clouds():

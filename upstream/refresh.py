@@ -38,9 +38,10 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -104,7 +105,9 @@ SOURCES: dict[str, Tags | Pages] = {
     ),
     # Tags are <DCGM version>-<exporter version>; the chart's version is the exporter's.
     "dcgm-exporter": Tags("NVIDIA/dcgm-exporter", rf"\d+\.\d+\.\d+-{SEMVER}", "<dcgm>-{version}", ("deployment",)),
-    "keda": Tags("kedacore/charts", rf"v{SEMVER}", "v{version}", ("keda",), crds=("templates/crds/crd-scaledobjects.yaml",)),
+    "keda": Tags(
+        "kedacore/charts", rf"v{SEMVER}", "v{version}", ("keda",), crds=("templates/crds/crd-scaledobjects.yaml",)
+    ),
     # eks-charts tags the whole repository (v0.0.N), not a chart; its Helm index says what was released.
     "aws-load-balancer-controller": Pages("aws/eks-charts", "gh-pages", "index.yaml"),
 }
@@ -113,7 +116,10 @@ SOURCES: dict[str, Tags | Pages] = {
 # repository lives in the parent's charts/ directory and is read from the parent's tag.
 SUBCHARTS: dict[str, Tags] = {
     "kube-state-metrics": Tags(
-        "prometheus-community/helm-charts", rf"kube-state-metrics-{SEMVER}", "kube-state-metrics-{version}", ("charts/kube-state-metrics",)
+        "prometheus-community/helm-charts",
+        rf"kube-state-metrics-{SEMVER}",
+        "kube-state-metrics-{version}",
+        ("charts/kube-state-metrics",),
     ),
     "prometheus-node-exporter": Tags(
         "prometheus-community/helm-charts",
@@ -189,8 +195,15 @@ def split_key_path(path: str) -> list[str]:
 # The kinds a values key can have. An empty map or list is the chart's "put your own here": the
 # checks take any keys under an open map.
 MAP, OPEN_MAP, LIST, OPEN_LIST = "map", "open map", "list", "open list"
-_SCALARS = {str: "string", bool: "bool", int: "int", float: "float", type(None): "null",
-            dt.date: "timestamp", dt.datetime: "timestamp"}
+_SCALARS = {
+    str: "string",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    type(None): "null",
+    dt.date: "timestamp",
+    dt.datetime: "timestamp",
+}
 
 
 def value_kind(value: Any) -> str:
@@ -227,12 +240,33 @@ _ACTION = re.compile(r"\{\{.*?\}\}")
 # (descriptions, defaults, format, x-kubernetes-list-type, CEL x-kubernetes-validations) is not
 # evaluated by tests/upstream/checks.py, so it is left upstream.
 SCHEMA_KEYWORDS = (
-    "type", "nullable", "enum", "pattern", "minLength", "maxLength",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "items", "minItems", "maxItems", "uniqueItems",
-    "properties", "additionalProperties", "required", "minProperties", "maxProperties",
-    "allOf", "anyOf", "oneOf", "not",
-    "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
+    "type",
+    "nullable",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "items",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "properties",
+    "additionalProperties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
 )
 
 
@@ -262,7 +296,8 @@ def crd_facts(text: str) -> list[dict]:
         spec = doc["spec"]
         versions = {
             v["name"]: {"openAPIV3Schema": reduce_schema(v["schema"]["openAPIV3Schema"])}
-            for v in spec["versions"] if v.get("served", True)
+            for v in spec["versions"]
+            if v.get("served", True)
         }
         out.append({"group": spec["group"], "kind": spec["names"]["kind"], "versions": versions})
     return out
@@ -323,8 +358,18 @@ def open_git(repo: str, overrides: dict[str, Path], offline: bool) -> Git:
     elif not offline:
         print(f"fetch {url}", file=sys.stderr)
         subprocess.run(
-            ["git", "--git-dir", str(path), "fetch", "--quiet", "--prune", "--tags", "--filter=blob:none", url,
-             "+refs/heads/*:refs/heads/*"],
+            [
+                "git",
+                "--git-dir",
+                str(path),
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--tags",
+                "--filter=blob:none",
+                url,
+                "+refs/heads/*:refs/heads/*",
+            ],
             check=True,
         )
     return Git(repo, path)
@@ -369,7 +414,9 @@ class Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         sources = [dict(s) for s in sources]  # one dict in two entries would be written as a YAML alias
         # Innermost collections in flow style: one line per release, per dependency, per schema leaf.
-        body = yaml.dump(Block(data), Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=None, allow_unicode=True)
+        body = yaml.dump(
+            Block(data), Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=None, allow_unicode=True
+        )
         path.write_text(_header(what, sources, self.read) + body)
         self.index.append({"file": rel, "role": role, **facts, "from": sources, "read": self.read})
 
@@ -378,8 +425,10 @@ class Writer:
 
     def commit(self) -> None:
         index = sorted(self.index, key=lambda s: s["file"])
-        head = ("# Index of the files under upstream/charts/ and upstream/crds/, each with what it was derived from.\n"
-                "# Written by upstream/refresh.py (make upstream); regenerate rather than edit.\n")
+        head = (
+            "# Index of the files under upstream/charts/ and upstream/crds/, each with what it was derived from.\n"
+            "# Written by upstream/refresh.py (make upstream); regenerate rather than edit.\n"
+        )
         (self.root / "SOURCES.yaml").write_text(head + yaml.safe_dump({"files": index}, sort_keys=False, width=200))
         for folder in OWNED:
             shutil.rmtree(UPSTREAM / folder, ignore_errors=True)
@@ -441,22 +490,38 @@ def read_tagged(pin: Chart, git: Git, src: Tags, gits: Callable[[str], Git]) -> 
         key = dep.get("alias", name)
         facts = {"chart": name, "version": version}
         if not re.fullmatch(r"\d+\.\d+\.\d+", version):
-            print(f"{pin.chart}: subchart {name} {version!r} is not an exact version; its values keys are not read", file=sys.stderr)
+            print(
+                f"{pin.chart}: subchart {name} {version!r} is not an exact version; its values keys are not read",
+                file=sys.stderr,
+            )
             continue
         if not dep.get("repository"):
             local = f"{path}/charts/{name}/values.yaml"
             read.subcharts.append((key, facts, git.show(tag, local), {**where, "path": local}))
             continue
         if name not in SUBCHARTS:
-            print(f"{pin.chart}: subchart {name} has no source in SUBCHARTS; its values keys are not read", file=sys.stderr)
+            print(
+                f"{pin.chart}: subchart {name} has no source in SUBCHARTS; its values keys are not read",
+                file=sys.stderr,
+            )
             continue
         sub_src = SUBCHARTS[name]
         sub_git = gits(sub_src.repo)
         sub_tag = sub_src.pattern.format(version=version)
         sub_path = chart_dir(sub_git, sub_src, sub_tag)
-        read.subcharts.append((key, facts, sub_git.show(sub_tag, f"{sub_path}/values.yaml"),
-                               {"repo": sub_git.repo, "ref": sub_tag, "commit": sub_git.commit(sub_tag),
-                                "path": f"{sub_path}/values.yaml"}))
+        read.subcharts.append(
+            (
+                key,
+                facts,
+                sub_git.show(sub_tag, f"{sub_path}/values.yaml"),
+                {
+                    "repo": sub_git.repo,
+                    "ref": sub_tag,
+                    "commit": sub_git.commit(sub_tag),
+                    "path": f"{sub_path}/values.yaml",
+                },
+            )
+        )
     found = {
         "source": {"repo": git.repo, "tag_pattern": src.pattern, "chart_path": path},
         "head": git.head(),
@@ -477,6 +542,7 @@ def read_pages(pin: Chart, git: Git, src: Pages) -> tuple[Read, dict]:
     where = {"repo": git.repo, "ref": src.branch, "commit": commit}
     base = f"{package}:{pin.chart}/"
     with tarfile.open(fileobj=io.BytesIO(git.show(src.branch, package)), mode="r:gz") as tar:
+
         def member(name: str) -> bytes:
             f = tar.extractfile(f"{pin.chart}/{name}")
             assert f is not None
@@ -490,7 +556,11 @@ def read_pages(pin: Chart, git: Git, src: Pages) -> tuple[Read, dict]:
             base=base,
         )
     found = {
-        "source": {"repo": git.repo, "index": f"{src.branch}:{src.index}", "package": f"{src.branch}:{pin.chart}-{{version}}.tgz"},
+        "source": {
+            "repo": git.repo,
+            "index": f"{src.branch}:{src.index}",
+            "package": f"{src.branch}:{pin.chart}-{{version}}.tgz",
+        },
         "head": {"ref": src.branch, "commit": commit, "date": git.commit_date(src.branch)},
         # The index regenerates every entry's `created` on each publish, so it dates nothing.
         "versions": releases,
@@ -503,35 +573,59 @@ def write_chart(w: Writer, pin: Chart, read: Read) -> None:
     pinned = {"chart": pin.chart, "version": pin.version}
     meta = yaml.safe_load(read.chart)
     if str(meta.get("version")) != pin.version:
-        raise SystemExit(f"{pin.chart}: {read.where['repo']}@{read.where['ref']} {read.base}Chart.yaml "
-                         f"says version {meta.get('version')}")
+        raise SystemExit(
+            f"{pin.chart}: {read.where['repo']}@{read.where['ref']} {read.base}Chart.yaml "
+            f"says version {meta.get('version')}"
+        )
     facts = chart_facts(meta)
-    w.write(f"{base}/chart.yaml", facts, f"{pin.chart} {pin.version}: facts of the chart's Chart.yaml.",
-            "chart", [{**read.where, "path": f"{read.base}Chart.yaml"}], **pinned)
+    w.write(
+        f"{base}/chart.yaml",
+        facts,
+        f"{pin.chart} {pin.version}: facts of the chart's Chart.yaml.",
+        "chart",
+        [{**read.where, "path": f"{read.base}Chart.yaml"}],
+        **pinned,
+    )
     if facts.get("appVersion") != pin.app_version:
-        print(f"{pin.chart} {pin.version}: Chart.yaml appVersion is {facts.get('appVersion')}, "
-              f"infra/charts.py says {pin.app_version}", file=sys.stderr)
+        print(
+            f"{pin.chart} {pin.version}: Chart.yaml appVersion is {facts.get('appVersion')}, "
+            f"infra/charts.py says {pin.app_version}",
+            file=sys.stderr,
+        )
 
     values_source = {**read.where, "path": f"{read.base}values.yaml"}
     subcharts = {
-        key: {**sub, "keys": Block(value_keys(yaml.safe_load(raw), (key,)))}
-        for key, sub, raw, _ in read.subcharts
+        key: {**sub, "keys": Block(value_keys(yaml.safe_load(raw), (key,)))} for key, sub, raw, _ in read.subcharts
     }
     data: dict[str, Any] = {**pinned, "keys": Block(value_keys(yaml.safe_load(read.values)))}
     if subcharts:
         data["subcharts"] = subcharts
-    what = (f"{pin.chart} {pin.version}: every key path its values.yaml declares, with its kind (map, list, or the "
-            "scalar's YAML type; 'open' marks an empty map or list); under subcharts, the same for each "
-            "subchart's values.yaml, prefixed with the key the chart passes its values under. A key holding "
-            'a "." is written ["like.this"].')
-    w.write(f"{base}/values-keys.yaml", data, what, "values", [values_source, *(s for *_, s in read.subcharts)], **pinned)
+    what = (
+        f"{pin.chart} {pin.version}: every key path its values.yaml declares, with its kind (map, list, or the "
+        "scalar's YAML type; 'open' marks an empty map or list); under subcharts, the same for each "
+        "subchart's values.yaml, prefixed with the key the chart passes its values under. A key holding "
+        'a "." is written ["like.this"].'
+    )
+    w.write(
+        f"{base}/values-keys.yaml", data, what, "values", [values_source, *(s for *_, s in read.subcharts)], **pinned
+    )
 
     for raw, source in read.crds:
         for crd in crd_facts(raw.decode()):
-            what = (f"{crd['kind']} ({crd['group']}), as {pin.chart} {pin.version} installs it: each served version's "
-                    "openAPIV3Schema, only the keywords a validator evaluates.")
-            w.write(f"crds/{crd['group']}/{crd['kind']}.yaml", crd, what, "crd", [source],
-                    **pinned, group=crd["group"], kind=crd["kind"])
+            what = (
+                f"{crd['kind']} ({crd['group']}), as {pin.chart} {pin.version} installs it: each served version's "
+                "openAPIV3Schema, only the keywords a validator evaluates."
+            )
+            w.write(
+                f"crds/{crd['group']}/{crd['kind']}.yaml",
+                crd,
+                what,
+                "crd",
+                [source],
+                **pinned,
+                group=crd["group"],
+                kind=crd["kind"],
+            )
 
 
 def refresh(w: Writer, gits: Callable[[str], Git]) -> None:
@@ -544,21 +638,41 @@ def refresh(w: Writer, gits: Callable[[str], Git]) -> None:
         listed = found["source"].get("index") or f"refs/tags {found['source']['tag_pattern']}"
         w.write(
             f"charts/{pin.chart}/releases.yaml",
-            {"chart": pin.chart, "helm_repo": pin.repo, **found["source"], "read": w.read, "head": found["head"],
-             "pinned": pin.version, "newest": newest, "versions": found["versions"]},
+            {
+                "chart": pin.chart,
+                "helm_repo": pin.repo,
+                **found["source"],
+                "read": w.read,
+                "head": found["head"],
+                "pinned": pin.version,
+                "newest": newest,
+                "versions": found["versions"],
+            },
             f"{pin.chart}: every final release, newest first.",
             "releases",
-            [{"repo": git.repo, "ref": listed, "commit": found["head"]["commit"],
-              "path": found["source"].get("chart_path", found["source"].get("package", ""))}],
-            chart=pin.chart, version=pin.version,
+            [
+                {
+                    "repo": git.repo,
+                    "ref": listed,
+                    "commit": found["head"]["commit"],
+                    "path": found["source"].get("chart_path", found["source"].get("package", "")),
+                }
+            ],
+            chart=pin.chart,
+            version=pin.version,
         )
         print(f"{pin.chart}: pinned {pin.version}, newest {newest}, {len(found['versions'])} releases", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--git-dir", action="append", default=[], metavar="OWNER/NAME=PATH",
-                    help="read this repository from an existing git directory instead of cloning it")
+    ap.add_argument(
+        "--git-dir",
+        action="append",
+        default=[],
+        metavar="OWNER/NAME=PATH",
+        help="read this repository from an existing git directory instead of cloning it",
+    )
     ap.add_argument("--offline", action="store_true", help="use the clones under build/upstream/ as they are")
     args = ap.parse_args(argv)
     overrides = {}

@@ -33,8 +33,9 @@ def _prepare_metrics_dir(workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", help="listen address (GATEWAY_HOST, default 0.0.0.0)")
     parser.add_argument("--port", help="listen port (GATEWAY_PORT, default 8000)")
     parser.add_argument("--workers", help="uvicorn worker processes (GATEWAY_WORKERS, default 1)")

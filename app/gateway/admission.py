@@ -59,5 +59,6 @@ async def enforce_limits(ctx: GatewayContext, key: ApiKey) -> None:
         message = f"Rate limit reached for key '{key.key_id}' on tokens per minute: limit {tpm}."
         headers = {"x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": "0"}
     headers["retry-after"] = retry_after_header(decision.retry_after_s)
-    raise OpenAIError(429, message, "requests" if decision.limit == "rpm" else "tokens", code="rate_limit_exceeded",
-                      headers=headers)
+    raise OpenAIError(
+        429, message, "requests" if decision.limit == "rpm" else "tokens", code="rate_limit_exceeded", headers=headers
+    )

@@ -64,11 +64,13 @@ class KeyStore:
         return None
 
     async def _lookup_redis(self, digest: str, now: float) -> ApiKey | None:
+        if self._redis is None or self._hash is None:
+            return None
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self._CACHE_TTL_S:
             return cached[1]
         try:
-            value = await self._redis.hget(self._hash, digest)  # type: ignore[union-attr]
+            value = await self._redis.hget(self._hash, digest)
         except (RedisError, OSError):
             return cached[1] if cached else None
         entry = None

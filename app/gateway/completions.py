@@ -23,7 +23,7 @@ import logging
 import time
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from .admission import authenticate, enforce_limits
@@ -73,8 +73,9 @@ class CompletionsEndpoint:
             if response is None or not response.started:
                 await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
 
-    async def _admit(self, path: str, receive: Receive, authorization: list[str], length: bytes | None, rid: str,
-                     started: float) -> tuple[ProxyPlan, asyncio.Future[None]]:
+    async def _admit(
+        self, path: str, receive: Receive, authorization: list[str], length: bytes | None, rid: str, started: float
+    ) -> tuple[ProxyPlan, asyncio.Future[None]]:
         ctx = self.ctx
         limit = ctx.settings.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -86,11 +87,16 @@ class CompletionsEndpoint:
             model = body.model
             if not key.may_use(model):
                 ctx.metrics.auth_failures.labels("model_not_allowed").inc()
-                raise OpenAIError(403, f"This API key may not use model '{model}'.", param="model",
-                                  code="model_not_allowed")
+                raise OpenAIError(
+                    403, f"This API key may not use model '{model}'.", param="model", code="model_not_allowed"
+                )
             if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
-                raise OpenAIError(404, f"The model '{model}' does not exist or is not served here.", param="model",
-                                  code="model_not_found")
+                raise OpenAIError(
+                    404,
+                    f"The model '{model}' does not exist or is not served here.",
+                    param="model",
+                    code="model_not_found",
+                )
         except OpenAIError as err:
             err.key_id = key.key_id
             raise
@@ -140,21 +146,24 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _parse(model: type[BaseModel], raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequest, bytes]:
+def _parse(
+    model: type[ChatCompletionRequest] | type[CompletionRequest], raw: bytes
+) -> tuple[ChatCompletionRequest | CompletionRequest, bytes]:
     """The validated request, and the bytes to send upstream: the client's own, unless usage must be asked for."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise OpenAIError(400, f"We could not parse the JSON body of your request: it is not valid JSON ({exc}).")
+        raise OpenAIError(
+            400, f"We could not parse the JSON body of your request: it is not valid JSON ({exc})."
+        ) from None
     try:
         body = model.model_validate(obj)
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
-        raise OpenAIError(400, message, param=param)
-    if body.stream and not body.wants_usage():  # type: ignore[attr-defined]
+        raise OpenAIError(400, message, param=param) from None
+    if body.stream and not body.wants_usage():
         # vLLM reports token usage on a stream only when asked; the gateway needs it to charge TPM.
         options = obj.get("stream_options") or {}
         obj["stream_options"] = {**options, "include_usage": True}
-        return body, orjson.dumps(obj)  # type: ignore[return-value]
-    return body, raw  # type: ignore[return-value]
-
+        return body, orjson.dumps(obj)
+    return body, raw

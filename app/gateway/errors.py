@@ -51,36 +51,43 @@ class OpenAIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def response(self, rid: str) -> Response:
-        return Response(self.body(), status_code=self.status, media_type=JSON,
-                        headers={**self.headers, "x-request-id": rid})
+        return Response(
+            self.body(), status_code=self.status, media_type=JSON, headers={**self.headers, "x-request-id": rid}
+        )
 
     async def send(self, send: Send, rid: str) -> None:
         """Answers with this error on a bare ASGI connection (the completions endpoint has no Response)."""
         body = self.body()
-        headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()),
-                   (b"x-request-id", rid.encode())]
+        headers = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", rid.encode()),
+        ]
         headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def log_refusal(err: OpenAIError, rid: str, path: str, client: tuple | list | None) -> None:
+def log_refusal(err: OpenAIError, rid: str, path: str, client: Sequence[object] | None) -> None:
     """One line per request refused at the edge, so brute force and model probing leave a trace.
 
     Only what identifies the attempt: never the key presented, the body or the model asked for.
     """
-    access.info("refused", extra={
-        "request_id": rid,
-        "status": err.status,
-        "code": err.code,
-        "param": err.param,
-        "path": path[:256],
-        "key_id": err.key_id,
-        "client": client[0] if client else None,
-    })
+    access.info(
+        "refused",
+        extra={
+            "request_id": rid,
+            "status": err.status,
+            "code": err.code,
+            "param": err.param,
+            "path": path[:256],
+            "key_id": err.key_id,
+            "client": client[0] if client else None,
+        },
+    )
 
 
-def _param(loc: tuple) -> str | None:
+def _param(loc: tuple[int | str, ...]) -> str | None:
     # pydantic puts the union member it tried into the location ("prompt.str"); users know fields.
     parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and "[" in p)]
     parts = [p for p in parts if p not in {"str", "int", "list", "dict", "float", "bool", "list[str]", "list[int]"}]
@@ -121,7 +128,9 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url")
         elif exc.status_code == 405:
-            err = OpenAIError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
+            err = OpenAIError(
+                405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+            )
         else:
             err = OpenAIError(exc.status_code, str(exc.detail))
         return refuse(request, err)

@@ -42,16 +42,17 @@ def parse_entry(key_id: str, digest: str, options: list[str], where: str) -> Api
     digest = digest.lower()
     if not _HEX.fullmatch(digest):
         raise KeyFileError(f"{where}: second field must be the 64-hex-digit sha256 of the key")
-    values: dict[str, object] = {}
+    limits: dict[str, int] = {}
+    models: frozenset[str] | None = None
     for opt in options:
         name, sep, value = opt.partition("=")
         if name in ("rpm", "tpm") and sep and value.isdigit():
-            values[name] = int(value)
+            limits[name] = int(value)
         elif name == "models" and sep and value:
-            values["models"] = frozenset(v for v in value.split(",") if v)
+            models = frozenset(v for v in value.split(",") if v)
         else:
             raise KeyFileError(f"{where}: unknown option {opt!r} (expected rpm=N, tpm=N or models=a,b)")
-    return ApiKey(key_id, digest, **values)  # type: ignore[arg-type]
+    return ApiKey(key_id, digest, rpm=limits.get("rpm"), tpm=limits.get("tpm"), models=models)
 
 
 def load_key_file(path: Path) -> dict[str, ApiKey]:

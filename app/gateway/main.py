@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import orjson
@@ -34,7 +35,7 @@ from .upstreams import UpstreamPool
 
 log = logging.getLogger("gateway")
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": desc}
     for status, desc in {
         400: "Malformed or invalid request",
@@ -58,7 +59,7 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
     # One immediate retry, on connection errors only, replaces a pooled connection Redis has
     # dropped (a restart, a failover, an idle cut); when Redis is really down the reconnect is
     # refused at once, and timeouts are not retried, so a check still fails fast.
-    pool = BlockingConnectionPool.from_url(
+    redis_pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout_s,
@@ -66,7 +67,7 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    redis = Redis.from_pool(pool)  # closes the pool with the client
+    redis = Redis.from_pool(redis_pool)  # closes the pool with the client
     connector = aiohttp.TCPConnector(
         limit=settings.max_upstream_connections,
         keepalive_timeout=settings.upstream_keepalive_s,
@@ -106,8 +107,14 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         # sight, so full collections stay short and do not stall streams in flight.
         gc.collect()
         gc.freeze()
-        log.info("gateway ready", extra={"upstreams": len(pool.members()), "healthy": pool.healthy_count(),
-                                         "metrics_port": settings.metrics_port})
+        log.info(
+            "gateway ready",
+            extra={
+                "upstreams": len(pool.members()),
+                "healthy": pool.healthy_count(),
+                "metrics_port": settings.metrics_port,
+            },
+        )
         yield
     finally:
         await ops.stop()
@@ -124,15 +131,20 @@ class GatewayApp(FastAPI):
     completions: CompletionsEndpoint | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ROUTES
-                and self.completions is not None):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in ROUTES
+            and self.completions is not None
+        ):
             await self.completions(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
 
 def get_context(request: Request) -> GatewayContext:
-    return request.app.state.ctx
+    ctx: GatewayContext = request.app.state.ctx
+    return ctx
 
 
 async def caller(request: Request) -> ApiKey:

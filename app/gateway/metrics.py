@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -29,56 +28,91 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "Requests answered, by model, key id, endpoint and HTTP status.",
-            ["model", "key_id", "endpoint", "status"], registry=r,
+            "gateway_requests",
+            "Requests answered, by model, key id, endpoint and HTTP status.",
+            ["model", "key_id", "endpoint", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "gateway_request_duration_seconds", "Time from request to the last byte of the response.",
-            ["model", "endpoint", "stream"], buckets=_LATENCY, registry=r,
+            "gateway_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            ["model", "endpoint", "stream"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds", "Time from request to the first byte of the response body.",
-            ["model", "endpoint", "stream"], buckets=_LATENCY, registry=r,
+            "gateway_time_to_first_token_seconds",
+            "Time from request to the first byte of the response body.",
+            ["model", "endpoint", "stream"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.overhead = Histogram(
-            "gateway_admission_seconds", "Gateway time before the request is sent upstream: key, body and routing (the limit check runs alongside).",
-            buckets=_OVERHEAD, registry=r,
+            "gateway_admission_seconds",
+            "Gateway time before the request is sent upstream: key, body and routing (the limit check runs alongside).",
+            buckets=_OVERHEAD,
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "gateway_prompt_tokens", "Prompt tokens, as reported by the upstream.", ["model", "key_id"], registry=r
         )
         self.completion_tokens = Counter(
-            "gateway_completion_tokens", "Completion tokens, as reported by the upstream.", ["model", "key_id"], registry=r
+            "gateway_completion_tokens",
+            "Completion tokens, as reported by the upstream.",
+            ["model", "key_id"],
+            registry=r,
         )
         self.waiting = Gauge(
-            "gateway_requests_waiting", "Admitted requests that have not yet received their first token, by model.",
-            ["model"], multiprocess_mode="livesum", registry=r,
+            "gateway_requests_waiting",
+            "Admitted requests that have not yet received their first token, by model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.in_flight = Gauge(
-            "gateway_requests_in_flight", "Requests being served, by model.",
-            ["model"], multiprocess_mode="livesum", registry=r,
+            "gateway_requests_in_flight",
+            "Requests being served, by model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.upstream_in_flight = Gauge(
-            "gateway_upstream_in_flight", "Requests open to each upstream replica.",
-            ["upstream"], multiprocess_mode="livesum", registry=r,
+            "gateway_upstream_in_flight",
+            "Requests open to each upstream replica.",
+            ["upstream"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.upstream_healthy = Gauge(
-            "gateway_upstream_healthy", "1 when the replica's /health answers and its circuit is not open.",
-            ["upstream"], multiprocess_mode="livemostrecent", registry=r,
+            "gateway_upstream_healthy",
+            "1 when the replica's /health answers and its circuit is not open.",
+            ["upstream"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.upstream_waiting = Gauge(
-            "gateway_upstream_queue_depth", "The replica's vllm:num_requests_waiting at the last scrape.",
-            ["upstream"], multiprocess_mode="livemostrecent", registry=r,
+            "gateway_upstream_queue_depth",
+            "The replica's vllm:num_requests_waiting at the last scrape.",
+            ["upstream"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.upstream_kv = Gauge(
-            "gateway_upstream_kv_cache_usage", "The replica's vllm:kv_cache_usage_perc at the last scrape.",
-            ["upstream"], multiprocess_mode="livemostrecent", registry=r,
+            "gateway_upstream_kv_cache_usage",
+            "The replica's vllm:kv_cache_usage_perc at the last scrape.",
+            ["upstream"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.upstream_requests = Counter(
-            "gateway_upstream_requests", "Attempts sent to each upstream, by outcome.",
-            ["upstream", "outcome"], registry=r,
+            "gateway_upstream_requests",
+            "Attempts sent to each upstream, by outcome.",
+            ["upstream", "outcome"],
+            registry=r,
         )
-        self.retries = Counter("gateway_retries", "Attempts repeated on another replica before the first byte.", registry=r)
+        self.retries = Counter(
+            "gateway_retries", "Attempts repeated on another replica before the first byte.", registry=r
+        )
         self.circuit_opened = Counter(
             "gateway_circuit_opened", "Times a replica's circuit opened.", ["upstream"], registry=r
         )
@@ -86,16 +120,22 @@ class GatewayMetrics:
             "gateway_fallback_requests", "Requests sent to the hosted fallback, by outcome.", ["outcome"], registry=r
         )
         self.disconnects = Counter(
-            "gateway_client_disconnects", "Clients that went away before the response ended; upstream cancelled.",
-            ["model"], registry=r,
+            "gateway_client_disconnects",
+            "Clients that went away before the response ended; upstream cancelled.",
+            ["model"],
+            registry=r,
         )
         self.ratelimited = Counter(
-            "gateway_ratelimit_rejections", "Requests refused with 429, by key id and limit (rpm or tpm).",
-            ["key_id", "limit"], registry=r,
+            "gateway_ratelimit_rejections",
+            "Requests refused with 429, by key id and limit (rpm or tpm).",
+            ["key_id", "limit"],
+            registry=r,
         )
         self.redis_errors = Counter(
-            "gateway_ratelimit_redis_errors", "Rate-limit checks that could not reach Redis, by the fail mode applied.",
-            ["fail_mode"], registry=r,
+            "gateway_ratelimit_redis_errors",
+            "Rate-limit checks that could not reach Redis, by the fail mode applied.",
+            ["fail_mode"],
+            registry=r,
         )
         self.auth_failures = Counter(
             "gateway_auth_failures", "Requests refused by authentication or authorization.", ["reason"], registry=r
@@ -104,11 +144,12 @@ class GatewayMetrics:
     def exposition(self) -> bytes:
         if self.multiprocess:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            # prometheus_client's multiprocess module carries no annotations.
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
 
     def close(self) -> None:
         if self.multiprocess:
             # Drops this worker's live gauges from the aggregate.
-            multiprocess.mark_process_dead(os.getpid())
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -9,6 +9,7 @@ with SO_REUSEPORT; with several workers each answers for all of them (see metric
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -18,7 +19,7 @@ from .metrics import GatewayMetrics
 
 
 class OpsServer:
-    def __init__(self, host: str, port: int, metrics: GatewayMetrics, openapi: Callable[[], dict]) -> None:
+    def __init__(self, host: str, port: int, metrics: GatewayMetrics, openapi: Callable[[], dict[str, Any]]) -> None:
         self._host = host
         self._port = port
         self._metrics = metrics

@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import aiohttp
 import orjson
@@ -89,13 +90,13 @@ class ProxyResponse:
         self._tail = b""
         self._events = 0
         self._done_sent = False  # the stream's final `data: [DONE]` event went to the client
-        self.usage: dict | None = None
+        self.usage: dict[str, Any] | None = None
         self.upstream: str | None = None
         self.attempts = 0
         self.first_byte_at: float | None = None
         self._waiting = True
         self._last_failure: tuple[int, bytes, bytes] | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._checking = False
         self._refusal: OpenAIError | None = None
         self._replica: Upstream | None = None  # the replica of the attempt under way
@@ -159,8 +160,13 @@ class ProxyResponse:
         if future.cancelled():
             return
         err = future.exception()  # also marks it seen when nobody awaits it (the client left)
-        if (isinstance(err, OpenAIError) and not self._checking and not self._sent_start
-                and not self._finished and self._task is not None):
+        if (
+            isinstance(err, OpenAIError)
+            and not self._checking
+            and not self._sent_start
+            and not self._finished
+            and self._task is not None
+        ):
             self._refusal = err
             self._task.cancel()
 
@@ -173,12 +179,18 @@ class ProxyResponse:
 
     def replica_hung(self, up: Upstream) -> None:
         """Called by the pool when `up` stops answering: ends this request's attempt on it."""
-        if (up is self._replica and not self._finished and not self._client_gone and self._refusal is None
-                and not self._replica_hung and self._task is not None):
+        if (
+            up is self._replica
+            and not self._finished
+            and not self._client_gone
+            and self._refusal is None
+            and not self._replica_hung
+            and self._task is not None
+        ):
             self._replica_hung = True
             self._task.cancel()
 
-    async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
+    async def _watch(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         if not self._finished:
@@ -240,8 +252,13 @@ class ProxyResponse:
         if tried:
             await self._send_error(send, 502, "No replica could be reached for this request.", "upstream_unreachable")
         else:
-            await self._send_error(send, 503, f"No healthy replica is serving model '{self.plan.model}' right now.",
-                                   "no_upstream_available", retry_after="1")
+            await self._send_error(
+                send,
+                503,
+                f"No healthy replica is serving model '{self.plan.model}' right now.",
+                "no_upstream_available",
+                retry_after="1",
+            )
 
     async def _attempt(self, send: Send, base: str, up: Upstream | None, headers: dict[str, str]) -> Outcome:
         ctx, p = self.ctx, self.plan
@@ -263,8 +280,10 @@ class ProxyResponse:
             except _TRANSPORT_ERRORS as exc:
                 verdict = False
                 ctx.metrics.upstream_requests.labels(label, "connect_error").inc()
-                log.warning("upstream unreachable", extra={"request_id": p.request_id, "upstream": label,
-                                                           "error": type(exc).__name__})
+                log.warning(
+                    "upstream unreachable",
+                    extra={"request_id": p.request_id, "upstream": label, "error": type(exc).__name__},
+                )
                 return Outcome.RETRY
             self.upstream = label
             if resp.status >= 500:
@@ -309,7 +328,9 @@ class ProxyResponse:
                 raise
             # The pool found this replica hung (see replica_hung): not a cancellation of the request.
             self._replica_hung = False
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            if task is not None:  # always, inside a task; the check is for the type checker
+                task.uncancel()
             verdict = False
             ctx.metrics.upstream_requests.labels(label, "hung").inc()
             log.warning("upstream hung", extra={"request_id": p.request_id, "upstream": label})
@@ -317,8 +338,11 @@ class ProxyResponse:
                 return Outcome.RETRY
             self._tail = b""
             self.status_code = 502
-            event = b"data: " + error_body("The upstream replica stopped answering mid-stream.", "server_error",
-                                           code="upstream_hung") + b"\n\n"
+            event = (
+                b"data: "
+                + error_body("The upstream replica stopped answering mid-stream.", "server_error", code="upstream_hung")
+                + b"\n\n"
+            )
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return Outcome.DONE
         finally:
@@ -353,11 +377,16 @@ class ProxyResponse:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _TRANSPORT_ERRORS as exc:
             self.ctx.metrics.upstream_requests.labels(label, "broken_stream").inc()
-            log.warning("upstream stream broke", extra={"request_id": self.plan.request_id, "upstream": label,
-                                                        "error": type(exc).__name__})
+            log.warning(
+                "upstream stream broke",
+                extra={"request_id": self.plan.request_id, "upstream": label, "error": type(exc).__name__},
+            )
             self.status_code = 502
-            event = b"data: " + error_body("The upstream replica failed mid-stream.", "server_error",
-                                           code="upstream_stream_broken") + b"\n\n"
+            event = (
+                b"data: "
+                + error_body("The upstream replica failed mid-stream.", "server_error", code="upstream_stream_broken")
+                + b"\n\n"
+            )
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return False
         tail, self._tail = self._tail, b""
@@ -421,8 +450,15 @@ class ProxyResponse:
             self._waiting = False
             self.ctx.metrics.waiting.labels(self.plan.model_label).dec()
 
-    async def _start(self, send: Send, status: int, content_type: bytes, stream: bool, length: int | None = None,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _start(
+        self,
+        send: Send,
+        status: int,
+        content_type: bytes,
+        stream: bool,
+        length: int | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         await self._check_limits()
         self.status_code = status
         headers = [(b"content-type", content_type), (b"x-request-id", self.plan.request_id.encode())]
@@ -435,12 +471,15 @@ class ProxyResponse:
         self._sent_start = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
-    async def _send_whole(self, send: Send, status: int, body: bytes, content_type: bytes,
-                          extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _send_whole(
+        self, send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         await self._start(send, status, content_type, stream=False, length=len(body), extra=extra)
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _send_error(self, send: Send, status: int, message: str, code: str, retry_after: str | None = None) -> None:
+    async def _send_error(
+        self, send: Send, status: int, message: str, code: str, retry_after: str | None = None
+    ) -> None:
         extra = [(b"retry-after", retry_after.encode())] if retry_after else None
         body = error_body(message, "server_error", code=code)
         await self._send_whole(send, status, body, JSON.encode(), extra)
@@ -507,4 +546,3 @@ class ProxyResponse:
             return prompt, max(0, self._events - 1), True  # one token per stream event
         ran = now - (self._sent_at or now)
         return prompt, self.ctx.decode_rates.estimate(p.model, ran, p.output_cap), True
-

@@ -53,7 +53,7 @@ class RateLimiter:
         self._metrics = metrics
         self._down_until = 0.0
         self._owed: dict[str, tuple[ApiKey, int]] = {}
-        self._flusher: asyncio.Task | None = None
+        self._flusher: asyncio.Task[None] | None = None
         # Keys refused lately, until their Retry-After passes: their next requests are checked
         # before they go upstream (see completions.py).
         self._refused_until: dict[str, float] = {}
@@ -114,7 +114,7 @@ class RateLimiter:
             allowed, by, retry_us, rem_req, rem_tok = await self._script(
                 keys=self._keys(key), args=[rpm, tpm, "admit", 0]
             )
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             return self._failed(exc)
         if allowed:
             return Decision(True, remaining_requests=int(rem_req), remaining_tokens=int(rem_tok))
@@ -148,7 +148,7 @@ class RateLimiter:
                     rpm, tpm = self.limits(key)
                     await self._script(keys=self._keys(key), args=[rpm, tpm, "charge", tokens], client=pipe)
                 await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
 
     async def drain(self) -> None:

@@ -19,4 +19,4 @@ def request_id(request: Request) -> str:
     rid = state.get("request_id")
     if rid is None:
         rid = state["request_id"] = pick(request.headers.get("x-request-id"))
-    return rid
+    return str(rid)

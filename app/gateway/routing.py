@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class Candidate(Protocol):
@@ -24,6 +24,9 @@ class Candidate(Protocol):
     def load(self) -> float: ...
 
     def pressure(self) -> float: ...
+
+
+C = TypeVar("C", bound=Candidate)
 
 
 def stable_hash(data: str) -> int:
@@ -64,7 +67,7 @@ class Router:
         if urls != self._ring.members:
             self._ring = HashRing(urls)
 
-    def choose(self, candidates: Sequence[Candidate], prefix: str | None) -> Candidate | None:
+    def choose(self, candidates: Sequence[C], prefix: str | None) -> C | None:
         if not candidates:
             return None
         if prefix and len(candidates) > 1:
@@ -77,7 +80,7 @@ class Router:
                     return c
         return self.least_loaded(candidates)
 
-    def least_loaded(self, candidates: Sequence[Candidate]) -> Candidate:
+    def least_loaded(self, candidates: Sequence[C]) -> C:
         # Rotating the start spreads ties (an idle fleet) instead of always picking the first replica.
         n = len(candidates)
         offset = next(self._tiebreak) % n

@@ -55,6 +55,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     # -- connection ----------------------------------------------------------------------------
 
+    # uvicorn's HttpToolsProtocol narrows asyncio's BaseTransport to Transport the same way, with
+    # the same ignore (uvicorn/protocols/http/httptools_impl.py, 0.54.0).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self._header_timeout, "header_timeout")
@@ -76,8 +78,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if self.transport.is_closing():
                 return
             if self._head_open and self._head_seen >= self._max_head:
-                self._refuse(431, f"The request line and headers are larger than the limit of "
-                                  f"{self._max_head} bytes.", "request_header_too_large")
+                self._refuse(
+                    431,
+                    f"The request line and headers are larger than the limit of {self._max_head} bytes.",
+                    "request_header_too_large",
+                )
                 return
             # The head ended (or a whole pipelined request did) within the chunk: go on.
         if self._head_open:
@@ -153,8 +158,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         started = cycle is not None and not cycle.response_complete and cycle.response_started
         if not started:
             body = error_body(message, "invalid_request_error", code=code)
-            head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                    b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body)))
+            head = (
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+            )
             self.transport.write(head + body)
         if cycle is not None and not cycle.response_complete:
             # The app may be waiting for a body that will not come: it sees the client leave,

@@ -14,10 +14,12 @@ ENV_PREFIX = "GATEWAY_"
 SECRET_FIELDS = frozenset({"fallback_api_key", "upstream_api_key", "redis_url"})
 
 
-def _split(value: object) -> object:
+def _split(value: object) -> list[str]:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
-    return value
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError(f"expected comma-separated values, not {value!r}")
 
 
 def _base_url(url: str) -> str:
@@ -58,18 +60,28 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a replica's circuit")
     breaker_cooldown_s: float = Field(5.0, gt=0, description="open time before a trial request; doubles on repeat")
     hung_probes: int = Field(
-        2, ge=1, description="health probes timing out in a row that mark a replica hung: its requests end, its circuit opens"
+        2,
+        ge=1,
+        description="health probes timing out in a row that mark a replica hung: its requests end, its circuit opens",
     )
-    affinity_prefix_chars: int = Field(256, ge=0, description="prompt characters hashed for prefix affinity; 0 disables it")
-    affinity_load_factor: float = Field(1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load")
+    affinity_prefix_chars: int = Field(
+        256, ge=0, description="prompt characters hashed for prefix affinity; 0 disables it"
+    )
+    affinity_load_factor: float = Field(
+        1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load"
+    )
 
     # Hosted fallback, used when no replica can take a request.
     fallback_base_url: str | None = Field(None, description="OpenAI-compatible base URL including /v1")
     fallback_api_key: SecretStr | None = None
 
     # Keys and limits.
-    api_keys_file: Path | None = Field(None, description="lines of '<key-id> <sha256 hex of key> [rpm=N] [tpm=N] [models=a,b]'")
-    api_keys_redis_hash: str | None = Field(None, description="Redis hash: field sha256 hex, value '<key-id> [options]'")
+    api_keys_file: Path | None = Field(
+        None, description="lines of '<key-id> <sha256 hex of key> [rpm=N] [tpm=N] [models=a,b]'"
+    )
+    api_keys_redis_hash: str | None = Field(
+        None, description="Redis hash: field sha256 hex, value '<key-id> [options]'"
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = Field(
         0.25, gt=0, description="per Redis command and connect; also how long a check waits for a pooled connection"
@@ -106,22 +118,22 @@ class GatewaySettings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _parse_upstreams(cls, value: object) -> object:
-        return tuple(_base_url(u) for u in _split(value))  # type: ignore[union-attr]
+        return tuple(_base_url(u) for u in _split(value))
 
     @field_validator("models", "scale_from_zero_models", mode="before")
     @classmethod
     def _parse_models(cls, value: object) -> object:
-        return tuple(_split(value))  # type: ignore[arg-type]
+        return tuple(_split(value))
 
     @field_validator("upstream_dns", mode="before")
     @classmethod
     def _parse_dns(cls, value: object) -> object:
         entries = _split(value)
-        for entry in entries:  # type: ignore[union-attr]
+        for entry in entries:
             host, sep, port = entry.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{entry!r} is not host:port")
-        return tuple(entries)  # type: ignore[arg-type]
+        return tuple(entries)
 
     @field_validator("fallback_base_url", mode="before")
     @classmethod

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -22,6 +23,9 @@ from .circuit import CircuitBreaker, State
 from .metrics import GatewayMetrics
 from .routing import Router
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:  # proxy imports this module
+    from .proxy import ProxyResponse
 
 log = logging.getLogger("gateway")
 
@@ -51,8 +55,19 @@ def parse_vllm_load(text: bytes) -> dict[str, float]:
 
 
 class Upstream:
-    __slots__ = ("url", "breaker", "healthy", "models", "in_flight", "attempts", "probe_timeouts", "waiting",
-                 "running", "kv_usage", "_metrics")
+    __slots__ = (
+        "url",
+        "breaker",
+        "healthy",
+        "models",
+        "in_flight",
+        "attempts",
+        "probe_timeouts",
+        "waiting",
+        "running",
+        "kv_usage",
+        "_metrics",
+    )
 
     def __init__(self, url: str, breaker: CircuitBreaker, metrics: GatewayMetrics) -> None:
         self.url = url
@@ -62,7 +77,7 @@ class Upstream:
         self.models: frozenset[str] = frozenset()
         self.in_flight = 0
         # The requests under way on it (proxy.ProxyResponse), to end them if it hangs.
-        self.attempts: set = set()
+        self.attempts: set[ProxyResponse] = set()
         self.probe_timeouts = 0
         self.waiting = 0.0
         self.running = 0.0
@@ -93,7 +108,7 @@ class UpstreamPool:
         self._by_url: dict[str, Upstream] = {}
         self._dns_urls: set[str] = set()
         self.router = Router(settings.affinity_load_factor)
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._probe_timeout = aiohttp.ClientTimeout(total=settings.health_timeout_s)
         self._headers = {}
         if settings.upstream_api_key is not None:
@@ -156,7 +171,7 @@ class UpstreamPool:
                 if status == 200:
                     load = parse_vllm_load(body)
                     up.waiting, up.running, up.kv_usage = load["waiting"], load["running"], load["kv_usage"]
-        except asyncio.TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
+        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
             healthy = False
             timed_out = True
         except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
@@ -181,7 +196,7 @@ class UpstreamPool:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(up) for up in list(self._by_url.values())))
 
-    async def _every(self, interval: float, work) -> None:
+    async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
@@ -220,22 +235,24 @@ class UpstreamPool:
     def serves(self, model: str) -> bool:
         """Whether the model is served here, even if no replica of it is up right now."""
         s = self._settings
-        return (model in s.models or model in s.scale_from_zero_models
-                or any(model in up.models for up in self._by_url.values()))
+        return (
+            model in s.models
+            or model in s.scale_from_zero_models
+            or any(model in up.models for up in self._by_url.values())
+        )
 
     def choose(self, model: str, prefix: str | None, exclude: set[str]) -> Upstream | None:
         now = time.monotonic()
         candidates = [
-            up for up in self._by_url.values()
-            if up.url not in exclude and model in up.models and up.usable(now)
+            up for up in self._by_url.values() if up.url not in exclude and model in up.models and up.usable(now)
         ]
         while candidates:
             up = self.router.choose(candidates, prefix)
             if up is None:
                 return None
-            if up.breaker.acquire(now):  # type: ignore[union-attr]
-                return up  # type: ignore[return-value]
-            candidates.remove(up)  # type: ignore[arg-type]
+            if up.breaker.acquire(now):
+                return up
+            candidates.remove(up)
         return None
 
     def record(self, up: Upstream, ok: bool) -> None:

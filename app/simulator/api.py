@@ -49,9 +49,9 @@ def _prompt_tokens_completion(req: CompletionRequest) -> list[str]:
     if isinstance(p, str):
         return tokenize(p)
     if p and isinstance(p[0], str):
-        return tokenize(" ".join(p))  # type: ignore[arg-type]
+        return tokenize(" ".join(p))
     if p and isinstance(p[0], list):
-        return [str(t) for part in p for t in part]  # type: ignore[union-attr]
+        return [str(t) for part in p for t in part]
     return [str(t) for t in p]
 
 
@@ -59,9 +59,10 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
     settings = settings or SimulatorSettings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # vLLM turns off the `_created` series; doing the same keeps /metrics the same shape.
-        disable_created_metrics()
+        # prometheus_client leaves it unannotated.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         metrics = VllmMetrics(settings.model)
         app.state.metrics = metrics
         app.state.engine = Engine(settings, metrics)
@@ -147,31 +148,81 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         # Token events differ only in their text: encode the rest once, so a simulator serving
         # many streams spends its CPU like vLLM's frontend would, not on JSON encoding.
         if chat:
-            yield b"data: " + orjson.dumps({**head, "choices": [{
-                "index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None,
-            }], "prompt_token_ids": None, "prompt_text": None}) + b"\n\n"
-            marker = {"index": 0, "delta": {"content": "\x00"}, "logprobs": None, "finish_reason": None,
-                      "token_ids": None}
+            yield (
+                b"data: "
+                + orjson.dumps(
+                    {
+                        **head,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        "prompt_token_ids": None,
+                        "prompt_text": None,
+                    }
+                )
+                + b"\n\n"
+            )
+            marker = {
+                "index": 0,
+                "delta": {"content": "\x00"},
+                "logprobs": None,
+                "finish_reason": None,
+                "token_ids": None,
+            }
         else:
-            marker = {"index": 0, "text": "\x00", "logprobs": None, "finish_reason": None, "stop_reason": None,
-                      "prompt_token_ids": None, "token_ids": None}
+            marker = {
+                "index": 0,
+                "text": "\x00",
+                "logprobs": None,
+                "finish_reason": None,
+                "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
+            }
         template = b"data: " + orjson.dumps({**head, "choices": [marker]}) + b"\n\n"
         before, after = template.split(b'"\\u0000"')
         async for text in engine.generate(prompt, gen):
             yield before + orjson.dumps(text) + after
         if chat:
-            choice = {"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": gen.finish_reason,
-                      "stop_reason": None, "token_ids": None}
+            choice = {
+                "index": 0,
+                "delta": {"content": ""},
+                "logprobs": None,
+                "finish_reason": gen.finish_reason,
+                "stop_reason": None,
+                "token_ids": None,
+            }
         else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None,
-                      "prompt_token_ids": None, "token_ids": None}
+            choice = {
+                "index": 0,
+                "text": "",
+                "logprobs": None,
+                "finish_reason": gen.finish_reason,
+                "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
+            }
         yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
         if include_usage:
-            yield b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(gen),
-                                            "system_fingerprint": _FINGERPRINT}) + b"\n\n"
+            yield (
+                b"data: "
+                + orjson.dumps({**head, "choices": [], "usage": _usage(gen), "system_fingerprint": _FINGERPRINT})
+                + b"\n\n"
+            )
         yield b"data: [DONE]\n\n"
 
-    async def _serve(request: Request, prompt: list[str], max_tokens: int | None, req, chat: bool) -> Response:
+    async def _serve(
+        request: Request,
+        prompt: list[str],
+        max_tokens: int | None,
+        req: ChatCompletionRequest | CompletionRequest,
+        chat: bool,
+    ) -> Response:
         if (failure := _check(request, req.model)) is not None:
             return failure
         plan = _plan(prompt, max_tokens)
@@ -198,8 +249,15 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                                    "audio": None, "function_call": None, "reasoning": None},
+                        "message": {
+                            "role": "assistant",
+                            "content": text,
+                            "refusal": None,
+                            "annotations": None,
+                            "audio": None,
+                            "function_call": None,
+                            "reasoning": None,
+                        },
                         "logprobs": None,
                         "finish_reason": plan.finish_reason,
                         "stop_reason": None,
@@ -224,8 +282,17 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
                 "created": created,
                 "model": req.model,
                 "choices": [
-                    {"index": 0, "text": text, "logprobs": None, "finish_reason": plan.finish_reason, "stop_reason": None,
-                     "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
+                    {
+                        "index": 0,
+                        "text": text,
+                        "logprobs": None,
+                        "finish_reason": plan.finish_reason,
+                        "stop_reason": None,
+                        "token_ids": None,
+                        "prompt_logprobs": None,
+                        "prompt_token_ids": None,
+                        "routed_experts": None,
+                    }
                 ],
                 "service_tier": None,
                 "system_fingerprint": _FINGERPRINT,
@@ -246,8 +313,14 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        card = {"id": settings.model, "object": "model", "created": 0, "owned_by": "vllm", "root": settings.model,
-                "max_model_len": settings.max_model_len}
+        card = {
+            "id": settings.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "vllm",
+            "root": settings.model,
+            "max_model_len": settings.max_model_len,
+        }
         return Response(orjson.dumps({"object": "list", "data": [card]}), media_type=_JSON)
 
     @app.get("/health")

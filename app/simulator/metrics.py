@@ -19,15 +19,27 @@ class VllmMetrics:
         r = self.registry
         # vLLM V1 labels every series with the model and the engine index (vllm/v1/metrics/loggers.py).
         labels = ["model_name", "engine"]
-        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch.", labels, registry=r).labels(model, "0")
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r).labels(model, "0")
-        self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage, 1 means 100 percent.", labels, registry=r).labels(model, "0")
+        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch.", labels, registry=r).labels(
+            model, "0"
+        )
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r
+        ).labels(model, "0")
+        self.kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc", "KV cache usage, 1 means 100 percent.", labels, registry=r
+        ).labels(model, "0")
         self.prefix_queries = Counter(
             "vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", labels, registry=r
         ).labels(model, "0")
-        self.prefix_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", labels, registry=r).labels(model, "0")
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=r).labels(model, "0")
-        self.generation_tokens = Counter("vllm:generation_tokens", "Generation tokens processed.", labels, registry=r).labels(model, "0")
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", labels, registry=r
+        ).labels(model, "0")
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=r).labels(
+            model, "0"
+        )
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=r
+        ).labels(model, "0")
         self.preemptions = Counter("vllm:num_preemptions", "Preemptions.", labels, registry=r).labels(model, "0")
         success = Counter("vllm:request_success", "Finished requests.", labels + ["finished_reason"], registry=r)
         self.success = {reason: success.labels(model, "0", reason) for reason in ("stop", "length", "abort")}

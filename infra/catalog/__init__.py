@@ -11,6 +11,7 @@ import datetime
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -94,6 +95,25 @@ def instance(cloud: str, name: str) -> InstanceType:
     return catalog(cloud).instances[name]
 
 
+# What a spot CPU node costs against on-demand, where prices.yaml lists on-demand only (GPU
+# instances carry both prices in their cloud's catalog).
+CPU_SPOT_FACTOR = 0.4
+
+
+@cache
+def list_prices() -> dict[str, Any]:
+    """List prices of everything but GPU instances (prices.yaml, with its sources and date)."""
+    return yaml.safe_load((_HERE / "prices.yaml").read_text())
+
+
+def cpu_node_hourly(cloud: str, instance_type: str, spot: bool) -> float | None:
+    """USD per hour of a CPU node, or None when prices.yaml does not list its type."""
+    hourly = list_prices().get(cloud, {}).get("instances", {}).get(instance_type)
+    if hourly is None:
+        return None
+    return float(hourly) * (CPU_SPOT_FACTOR if spot else 1.0)
+
+
 SUPPORT_CALENDAR = _HERE.parents[1] / "upstream" / "kubernetes" / "support.yaml"
 
 
@@ -121,13 +141,18 @@ def kubernetes_support(cloud: str, minor: str, channel: str | None = None) -> Ku
     entry = _support_calendar()["clouds"].get(cloud, {}).get(minor)
     read = _support_calendar()["read"]
     if entry is None:
-        return KubernetesSupport(cloud, minor, None, f"{cloud} does not offer Kubernetes {minor} (calendar read {read})")
+        return KubernetesSupport(
+            cloud, minor, None, f"{cloud} does not offer Kubernetes {minor} (calendar read {read})"
+        )
     end = entry.get("end_of_standard_support") or entry.get("end_of_life")
     reason = ""
     if cloud == "aws" and "released" not in entry:
         reason = f"EKS has not released Kubernetes {minor}"
     elif cloud == "gcp" and channel and channel not in entry.get("channels", []):
-        reason = f"GKE's {channel} channel does not offer {minor} (it offers it on: {', '.join(entry.get('channels', [])) or 'none'})"
+        reason = (
+            f"GKE's {channel} channel does not offer {minor} "
+            f"(it offers it on: {', '.join(entry.get('channels', [])) or 'none'})"
+        )
     elif cloud == "azure" and entry.get("lts_only"):
         reason = f"AKS offers {minor} only with the Premium tier's long-term support plan"
     elif cloud == "azure" and entry.get("supported") is False:

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import yaml
-
-from infra.catalog import catalog
+from infra.catalog import catalog, cpu_node_hourly, list_prices
 from infra.platform import POOL_LABEL
 from infra.workloads.labels import EXPECTED_REPLICAS, MAX_REPLICAS
 
 SCALES = ("min", "expected", "max")
-
-
-@cache
-def prices() -> dict[str, Any]:
-    return yaml.safe_load((Path(__file__).parent / "prices.yaml").read_text())
 
 
 @dataclass(frozen=True)
@@ -64,10 +56,12 @@ class Estimate:
         return {k: round(v, 2) for k, v in sorted(out.items())}
 
     def by_site(self) -> dict[str, dict[str, float]]:
-        return {site: {s: self._site_total(site, s) for s in SCALES} for site in sorted({l.site for l in self.lines})}
+        return {
+            site: {s: self._site_total(site, s) for s in SCALES} for site in sorted({line.site for line in self.lines})
+        }
 
     def _site_total(self, site: str, scale: str) -> float:
-        return round(sum(l.monthly[scale] for l in self.lines if l.site == site), 2)
+        return round(sum(line.monthly[scale] for line in self.lines if line.site == site), 2)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,26 +72,33 @@ class Estimate:
             "by_component_max": self.by("component", "max"),
             "by_site": self.by_site(),
             "lines": [
-                {"site": l.site, "component": l.component, "what": l.what, "monthly": {k: round(v, 2) for k, v in l.monthly.items()}}
-                for l in self.lines
+                {
+                    "site": line.site,
+                    "component": line.component,
+                    "what": line.what,
+                    "monthly": {k: round(v, 2) for k, v in line.monthly.items()},
+                }
+                for line in self.lines
             ],
         }
 
 
 def _flat(hourly: float, count: float = 1) -> dict[str, float]:
-    monthly = hourly * prices()["hours_per_month"] * count
+    monthly = hourly * list_prices()["hours_per_month"] * count
     return {s: monthly for s in SCALES}
 
 
 def _per_node(hourly: float, nodes: dict[str, float]) -> dict[str, float]:
-    return {s: hourly * prices()["hours_per_month"] * nodes[s] for s in SCALES}
+    return {s: hourly * list_prices()["hours_per_month"] * nodes[s] for s in SCALES}
 
 
 def _cloud_of(items: list[Item]) -> dict[str, str]:
     clouds: dict[str, str] = {}
     for item in items:
         if item.site and item.type.split(":")[0] in ("aws", "gcp", "azure-native"):
-            clouds.setdefault(item.site, {"azure-native": "azure"}.get(item.type.split(":")[0], item.type.split(":")[0]))
+            clouds.setdefault(
+                item.site, {"azure-native": "azure"}.get(item.type.split(":")[0], item.type.split(":")[0])
+            )
     return clouds
 
 
@@ -112,7 +113,9 @@ def _replica_demand(items: list[Item]) -> dict[tuple[str, str], dict[str, float]
         if item.type != "kubernetes:apps/v1:Deployment":
             continue
         pod = item.props["spec"]["template"]["spec"]
-        gpus = sum(int(((c.get("resources") or {}).get("requests") or {}).get("nvidia.com/gpu", 0)) for c in pod["containers"])
+        gpus = sum(
+            int(((c.get("resources") or {}).get("requests") or {}).get("nvidia.com/gpu", 0)) for c in pod["containers"]
+        )
         pool = (pod.get("nodeSelector") or {}).get(POOL_LABEL)
         if not gpus or not pool:
             continue
@@ -141,15 +144,15 @@ def _instance_hourly(cloud: str, itype: str, spot: bool) -> tuple[float, int, bo
     if itype in gpu_types:
         spec = gpu_types[itype]
         return spec.hourly(spot), spec.gpus, True
-    table = prices()[cloud]["instances"]
-    if itype not in table:
-        raise KeyError(f"no price for {cloud} instance type {itype!r}; add it to infra/cost/prices.yaml")
-    return table[itype] * (0.4 if spot else 1.0), 0, False
+    hourly = cpu_node_hourly(cloud, itype, spot)
+    if hourly is None:
+        raise KeyError(f"no price for {cloud} instance type {itype!r}; add it to infra/catalog/prices.yaml")
+    return hourly, 0, False
 
 
 def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
     items = list(items)
-    p = prices()
+    p = list_prices()
     clouds = _cloud_of(items)
     demand = _replica_demand(items)
     est = Estimate(currency=currency, budget=None)
@@ -157,7 +160,7 @@ def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
     budgets = []
 
     for item in items:
-        props, site = item.props, item.site or "stack"
+        props = item.props
         t = item.type
         if t == "aws:ec2/launchTemplate:LaunchTemplate":
             by_parent_disk[item.parent] = sum(b["ebs"]["volumeSize"] for b in props.get("blockDeviceMappings", []))
@@ -180,10 +183,18 @@ def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
             pool = (props.get("labels") or {}).get(POOL_LABEL, item.name)
             nodes = _pool_nodes(item.site or "", pool, scaling["minSize"], scaling["maxSize"], gpus, demand)
             kind = "GPU nodes" if is_gpu else "system nodes"
-            add(kind, f"{pool}: {itype}{' spot' if spot else ''} x {nodes['min']}..{nodes['max']}", _per_node(hourly, nodes))
+            add(
+                kind,
+                f"{pool}: {itype}{' spot' if spot else ''} x {nodes['min']}..{nodes['max']}",
+                _per_node(hourly, nodes),
+            )
             disk = by_parent_disk.get(item.parent, 0)
             if disk:
-                add("disks", f"{pool} root volumes {disk} GB", {s: disk * p["aws"]["disk_gb_month"] * nodes[s] for s in SCALES})
+                add(
+                    "disks",
+                    f"{pool} root volumes {disk} GB",
+                    {s: disk * p["aws"]["disk_gb_month"] * nodes[s] for s in SCALES},
+                )
         elif t == "aws:ec2/natGateway:NatGateway":
             add("network", "NAT gateway", _flat(p["aws"]["nat_gateway"]))
         elif t == "aws:ec2/eip:Eip":
@@ -192,7 +203,11 @@ def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
             add("network", "KMS key", {s: p["aws"]["kms_key_month"] for s in SCALES})
         elif t == "aws:elasticache/replicationGroup:ReplicationGroup":
             node = props["nodeType"]
-            add("redis", f"ElastiCache {node} x {props.get('numCacheClusters', 1)}", _flat(p["aws"]["redis"][node], props.get("numCacheClusters", 1)))
+            add(
+                "redis",
+                f"ElastiCache {node} x {props.get('numCacheClusters', 1)}",
+                _flat(p["aws"]["redis"][node], props.get("numCacheClusters", 1)),
+            )
         elif t == "kubernetes:core/v1:Service" and (props.get("spec") or {}).get("type") == "LoadBalancer":
             add("load balancers", f"{props['metadata']['name']} load balancer", _flat(p[cloud]["load_balancer"]))
         elif t == "kubernetes:apps/v1:Deployment":
@@ -220,13 +235,17 @@ def _volume_lines(item: Item, props: dict[str, Any], cloud: str, add) -> None:
         "expected": float(ann.get(EXPECTED_REPLICAS, props["spec"].get("replicas", 1))),
         "max": float(ann.get(MAX_REPLICAS, props["spec"].get("replicas", 1))),
     }
-    price = prices()[cloud]["disk_gb_month"]
-    add("disks", f"{props['metadata']['name']} model cache {gib} GiB per replica", {s: gib * price * replicas[s] for s in SCALES})
+    price = list_prices()[cloud]["disk_gb_month"]
+    add(
+        "disks",
+        f"{props['metadata']['name']} model cache {gib} GiB per replica",
+        {s: gib * price * replicas[s] for s in SCALES},
+    )
 
 
 def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
     """GKE and AKS resources: same components, their own property names."""
-    p = prices()
+    p = list_prices()
     if t == "gcp:container/cluster:Cluster":
         add("control plane", f"GKE {props.get('name', item.name)}", _flat(p["gcp"]["control_plane"]))
     elif t == "gcp:container/nodePool:NodePool":
@@ -238,14 +257,22 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
         high = auto.get("totalMaxNodeCount", auto.get("maxNodeCount", props.get("nodeCount", 1)))
         pool = (props["nodeConfig"].get("labels") or {}).get(POOL_LABEL, item.name)
         nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
-        add("GPU nodes" if is_gpu else "system nodes", f"{pool}: {machine}{' spot' if spot else ''} x {low}..{high}", _per_node(hourly, nodes))
+        add(
+            "GPU nodes" if is_gpu else "system nodes",
+            f"{pool}: {machine}{' spot' if spot else ''} x {low}..{high}",
+            _per_node(hourly, nodes),
+        )
         disk = props["nodeConfig"].get("diskSizeGb", 100)
         add("disks", f"{pool} boot disks {disk} GB", {s: disk * p["gcp"]["disk_gb_month"] * nodes[s] for s in SCALES})
     elif t == "gcp:compute/routerNat:RouterNat":
         add("network", "Cloud NAT", _flat(p["gcp"]["nat_gateway"]))
     elif t == "gcp:redis/instance:Instance":
         tier = props.get("tier", "BASIC")
-        add("redis", f"Memorystore {tier} {props['memorySizeGb']} GB", _flat(p["gcp"]["redis_gb"][tier], props["memorySizeGb"]))
+        add(
+            "redis",
+            f"Memorystore {tier} {props['memorySizeGb']} GB",
+            _flat(p["gcp"]["redis_gb"][tier], props["memorySizeGb"]),
+        )
     elif t == "gcp:billing/budget:Budget":
         budgets.append(float((props.get("amount") or {}).get("specifiedAmount", {}).get("units", 0)))
     elif t.startswith("azure-native:containerservice:ManagedCluster"):
@@ -261,7 +288,7 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
         sku = (props.get("sku") or {}).get("name")
         table = p["azure"]["managed_redis"]
         if sku not in table:
-            raise KeyError(f"no price for Azure Managed Redis SKU {sku!r}; add it to infra/cost/prices.yaml")
+            raise KeyError(f"no price for Azure Managed Redis SKU {sku!r}; add it to infra/catalog/prices.yaml")
         # Billed per node; high availability (the default) runs two.
         nodes = 1 if props.get("highAvailability") == "Disabled" else 2
         add("redis", f"Azure Managed Redis {sku} x {nodes}", _flat(table[sku], nodes))
@@ -270,13 +297,17 @@ def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
 
 
 def _aks_pool(item: Item, props: dict[str, Any], demand, add) -> None:
-    p = prices()
+    p = list_prices()
     size = props["vmSize"]
     spot = props.get("scaleSetPriority") == "Spot"
     hourly, gpus, is_gpu = _instance_hourly("azure", size, spot)
     low, high = props.get("minCount", props.get("count", 1)), props.get("maxCount", props.get("count", 1))
     pool = (props.get("nodeLabels") or {}).get(POOL_LABEL, props.get("name", item.name))
     nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
-    add("GPU nodes" if is_gpu else "system nodes", f"{pool}: {size}{' spot' if spot else ''} x {low}..{high}", _per_node(hourly, nodes))
+    add(
+        "GPU nodes" if is_gpu else "system nodes",
+        f"{pool}: {size}{' spot' if spot else ''} x {low}..{high}",
+        _per_node(hourly, nodes),
+    )
     disk = props.get("osDiskSizeGB", 128)
     add("disks", f"{pool} OS disks {disk} GB", {s: disk * p["azure"]["disk_gb_month"] * nodes[s] for s in SCALES})

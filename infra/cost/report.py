@@ -29,7 +29,9 @@ def table(est: Estimate) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"monthly cost ({est.currency}) at minimum, expected and maximum scale"]
     for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -55,7 +57,9 @@ def chart(est: Estimate, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     ys = range(len(names))
     ax.barh([y + 0.2 for y in ys], [maximum[n] for n in names], height=0.4, label="maximum scale", color="#c9d7ea")
-    ax.barh([y - 0.2 for y in ys], [expected.get(n, 0) for n in names], height=0.4, label="expected scale", color="#2f6db5")
+    ax.barh(
+        [y - 0.2 for y in ys], [expected.get(n, 0) for n in names], height=0.4, label="expected scale", color="#2f6db5"
+    )
     ax.set_yticks(list(ys), names)
     ax.invert_yaxis()
     ax.set_xlabel(f"{est.currency} per month")

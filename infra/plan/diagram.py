@@ -116,13 +116,21 @@ def svg(graph: Graph) -> str:
     for i, v in enumerate(views):
         x = PAD + i * (COLUMN_W + PAD)
         y = 44
-        out.append(f'<rect x="{x}" y="{y}" width="{COLUMN_W}" height="{heights[i]}" rx="8" fill="#f8fafc" stroke="#334155"/>')
-        out.append(f'<text x="{x + 10}" y="{y + 22}" font-size="14" font-weight="bold">site {escape(v.name)} ({escape(v.cloud)})</text>')
+        out.append(
+            f'<rect x="{x}" y="{y}" width="{COLUMN_W}" height="{heights[i]}" rx="8" fill="#f8fafc" stroke="#334155"/>'
+        )
+        out.append(
+            f'<text x="{x + 10}" y="{y + 22}" font-size="14" font-weight="bold">'
+            f"site {escape(v.name)} ({escape(v.cloud)})</text>"
+        )
         y += 34
         for section, color in COLORS.items():
             items = v.sections[section]
             h = ROW_H * (len(items) + 1)
-            out.append(f'<rect x="{x + 8}" y="{y}" width="{COLUMN_W - 16}" height="{h}" rx="4" fill="{color}" stroke="#64748b"/>')
+            out.append(
+                f'<rect x="{x + 8}" y="{y}" width="{COLUMN_W - 16}" height="{h}" '
+                f'rx="4" fill="{color}" stroke="#64748b"/>'
+            )
             out.append(f'<text x="{x + 14}" y="{y + 15}" font-weight="bold">{escape(section)}</text>')
             for n, item in enumerate(items):
                 out.append(f'<text x="{x + 22}" y="{y + 15 + ROW_H * (n + 1)}">{escape(item[:44])}</text>')

@@ -7,8 +7,9 @@ policy run and the cost estimate) all read this.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 SECRET = "[secret]"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
@@ -101,4 +102,7 @@ class Graph:
 
     def to_plan(self) -> dict[str, Any]:
         # Sorted, so the same program gives the same file whatever order registrations took.
-        return {"stack": self.stack, "resources": [r.as_plan_entry() for r in sorted(self.resources, key=lambda r: r.urn)]}
+        return {
+            "stack": self.stack,
+            "resources": [r.as_plan_entry() for r in sorted(self.resources, key=lambda r: r.urn)],
+        }

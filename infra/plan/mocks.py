@@ -100,7 +100,9 @@ class PlanMocks(sdk_mocks.Mocks):
             state.update(digest=digest, ref=f"{tags[0].rsplit(':', 1)[0]}@{digest}" if tags else digest)
             return f"image-{_short(name)}", state
         if typ.startswith("gcp:"):
-            return _gcp_resource(typ, name, inputs, state, region, self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID))
+            return _gcp_resource(
+                typ, name, inputs, state, region, self.provider_projects.get(self._ref_id(args.provider), PROJECT_ID)
+            )
         if typ.startswith("azure-native:"):
             return _azure_resource(typ, name, inputs, state, region)
         arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{region}:{ACCOUNT_ID}:{name}"
@@ -111,7 +113,9 @@ class PlanMocks(sdk_mocks.Mocks):
             state["endpoint"] = f"https://{_short(name, 32).upper()}.gr7.{region}.eks.amazonaws.com"
             state["certificateAuthority"] = {"data": base64.b64encode(b"mock-ca-" + name.encode()).decode()}
             state["vpcConfig"] = {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{_short(name, 17)}"}
-            state["identities"] = [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{_short(name, 32)}"}]}]
+            state["identities"] = [
+                {"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{_short(name, 32)}"}]}
+            ]
         elif typ == "aws:iam/role:Role":
             state["name"] = inputs.get("name") or f"{name}-{_short(name, 7)}"
             state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{state['name']}"
@@ -156,7 +160,11 @@ class PlanMocks(sdk_mocks.Mocks):
                 if self.provider_clouds.get(self._ref_id(args.provider), "aws") == "aws":
                     ingress = {"hostname": f"{_short(name, 32)}.elb.{region}.amazonaws.com"}
                 else:
-                    ingress = {"ip": _ip("34" if self.provider_clouds.get(self._ref_id(args.provider)) == "gcp" else "20", name)}
+                    ingress = {
+                        "ip": _ip(
+                            "34" if self.provider_clouds.get(self._ref_id(args.provider)) == "gcp" else "20", name
+                        )
+                    }
                 state["status"] = {"loadBalancer": {"ingress": [ingress]}}
         return rid, state
 
@@ -164,7 +172,12 @@ class PlanMocks(sdk_mocks.Mocks):
         region = args.args.get("region") or self._region(args.provider)
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{region}{z}" for z in "abc"]
-            return {"id": region, "names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 4)], "groupNames": names}, []
+            return {
+                "id": region,
+                "names": names,
+                "zoneIds": [f"use1-az{i}" for i in range(1, 4)],
+                "groupNames": names,
+            }, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/plan", "userId": "PLAN"}, []
         if args.token == "aws:kms/getKey:getKey":
@@ -178,8 +191,13 @@ class PlanMocks(sdk_mocks.Mocks):
             # Offline there is no EKS to name its default version: a placeholder of the right shape.
             minor = args.args.get("kubernetesVersion", "")
             version = f"v0.0.0-offline.{minor}"
-            return {"id": args.args.get("addonName", ""), "addonName": args.args.get("addonName", ""),
-                    "kubernetesVersion": minor, "version": version, "mostRecent": False}, []
+            return {
+                "id": args.args.get("addonName", ""),
+                "addonName": args.args.get("addonName", ""),
+                "kubernetesVersion": minor,
+                "version": version,
+                "mostRecent": False,
+            }, []
         if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             password = mock_ecr_password(region)
             return {
@@ -218,7 +236,9 @@ class PlanMocks(sdk_mocks.Mocks):
             kubeconfig = {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": _mock_ca(cluster)}}],
+                "clusters": [
+                    {"name": cluster, "cluster": {"server": server, "certificate-authority-data": _mock_ca(cluster)}}
+                ],
                 "users": [{"name": f"clusterUser_{cluster}", "user": {"exec": {"command": "kubelogin"}}}],
             }
             value = base64.b64encode(json.dumps(kubeconfig).encode()).decode()
@@ -228,7 +248,9 @@ class PlanMocks(sdk_mocks.Mocks):
             return {"primaryKey": _mock_key(seed + "-primary"), "secondaryKey": _mock_key(seed + "-secondary")}, []
         if args.token == "azure-native:authorization:getClientToken":
             return {"token": MOCK_AZURE_ACCESS_TOKEN}, []
-        raise NotImplementedError(f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py")
+        raise NotImplementedError(
+            f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py"
+        )
 
 
 def mock_ecr_password(region: str) -> str:
@@ -251,7 +273,9 @@ def _mock_key(seed: str) -> str:
 
 
 def _mock_ca(seed: str) -> str:
-    return base64.b64encode(b"-----BEGIN CERTIFICATE-----\nmock-ca-" + seed.encode() + b"\n-----END CERTIFICATE-----\n").decode()
+    return base64.b64encode(
+        b"-----BEGIN CERTIFICATE-----\nmock-ca-" + seed.encode() + b"\n-----END CERTIFICATE-----\n"
+    ).decode()
 
 
 def _ip(first: str, seed: str) -> str:
@@ -428,29 +452,54 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
         rid = f"{sub}/resourceGroups/{resource_name}"
     elif kind == "network:Subnet":
         resource_name = inputs.get("subnetName") or resource_name
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{inputs['virtualNetworkName']}/subnets/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/"
+            f"{inputs['virtualNetworkName']}/subnets/{resource_name}"
+        )
     elif kind == "containerservice:AgentPool":
         resource_name = inputs["agentPoolName"]
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{inputs['resourceName']}/agentPools/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/"
+            f"{inputs['resourceName']}/agentPools/{resource_name}"
+        )
     elif kind == "privatedns:VirtualNetworkLink":
         resource_name = inputs.get("virtualNetworkLinkName") or resource_name
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateDnsZones/{inputs['privateZoneName']}/virtualNetworkLinks/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateDnsZones/"
+            f"{inputs['privateZoneName']}/virtualNetworkLinks/{resource_name}"
+        )
     elif kind == "network:PrivateDnsZoneGroup":
         resource_name = inputs.get("privateDnsZoneGroupName") or resource_name
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateEndpoints/{inputs['privateEndpointName']}/privateDnsZoneGroups/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.Network/privateEndpoints/"
+            f"{inputs['privateEndpointName']}/privateDnsZoneGroups/{resource_name}"
+        )
     elif kind == "redisenterprise:Database":
         resource_name = inputs.get("databaseName") or "default"
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.Cache/redisEnterprise/{inputs['clusterName']}/databases/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.Cache/redisEnterprise/"
+            f"{inputs['clusterName']}/databases/{resource_name}"
+        )
     elif kind == "keyvault:Secret":
         resource_name = inputs.get("secretName") or resource_name
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{inputs['vaultName']}/secrets/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/"
+            f"{inputs['vaultName']}/secrets/{resource_name}"
+        )
     elif kind in ("containerregistry:CredentialSet", "containerregistry:CacheRule"):
         child = "credentialSets" if kind.endswith("CredentialSet") else "cacheRules"
         resource_name = inputs.get("credentialSetName") or inputs.get("cacheRuleName") or azure_autoname(name)
-        rid = f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerRegistry/registries/{inputs['registryName']}/{child}/{resource_name}"
+        rid = (
+            f"{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerRegistry/registries/"
+            f"{inputs['registryName']}/{child}/{resource_name}"
+        )
     elif kind in ("consumption:Budget", "authorization:RoleAssignment"):
         resource_name = inputs.get("budgetName") or inputs.get("roleAssignmentName") or _azure_id(name)
-        sub_path = "Microsoft.Consumption/budgets" if kind == "consumption:Budget" else "Microsoft.Authorization/roleAssignments"
+        sub_path = (
+            "Microsoft.Consumption/budgets"
+            if kind == "consumption:Budget"
+            else "Microsoft.Authorization/roleAssignments"
+        )
         rid = f"{inputs.get('scope', sub)}/providers/{sub_path}/{resource_name}"
     else:
         rid = f"{sub}/resourceGroups/{rg}/providers/{arm or 'Microsoft.Resources/' + kind}/{resource_name}"
@@ -467,7 +516,11 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
             },
         }
     if "SystemAssigned" in str(identity.get("type", "")):
-        state["identity"] = {**state.get("identity", identity), "principalId": _azure_id(rid + "-principal"), "tenantId": TENANT_ID}
+        state["identity"] = {
+            **state.get("identity", identity),
+            "principalId": _azure_id(rid + "-principal"),
+            "tenantId": TENANT_ID,
+        }
     if kind == "containerservice:ManagedCluster":
         prefix = inputs.get("dnsPrefix", resource_name)
         state["fqdn"] = f"{prefix}-{_short(name, 8)}.hcp.{region}.azmk8s.io"
@@ -477,12 +530,20 @@ def _azure_resource(typ: str, name: str, inputs: dict, state: dict, region: str)
             "kubeletidentity": {
                 "objectId": _azure_id(name + "-kubelet-object"),
                 "clientId": _azure_id(name + "-kubelet-client"),
-                "resourceId": f"{sub}/resourceGroups/{state['nodeResourceGroup']}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{resource_name}-agentpool",
+                "resourceId": (
+                    f"{sub}/resourceGroups/{state['nodeResourceGroup']}/providers/Microsoft.ManagedIdentity/"
+                    f"userAssignedIdentities/{resource_name}-agentpool"
+                ),
             }
         }
-        state["oidcIssuerProfile"] = {**(inputs.get("oidcIssuerProfile") or {}), "issuerURL": f"https://{region}.oic.prod-aks.azure.com/{TENANT_ID}/{_azure_id(name)}/"}
+        state["oidcIssuerProfile"] = {
+            **(inputs.get("oidcIssuerProfile") or {}),
+            "issuerURL": f"https://{region}.oic.prod-aks.azure.com/{TENANT_ID}/{_azure_id(name)}/",
+        }
     elif kind == "managedidentity:UserAssignedIdentity":
-        state.update(principalId=_azure_id(name + "-principal"), clientId=_azure_id(name + "-client"), tenantId=TENANT_ID)
+        state.update(
+            principalId=_azure_id(name + "-principal"), clientId=_azure_id(name + "-client"), tenantId=TENANT_ID
+        )
     elif kind == "redisenterprise:RedisEnterprise":
         state.update(hostName=f"{resource_name}.{region}.redis.azure.net", kind="v2", redisVersion="7.4")
     elif kind == "redisenterprise:Database":

@@ -83,7 +83,9 @@ def policy_options(r) -> PolicyResourceOptions:
         ignore_changes=list(o.get("ignoreChanges", [])),
         delete_before_replace=o.get("deleteBeforeReplace"),
         aliases=list(o.get("aliases", [])),
-        custom_timeouts=PolicyCustomTimeouts(*(duration_seconds(timeouts.get(k, "")) for k in ("create", "update", "delete"))),
+        custom_timeouts=PolicyCustomTimeouts(
+            *(duration_seconds(timeouts.get(k, "")) for k in ("create", "update", "delete"))
+        ),
         additional_secret_outputs=[],
         parent=r.parent,
     )
@@ -125,7 +127,14 @@ def run(graph: Graph, policies: list, pack_config: dict[str, Any]) -> list[Viola
 
         def report(message: str, urn: str | None = None, _p=policy, _l=level) -> None:
             violations.append(
-                Violation(_p.name, _l, (_p.severity.value if _p.severity else "medium"), message, urn, _p.remediation_steps or "")
+                Violation(
+                    _p.name,
+                    _l,
+                    (_p.severity.value if _p.severity else "medium"),
+                    message,
+                    urn,
+                    _p.remediation_steps or "",
+                )
             )
 
         if isinstance(policy, ResourceValidationPolicy):
@@ -134,8 +143,13 @@ def run(graph: Graph, policies: list, pack_config: dict[str, Any]) -> list[Viola
                 if resource.resource_type.startswith(("pulumi:providers:", "llm-platform:")):
                     continue
                 args = ResourceValidationArgs(
-                    resource.resource_type, resource.props, resource.urn, resource.name, resource.opts,
-                    resource.provider, settings,
+                    resource.resource_type,
+                    resource.props,
+                    resource.urn,
+                    resource.name,
+                    resource.opts,
+                    resource.provider,
+                    settings,
                 )
                 for validate in validators:
                     try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pulumi
 import yaml
@@ -21,7 +22,6 @@ from pulumi.runtime.sync_await import _sync_await
 from infra.config import PROJECT, ConfigError
 from infra.plan.graph import SECRET, Graph
 from infra.plan.mocks import PlanMocks, RecordingMonitor
-
 
 
 def offline_secret(key: str) -> str:

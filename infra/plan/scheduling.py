@@ -7,8 +7,9 @@ Python objects that produced them, so a mistake on either side shows up.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 from infra.catalog import instance
 from infra.plan.graph import Graph, Resource
@@ -231,5 +232,7 @@ def unschedulable_gpu_pods(graph: Graph) -> list[str]:
         candidates = [p for p in pools if p.site == pod.site]
         reasons = [f"{p.name}: {why_not(pod, p)}" for p in candidates]
         if not any(why_not(pod, p) is None for p in candidates):
-            problems.append(f"{pod.site}/{pod.name}: no GPU pool fits ({'; '.join(reasons) or 'the site has no GPU pools'})")
+            problems.append(
+                f"{pod.site}/{pod.name}: no GPU pool fits ({'; '.join(reasons) or 'the site has no GPU pools'})"
+            )
     return problems

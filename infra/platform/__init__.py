@@ -8,8 +8,8 @@ plugin) is data on the Platform, so the workloads never branch on the cloud.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -211,7 +211,9 @@ def _cloud_module(cfg: StackConfig, site: Site):
     raise ConfigError(f"sites[{cfg.sites.index(site)}].cloud", f"unknown cloud {site.cloud!r}; use aws, gcp or azure")
 
 
-def docker_hub_login(cfg: StackConfig, secrets: Secrets, site: Site, required: bool) -> tuple[str, pulumi.Output[str]] | None:
+def docker_hub_login(
+    cfg: StackConfig, secrets: Secrets, site: Site, required: bool
+) -> tuple[str, pulumi.Output[str]] | None:
     """The Docker Hub user and token a site's cache signs in with: both or neither, and both
     where the cloud's cache cannot pull Docker Hub anonymously (`required`)."""
     user, token = cfg.images.docker_hub_user, secrets.docker_hub_token

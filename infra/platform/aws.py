@@ -14,13 +14,13 @@ import pulumi_random as random
 
 from infra.catalog import catalog
 from infra.charts import AWS_LOAD_BALANCER_CONTROLLER, CLUSTER_AUTOSCALER
-from infra.config import ConfigError, Site, StackConfig
+from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
+    POOL_LABEL,
     ImageRegistry,
     NodePool,
     Platform,
-    POOL_LABEL,
     RedisEndpoint,
     RegistryLogin,
     StorageClasses,
@@ -181,7 +181,9 @@ class Cluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        role = aws.iam.Role(f"{name}-cluster", assume_role_policy=_assume_role("eks.amazonaws.com"), tags=tags, opts=child)
+        role = aws.iam.Role(
+            f"{name}-cluster", assume_role_policy=_assume_role("eks.amazonaws.com"), tags=tags, opts=child
+        )
         attach = aws.iam.RolePolicyAttachment(
             f"{name}-cluster", role=role.name, policy_arn=_MANAGED + "AmazonEKSClusterPolicy", opts=child
         )
@@ -218,7 +220,9 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-node", assume_role_policy=_assume_role("ec2.amazonaws.com"), tags=tags, opts=child
         )
         self.node_policies = [
-            aws.iam.RolePolicyAttachment(f"{name}-node-{p}", role=self.node_role.name, policy_arn=_MANAGED + p, opts=child)
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{p}", role=self.node_role.name, policy_arn=_MANAGED + p, opts=child
+            )
             for p in (
                 "AmazonEKSWorkerNodePolicy",
                 "AmazonEKS_CNI_Policy",
@@ -246,8 +250,12 @@ class Cluster(pulumi.ComponentResource):
         suffix = hashlib.sha256(principal_arn.encode()).hexdigest()[:8]
         child = pulumi.ResourceOptions(parent=self)
         entry = aws.eks.AccessEntry(
-            f"{name}-admin-{suffix}", cluster_name=self.cluster.name, principal_arn=principal_arn, type="STANDARD",
-            tags=tags, opts=child,
+            f"{name}-admin-{suffix}",
+            cluster_name=self.cluster.name,
+            principal_arn=principal_arn,
+            type="STANDARD",
+            tags=tags,
+            opts=child,
         )
         return aws.eks.AccessPolicyAssociation(
             f"{name}-admin-{suffix}",
@@ -325,9 +333,7 @@ class NodeGroup(pulumi.ComponentResource):
             instance_types=instance_types,
             scaling_config={"min_size": pool.min_nodes, "max_size": pool.max_nodes, "desired_size": pool.min_nodes},
             labels=node_labels(pool),
-            taints=[
-                {"key": t.key, "value": t.value, "effect": _EKS_EFFECT[t.effect]} for t in pool.taints
-            ],
+            taints=[{"key": t.key, "value": t.value, "effect": _EKS_EFFECT[t.effect]} for t in pool.taints],
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
             update_config={"max_unavailable": 1},
             tags=tags,
@@ -404,7 +410,13 @@ class Redis(pulumi.ComponentResource):
     AUTH token kept as a Pulumi secret, reachable only from the cluster's security group."""
 
     def __init__(
-        self, name: str, site: Site, network: Network, cluster: Cluster, tags: dict[str, str], opts: pulumi.ResourceOptions
+        self,
+        name: str,
+        site: Site,
+        network: Network,
+        cluster: Cluster,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions,
     ):
         super().__init__("llm-platform:aws:Redis", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -417,7 +429,11 @@ class Redis(pulumi.ComponentResource):
             opts=child,
         )
         group = aws.ec2.SecurityGroup(
-            f"{name}-sg", description=f"{name}: Redis from the EKS cluster only", vpc_id=network.vpc.id, tags=tags, opts=child
+            f"{name}-sg",
+            description=f"{name}: Redis from the EKS cluster only",
+            vpc_id=network.vpc.id,
+            tags=tags,
+            opts=child,
         )
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-from-cluster",
@@ -497,7 +513,9 @@ class Registry(pulumi.ComponentResource):
         registry_id = gateway.registry_id
 
         cache_prefix = docker_hub_cache_prefix(stack, site.name)
-        cached_repos = pulumi.Output.format("arn:aws:ecr:{0}:{1}:repository/{2}/*", site.region, registry_id, cache_prefix)
+        cached_repos = pulumi.Output.format(
+            "arn:aws:ecr:{0}:{1}:repository/{2}/*", site.region, registry_id, cache_prefix
+        )
         # ECR reads the credential as JSON with `username` and `accessToken`, from a secret under
         # the default aws/secretsmanager key: "Amazon ECR doesn't support using a customer managed
         # key" for it (docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache-creating-secret.html;
@@ -591,7 +609,9 @@ class Registry(pulumi.ComponentResource):
         )
         self.docker_hub = pulumi.Output.concat(host, "/", cache_prefix)
         token = aws.ecr.get_authorization_token_output(registry_id=registry_id, opts=pulumi.InvokeOptions(parent=self))
-        self.login = RegistryLogin(address=host, username=token.user_name, password=pulumi.Output.secret(token.password))
+        self.login = RegistryLogin(
+            address=host, username=token.user_name, password=pulumi.Output.secret(token.password)
+        )
         self.ready: tuple[pulumi.Resource, ...] = (
             *self.repositories.values(),
             credential,
@@ -796,48 +816,113 @@ def _lb_controller_policy(cluster_name: str) -> str:
     elb = "arn:aws:elasticloadbalancing:*:*:"
     balancers = [f"{elb}targetgroup/*/*", f"{elb}loadbalancer/net/*/*", f"{elb}loadbalancer/app/*/*"]
     statements = [
-        ("Allow", ["iam:CreateServiceLinkedRole"], "*",
-         {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}),
-        ("Allow", [
-            "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
-            "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
-            "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
-            "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:GetCoipPoolUsage", "ec2:DescribeCoipPools",
-            "ec2:GetSecurityGroupsForVpc", "ec2:DescribeIpamPools", "ec2:DescribeRouteTables",
-            "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
-            "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
-            "elasticloadbalancing:DescribeSSLPolicies", "elasticloadbalancing:DescribeRules",
-            "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
-            "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTags",
-            "elasticloadbalancing:DescribeTrustStores", "elasticloadbalancing:DescribeListenerAttributes",
-            "elasticloadbalancing:DescribeCapacityReservation",
-        ], "*", None),
+        (
+            "Allow",
+            ["iam:CreateServiceLinkedRole"],
+            "*",
+            {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}},
+        ),
+        (
+            "Allow",
+            [
+                "ec2:DescribeAccountAttributes",
+                "ec2:DescribeAddresses",
+                "ec2:DescribeAvailabilityZones",
+                "ec2:DescribeInternetGateways",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeVpcPeeringConnections",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeInstances",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeTags",
+                "ec2:GetCoipPoolUsage",
+                "ec2:DescribeCoipPools",
+                "ec2:GetSecurityGroupsForVpc",
+                "ec2:DescribeIpamPools",
+                "ec2:DescribeRouteTables",
+                "elasticloadbalancing:DescribeLoadBalancers",
+                "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                "elasticloadbalancing:DescribeListeners",
+                "elasticloadbalancing:DescribeListenerCertificates",
+                "elasticloadbalancing:DescribeSSLPolicies",
+                "elasticloadbalancing:DescribeRules",
+                "elasticloadbalancing:DescribeTargetGroups",
+                "elasticloadbalancing:DescribeTargetGroupAttributes",
+                "elasticloadbalancing:DescribeTargetHealth",
+                "elasticloadbalancing:DescribeTags",
+                "elasticloadbalancing:DescribeTrustStores",
+                "elasticloadbalancing:DescribeListenerAttributes",
+                "elasticloadbalancing:DescribeCapacityReservation",
+            ],
+            "*",
+            None,
+        ),
         # Node security groups get the NLB's ingress rules; the controller's own groups are tagged.
         ("Allow", ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"], "*", None),
         ("Allow", ["ec2:CreateSecurityGroup"], "*", None),
-        ("Allow", ["ec2:CreateTags"], "arn:aws:ec2:*:*:security-group/*",
-         {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup", **tagging_new["StringEquals"]}}),
+        (
+            "Allow",
+            ["ec2:CreateTags"],
+            "arn:aws:ec2:*:*:security-group/*",
+            {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup", **tagging_new["StringEquals"]}},
+        ),
         ("Allow", ["ec2:CreateTags", "ec2:DeleteTags"], "arn:aws:ec2:*:*:security-group/*", own),
-        ("Allow", ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
-         "*", own),
-        ("Allow", ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"], "*", tagging_new),
+        (
+            "Allow",
+            ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
+            "*",
+            own,
+        ),
+        (
+            "Allow",
+            ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
+            "*",
+            tagging_new,
+        ),
         ("Allow", ["elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener"], "*", None),
         ("Allow", ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"], balancers, own),
-        ("Allow", ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
-         [f"{elb}listener/net/*/*/*", f"{elb}listener/app/*/*/*"], None),
-        ("Allow", [
-            "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
-            "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
-            "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
-            "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-            "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:ModifyCapacityReservation",
-            "elasticloadbalancing:ModifyIpPools",
-        ], "*", own),
-        ("Allow", ["elasticloadbalancing:AddTags"], balancers,
-         {"StringEquals": {"elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"],
-                           **tagging_new["StringEquals"]}}),
-        ("Allow", ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
-         f"{elb}targetgroup/*/*", None),
+        (
+            "Allow",
+            ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+            [f"{elb}listener/net/*/*/*", f"{elb}listener/app/*/*/*"],
+            None,
+        ),
+        (
+            "Allow",
+            [
+                "elasticloadbalancing:ModifyLoadBalancerAttributes",
+                "elasticloadbalancing:SetIpAddressType",
+                "elasticloadbalancing:SetSecurityGroups",
+                "elasticloadbalancing:SetSubnets",
+                "elasticloadbalancing:DeleteLoadBalancer",
+                "elasticloadbalancing:ModifyTargetGroup",
+                "elasticloadbalancing:ModifyTargetGroupAttributes",
+                "elasticloadbalancing:DeleteTargetGroup",
+                "elasticloadbalancing:ModifyListenerAttributes",
+                "elasticloadbalancing:ModifyCapacityReservation",
+                "elasticloadbalancing:ModifyIpPools",
+            ],
+            "*",
+            own,
+        ),
+        (
+            "Allow",
+            ["elasticloadbalancing:AddTags"],
+            balancers,
+            {
+                "StringEquals": {
+                    "elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"],
+                    **tagging_new["StringEquals"],
+                }
+            },
+        ),
+        (
+            "Allow",
+            ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+            f"{elb}targetgroup/*/*",
+            None,
+        ),
         ("Allow", ["elasticloadbalancing:ModifyListener"], "*", None),
     ]
     return json.dumps(
@@ -901,13 +986,22 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     cluster = Cluster(f"{site.name}-cluster", site, network, tags, child)
     system_pool = system_node_pool(site)
     system = NodeGroup(
-        f"{site.name}-system", cluster, network, system_pool, instance_types(system_pool), site.system_pool.disk_gb,
-        False, tags, child,
+        f"{site.name}-system",
+        cluster,
+        network,
+        system_pool,
+        instance_types(system_pool),
+        site.system_pool.disk_gb,
+        False,
+        tags,
+        child,
     )
     gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)) for p in site.gpu_pools)
     groups = [
-        NodeGroup(f"{site.name}-{pool.name}", cluster, network, pool, instance_types(pool), spec.disk_gb, True, tags, child)
-        for pool, spec in zip(gpu_pools, site.gpu_pools)
+        NodeGroup(
+            f"{site.name}-{pool.name}", cluster, network, pool, instance_types(pool), spec.disk_gb, True, tags, child
+        )
+        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
     kubeconfig = cluster.kubeconfig(site.region)
     k8s_provider = k8s.Provider(
@@ -928,7 +1022,9 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         system_pool=system_pool,
         gpu_pools=gpu_pools,
-        redis=RedisEndpoint(host=redis.group.primary_endpoint_address, port=6379, tls=True, auth_token=redis.token.result),
+        redis=RedisEndpoint(
+            host=redis.group.primary_endpoint_address, port=6379, tls=True, auth_token=redis.token.result
+        ),
         # The AWS Load Balancer Controller's annotations (kubernetes-sigs/aws-load-balancer-controller
         # v3.5.0 docs/guide/service/annotations.md and nlb.md; read 2026-12-01): type `external` hands
         # the Service to the controller, `ip` targets send traffic straight to pod IPs on the VPC CNI,

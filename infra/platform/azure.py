@@ -44,9 +44,9 @@ from infra.platform import (
     RegistryLogin,
     StorageClasses,
     Taint,
+    docker_hub_login,
     exec_kubeconfig,
     gpu_node_pool,
-    docker_hub_login,
     resource_tags,
     system_node_pool,
 )
@@ -148,7 +148,9 @@ def _outside(candidates: tuple[str, ...], *taken: str) -> ipaddress.IPv4Network:
 
 
 def _role(subscription: pulumi.Output[str], role_id: str) -> pulumi.Output[str]:
-    return subscription.apply(lambda s: f"/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{role_id}")
+    return subscription.apply(
+        lambda s: f"/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
+    )
 
 
 class Network(pulumi.ComponentResource):
@@ -596,7 +598,9 @@ class Registry(pulumi.ComponentResource):
             scope=self.registry.id,
             opts=child,
         )
-        self.docker_hub, secrets_grant = self._docker_hub_cache(name, site, rg, stem, suffix, client, docker_hub_login, tags)
+        self.docker_hub, secrets_grant = self._docker_hub_cache(
+            name, site, rg, stem, suffix, client, docker_hub_login, tags
+        )
         readers = [pull, secrets_grant]
         # Nodes pull, and the cache reads Key Vault, once their grants have reached ARM.
         pulls_allowed = pulumi_time.Sleep(
@@ -721,10 +725,13 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     net = Network(f"{site.name}-net", site, tags, child)
     system_pool = system_node_pool(site)
     cluster = Cluster(f"{site.name}-cluster", site, net, system_pool, client, tags, child)
-    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if p.spot else ())) for p in site.gpu_pools)
+    gpu_pools = tuple(
+        gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if p.spot else ()))
+        for p in site.gpu_pools
+    )
     groups = [
         NodeGroup(f"{site.name}-{pool.name}", site, cluster, net, pool, spec.disk_gb, tags, child)
-        for pool, spec in zip(gpu_pools, site.gpu_pools)
+        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
     kubeconfig = cluster.kubeconfig(provider)
     k8s_provider = k8s.Provider(
@@ -766,7 +773,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
 
 
 def _month_start() -> str:
-    today = datetime.datetime.now(datetime.timezone.utc)
+    today = datetime.datetime.now(datetime.UTC)
     return f"{today:%Y-%m}-01T00:00:00Z"
 
 
@@ -786,7 +793,10 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
             "threshold_type": kind,
             "contact_emails": list(cfg.budget.emails),
         }
-        for kind, thresholds in (("Actual", cfg.budget.actual_thresholds_pct), ("Forecasted", cfg.budget.forecast_thresholds_pct))
+        for kind, thresholds in (
+            ("Actual", cfg.budget.actual_thresholds_pct),
+            ("Forecasted", cfg.budget.forecast_thresholds_pct),
+        )
         for pct in thresholds
     }
     return consumption.Budget(
@@ -800,5 +810,7 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
         filter={"tags": {"name": "stack", "operator": "In", "values": [stack]}},
         notifications=notifications,
         # Azure keeps the start date; a later month's run must not try to move it.
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider, ignore_changes=["timePeriod"])),
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(provider=provider, ignore_changes=["timePeriod"])
+        ),
     )

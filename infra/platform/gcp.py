@@ -146,7 +146,11 @@ class Network(pulumi.ComponentResource):
             ],
             # Private nodes reach Google APIs (Artifact Registry, logging) without NAT.
             private_ip_google_access=True,
-            log_config={"aggregation_interval": "INTERVAL_5_MIN", "flow_sampling": 0.5, "metadata": "INCLUDE_ALL_METADATA"},
+            log_config={
+                "aggregation_interval": "INTERVAL_5_MIN",
+                "flow_sampling": 0.5,
+                "metadata": "INCLUDE_ALL_METADATA",
+            },
             opts=child,
         )
         router = gcp.compute.Router(f"{name}-router", region=site.region, network=self.vpc.id, opts=child)
@@ -266,7 +270,9 @@ class Cluster(pulumi.ComponentResource):
                 "master_global_access_config": {"enabled": False},
             },
             master_authorized_networks_config={
-                "cidr_blocks": [{"cidr_block": c, "display_name": f"allowed-{i}"} for i, c in enumerate(site.api_allowed_cidrs)],
+                "cidr_blocks": [
+                    {"cidr_block": c, "display_name": f"allowed-{i}"} for i, c in enumerate(site.api_allowed_cidrs)
+                ],
                 "gcp_public_cidrs_access_enabled": False,
             },
             master_auth={"client_certificate_config": {"issue_client_certificate": False}},
@@ -275,7 +281,9 @@ class Cluster(pulumi.ComponentResource):
             # Dataplane V2 enforces NetworkPolicy itself; the Calico add-on must stay off.
             datapath_provider="ADVANCED_DATAPATH",
             database_encryption={"state": "ENCRYPTED", "key_name": self.key.id},
-            logging_config={"enable_components": ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "WORKLOADS"]},
+            logging_config={
+                "enable_components": ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "WORKLOADS"]
+            },
             monitoring_config={
                 "enable_components": ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER"],
                 "managed_prometheus": {"enabled": False},
@@ -533,7 +541,9 @@ class Registry(pulumi.ComponentResource):
             ),
         )
         self.host = f"{site.region}-docker.pkg.dev"
-        self.prefix = pulumi.Output.format("{0}/{1}/{2}", self.host, self.repository.project, self.repository.repository_id)
+        self.prefix = pulumi.Output.format(
+            "{0}/{1}/{2}", self.host, self.repository.project, self.repository.repository_id
+        )
         self.docker_hub_prefix = pulumi.Output.format(
             "{0}/{1}/{2}", self.host, self.docker_hub.project, self.docker_hub.repository_id
         )
@@ -565,10 +575,12 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     cluster = Cluster(f"{site.name}-cluster", site, cfg.sites.index(site), network, project, labels, child)
     system_pool = system_node_pool(site)
     system = NodeGroup(f"{site.name}-system", site, cluster, system_pool, site.system_pool.disk_gb, labels, child)
-    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools)
+    gpu_pools = tuple(
+        gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools
+    )
     groups = [
         NodeGroup(f"{site.name}-{pool.name}", site, cluster, pool, spec.disk_gb, labels, child)
-        for pool, spec in zip(gpu_pools, site.gpu_pools)
+        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
     kubeconfig = cluster.kubeconfig()
     k8s_provider = k8s.Provider(
@@ -577,7 +589,14 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.node_pool]),
     )
     redis = Redis(f"{site.name}-redis", site, network, labels, child)
-    registry = Registry(f"{site.name}-registry", site, cluster, docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED), labels, child)
+    registry = Registry(
+        f"{site.name}-registry",
+        site,
+        cluster,
+        docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED),
+        labels,
+        child,
+    )
     client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
@@ -636,9 +655,12 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
         )
         for i, email in enumerate(cfg.budget.emails)
     ]
-    rules = [{"threshold_percent": pct / 100, "spend_basis": "CURRENT_SPEND"} for pct in cfg.budget.actual_thresholds_pct]
+    rules = [
+        {"threshold_percent": pct / 100, "spend_basis": "CURRENT_SPEND"} for pct in cfg.budget.actual_thresholds_pct
+    ]
     rules += [
-        {"threshold_percent": pct / 100, "spend_basis": "FORECASTED_SPEND"} for pct in cfg.budget.forecast_thresholds_pct
+        {"threshold_percent": pct / 100, "spend_basis": "FORECASTED_SPEND"}
+        for pct in cfg.budget.forecast_thresholds_pct
     ]
     return gcp.billing.Budget(
         "budget-gcp",
@@ -652,6 +674,9 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
             "calendar_period": "MONTH",
         },
         threshold_rules=rules,
-        all_updates_rule={"monitoring_notification_channels": [c.id for c in channels], "disable_default_iam_recipients": False},
+        all_updates_rule={
+            "monitoring_notification_channels": [c.id for c in channels],
+            "disable_default_iam_recipients": False,
+        },
         opts=child,
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from infra.config import PROJECT, SECRET_KEYS, ConfigError, Site, StackConfig, parse
 from infra.plan.run import read_stack_file

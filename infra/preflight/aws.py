@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from infra.catalog import catalog, instance
 from infra.config import Site
@@ -44,7 +45,9 @@ QUOTAS: dict[str, tuple[QuotaSpec, QuotaSpec]] = {
 }
 QUOTAS["vt"] = QUOTAS["g"]
 
-PERMISSIONS = "ec2:DescribeInstanceTypeOfferings, servicequotas:GetServiceQuota, servicequotas:GetAWSDefaultServiceQuota"
+PERMISSIONS = (
+    "ec2:DescribeInstanceTypeOfferings, servicequotas:GetServiceQuota, servicequotas:GetAWSDefaultServiceQuota"
+)
 _AUTH_CODES = {
     "AuthFailure",
     "UnrecognizedClientException",

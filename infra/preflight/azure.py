@@ -47,13 +47,17 @@ def check_site(site: Site, client: Any = None, subscription: str | None = None) 
     except Exception as exc:  # noqa: BLE001 - azure.core and azure.identity errors vary; one line either way
         name = type(exc).__name__
         if name in {"ClientAuthenticationError", "CredentialUnavailableError"}:
-            raise PreflightError("azure: no usable credentials; run `az login` or set AZURE_CLIENT_ID/AZURE_TENANT_ID") from None
+            raise PreflightError(
+                "azure: no usable credentials; run `az login` or set AZURE_CLIENT_ID/AZURE_TENANT_ID"
+            ) from None
         raise PreflightError(f"azure: {name}: {exc}".splitlines()[0]) from None
 
 
 def _sku_restricted(sku: Any) -> bool:
-    return any(getattr(r, "reason_code", None) == "NotAvailableForSubscription" and getattr(r, "type", None) == "Location"
-               for r in getattr(sku, "restrictions", None) or ())
+    return any(
+        getattr(r, "reason_code", None) == "NotAvailableForSubscription" and getattr(r, "type", None) == "Location"
+        for r in getattr(sku, "restrictions", None) or ()
+    )
 
 
 def _check(site: Site, client: Any, subscription: str | None) -> SiteResult:
@@ -89,9 +93,18 @@ def _check(site: Site, client: Any, subscription: str | None) -> SiteResult:
         offered = sku is not None and not _sku_restricted(sku)
         zones: tuple[str, ...] = ()
         if sku is not None:
-            info = next((i for i in getattr(sku, "location_info", None) or () if (i.location or "").lower() == region), None)
+            info = next(
+                (i for i in getattr(sku, "location_info", None) or () if (i.location or "").lower() == region), None
+            )
             zones = tuple(sorted(f"{region}-{z}" for z in (getattr(info, "zones", None) or ())))
-        problems = [] if offered else [f"{pool.instance_type} is not available to this subscription in {region}; pick another region or ask support to enable it"]
+        problems = (
+            []
+            if offered
+            else [
+                f"{pool.instance_type} is not available to this subscription in {region}; "
+                "pick another region or ask support to enable it"
+            ]
+        )
         names = [SPOT] if pool.spot else [TOTAL] + ([families[pool.name]] if families[pool.name] != TOTAL else [])
         pools.append(
             PoolResult(

@@ -58,12 +58,15 @@ def default_clients(project: str | None = None) -> Clients:
         _, project = google.auth.default()
     except DefaultCredentialsError:
         raise PreflightError(
-            "gcp: no credentials found; run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+            "gcp: no credentials found; run `gcloud auth application-default login` "
+            "or set GOOGLE_APPLICATION_CREDENTIALS"
         ) from None
     project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or project
     if not project:
         raise PreflightError("gcp: no project; set the site's gcp.project or GOOGLE_CLOUD_PROJECT")
-    return Clients(project, compute_v1.RegionsClient(), compute_v1.ProjectsClient(), compute_v1.AcceleratorTypesClient())
+    return Clients(
+        project, compute_v1.RegionsClient(), compute_v1.ProjectsClient(), compute_v1.AcceleratorTypesClient()
+    )
 
 
 def _zones_by_accelerator(clients: Clients, region: str, accelerators: set[str]) -> dict[str, list[str]]:
@@ -118,16 +121,26 @@ def _check(site: Site, clients: Clients) -> SiteResult:
         source = project_quotas if name == "GPUS_ALL_REGIONS" else regional
         where = "global" if name == "GPUS_ALL_REGIONS" else region
         limit = float(source[name].limit) if name in source else 0.0
-        quotas[name] = Quota("gcp", where, name, name, "GPU", limit, gpus, tuple(users[name]), console_url(clients.project, name))
+        quotas[name] = Quota(
+            "gcp", where, name, name, "GPU", limit, gpus, tuple(users[name]), console_url(clients.project, name)
+        )
 
     pools = []
     for pool in site.gpu_pools:
         spec = specs[pool.name]
         pool_zones = zones.get(spec.accelerator or "", [])
-        problems = [] if pool_zones else [f"{spec.accelerator} ({pool.instance_type}) is not offered in any zone of {region}; pick another region"]
+        problems = (
+            []
+            if pool_zones
+            else [
+                f"{spec.accelerator} ({pool.instance_type}) is not offered in any zone of {region}; pick another region"
+            ]
+        )
         lacking = [z for z in _configured_zones(site) if pool_zones and z not in pool_zones]
         if lacking:
-            problems.append(f"gcp.gpuZones {', '.join(lacking)} lack {spec.accelerator}; use zones from {', '.join(pool_zones)}")
+            problems.append(
+                f"gcp.gpuZones {', '.join(lacking)} lack {spec.accelerator}; use zones from {', '.join(pool_zones)}"
+            )
         pools.append(
             PoolResult(
                 name=pool.name,

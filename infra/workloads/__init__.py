@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from infra.config import StackConfig
 from infra.platform import Platform
 from infra.secrets import Secrets
+from infra.workloads.autoscaling import Autoscaling
 from infra.workloads.gateway import (
     API_KEYS_SECRET,
     FALLBACK_SECRET,
@@ -24,9 +25,8 @@ from infra.workloads.gateway import (
 )
 from infra.workloads.gpu_plumbing import GpuPlumbing
 from infra.workloads.images import gateway_image, vllm_image
-from infra.workloads.labels import GATEWAY_SELECTOR, COMPONENT
+from infra.workloads.labels import COMPONENT, GATEWAY_SELECTOR
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
-from infra.workloads.autoscaling import Autoscaling
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.monitoring import Monitoring
 from infra.workloads.vllm_args import PORT as VLLM_PORT
@@ -53,7 +53,10 @@ class Workloads(pulumi.ComponentResource):
             f"{name}-ns",
             metadata={
                 "name": NAMESPACE,
-                "labels": {"pod-security.kubernetes.io/enforce": "baseline", "app.kubernetes.io/part-of": "llm-platform"},
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "baseline",
+                    "app.kubernetes.io/part-of": "llm-platform",
+                },
             },
             opts=k8s_opts,
         )
@@ -98,7 +101,9 @@ class Workloads(pulumi.ComponentResource):
             provider=platform.provider,
             depends_on=[ns, *plumbing.releases, *platform.ready, *platform.images.ready],
         )
-        vllm = vllm_image(f"{name}-vllm-image", platform.images, cfg.images.vllm, pulumi.ResourceOptions(parent=self)).ref
+        vllm = vllm_image(
+            f"{name}-vllm-image", platform.images, cfg.images.vllm, pulumi.ResourceOptions(parent=self)
+        ).ref
         for model in models:
             ModelServer(
                 f"{name}-{model.name}",

@@ -62,7 +62,10 @@ class Autoscaling(pulumi.ComponentResource):
             f"{name}-ns",
             metadata={
                 "name": NAMESPACE,
-                "labels": {"pod-security.kubernetes.io/enforce": "baseline", "app.kubernetes.io/part-of": "llm-platform"},
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "baseline",
+                    "app.kubernetes.io/part-of": "llm-platform",
+                },
             },
             opts=pulumi.ResourceOptions(parent=self, provider=platform.provider),
         )
@@ -71,7 +74,10 @@ class Autoscaling(pulumi.ComponentResource):
             f"{name}-keda",
             "keda",
             namespace=NAMESPACE,
-            values={"nodeSelector": system, "prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
+            values={
+                "nodeSelector": system,
+                "prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}},
+            },
             opts=pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns, *platform.ready]),
         )
         after_crds = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[self.release])
@@ -99,8 +105,14 @@ class Autoscaling(pulumi.ComponentResource):
                         "horizontalPodAutoscalerConfig": {
                             # A new replica takes minutes to load its model: add fast, remove slowly.
                             "behavior": {
-                                "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
-                                "scaleDown": {"stabilizationWindowSeconds": 600, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+                                "scaleUp": {
+                                    "stabilizationWindowSeconds": 0,
+                                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                                },
+                                "scaleDown": {
+                                    "stabilizationWindowSeconds": 600,
+                                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+                                },
                             }
                         }
                     },

@@ -57,7 +57,10 @@ class Gateway(pulumi.ComponentResource):
             # Known models: while none of their replicas is up, a request gets 503, not 404 ...
             {"name": "GATEWAY_MODELS", "value": ",".join(m.name for m in models)},
             # ... and those that may scale to zero hold it while a replica starts.
-            {"name": "GATEWAY_SCALE_FROM_ZERO_MODELS", "value": ",".join(m.name for m in models if m.replicas.min == 0)},
+            {
+                "name": "GATEWAY_SCALE_FROM_ZERO_MODELS",
+                "value": ",".join(m.name for m in models if m.replicas.min == 0),
+            },
             {"name": "GATEWAY_METRICS_PORT", "value": str(METRICS_PORT)},
             {"name": "GATEWAY_HOLD_TIMEOUT_S", "value": str(cfg.hold_timeout_seconds)},
             {"name": "GATEWAY_API_KEYS_FILE", "value": f"{KEYS_DIR}/keys"},
@@ -69,10 +72,15 @@ class Gateway(pulumi.ComponentResource):
         if cfg.fallback and has_fallback_key:
             env += [
                 {"name": "GATEWAY_FALLBACK_BASE_URL", "value": cfg.fallback.base_url},
-                {"name": "GATEWAY_FALLBACK_API_KEY", "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}}},
+                {
+                    "name": "GATEWAY_FALLBACK_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}},
+                },
             ]
         elif cfg.fallback:
-            pulumi.log.warn("gateway.fallback is set but the fallbackApiKey secret is not; the fallback stays off", self)
+            pulumi.log.warn(
+                "gateway.fallback is set but the fallbackApiKey secret is not; the fallback stays off", self
+            )
 
         probe = {"port": "http"}
         mounts = [
@@ -148,7 +156,9 @@ class Gateway(pulumi.ComponentResource):
                 },
             },
             # The autoscaler owns the replica count after the first apply.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *platform.ready], ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*after, *platform.ready], ignore_changes=["spec.replicas"]
+            ),
         )
         self.service = k8s.core.v1.Service(
             f"{name}-svc",
@@ -173,7 +183,10 @@ class Gateway(pulumi.ComponentResource):
                     "minReplicas": max(cfg.replicas.min, 1),
                     "maxReplicas": cfg.replicas.max,
                     "metrics": [
-                        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+                        {
+                            "type": "Resource",
+                            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                        }
                     ],
                 },
                 opts=child,
@@ -196,7 +209,11 @@ class Gateway(pulumi.ComponentResource):
                     {"ports": [{"protocol": "TCP", "port": PORT}]},
                     {
                         "from": [
-                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                                }
+                            }
                         ],
                         "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
                     },

@@ -88,7 +88,9 @@ class BuiltImage(pulumi.ComponentResource):
 
 def gateway_image(name: str, registry: ImageRegistry, tag: str, opts: pulumi.ResourceOptions) -> BuiltImage:
     # Stacks deployed before images/vllm knew this component as GatewayImage.
-    renamed = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(type_="llm-platform:workloads:GatewayImage")]))
+    renamed = pulumi.ResourceOptions.merge(
+        opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(type_="llm-platform:workloads:GatewayImage")])
+    )
     return BuiltImage(name, registry, "gateway", GATEWAY_DOCKERFILE, tag, renamed)
 
 

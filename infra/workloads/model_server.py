@@ -26,7 +26,9 @@ HF_TOKEN_SECRET = "hf-token"
 VLLM_USER = vllm_image_user()
 # Checkov's CKV_K8S_40 wants uid >= 10000 to avoid host accounts; the image's user is 2000,
 # and only a passwd entry in the image (or USER in the environment) keeps getuser() working.
-CHECKOV_SKIPS = {"checkov.io/skip1": "CKV_K8S_40=the vLLM image defines its user as uid 2000 (upstream/vllm/image.yaml)"}
+CHECKOV_SKIPS = {
+    "checkov.io/skip1": "CKV_K8S_40=the vLLM image defines its user as uid 2000 (upstream/vllm/image.yaml)"
+}
 
 
 class ModelServer(pulumi.ComponentResource):
@@ -55,9 +57,7 @@ class ModelServer(pulumi.ComponentResource):
         # Cache paths, HOME and the user name come from the image (images/vllm/Dockerfile).
         env = []
         if has_hf_token:
-            env.append(
-                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "token"}}}
-            )
+            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "token"}}})
 
         if platform.storage.rwx:
             cache_volume = {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{self.service_name}-cache"}}
@@ -155,7 +155,8 @@ class ModelServer(pulumi.ComponentResource):
                     "spec": {
                         "nodeSelector": dict(pool.labels),
                         "tolerations": [
-                            {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect} for t in pool.taints
+                            {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect}
+                            for t in pool.taints
                         ],
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": 60,

@@ -13,6 +13,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
+from infra.catalog import cpu_node_hourly
 from infra.charts import DCGM_EXPORTER, KUBE_PROMETHEUS_STACK
 from infra.config import Monitoring as MonitoringConfig
 from infra.config import StackConfig
@@ -52,16 +53,14 @@ def dashboard_files() -> dict[str, str]:
 
 def pool_prices(platform: Platform) -> dict[str, float]:
     """USD per node hour of each pool on the site, spot or on-demand, at catalog prices."""
-    from infra.cost import prices  # noqa: PLC0415 - the list prices of CPU nodes
-
     out: dict[str, float] = {}
     for pool in (platform.system_pool, *platform.gpu_pools):
         if pool.instance is not None:
             out[pool.labels.get(POOL_LABEL, pool.name)] = pool.instance.hourly(pool.spot)
             continue
-        hourly = prices().get(platform.site.cloud, {}).get("instances", {}).get(pool.instance_type)
+        hourly = cpu_node_hourly(platform.site.cloud, pool.instance_type, pool.spot)
         if hourly is not None:
-            out[pool.labels.get(POOL_LABEL, pool.name)] = hourly * (0.4 if pool.spot else 1.0)
+            out[pool.labels.get(POOL_LABEL, pool.name)] = hourly
     return out
 
 
@@ -127,7 +126,12 @@ def chart_values(mon: MonitoringConfig, platform: Platform) -> dict:
             "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
             "service": grafana_service,
             "sidecar": {
-                "dashboards": {"enabled": True, "label": DASHBOARD_LABEL, "labelValue": "1", "searchNamespace": NAMESPACE}
+                "dashboards": {
+                    "enabled": True,
+                    "label": DASHBOARD_LABEL,
+                    "labelValue": "1",
+                    "searchNamespace": NAMESPACE,
+                }
             },
         },
     }
@@ -164,7 +168,10 @@ def dcgm_values(platform: Platform) -> dict:
     }
     if platform.gpu_driver_host_dir:
         values["extraHostVolumes"] = [{"name": DCGM_DRIVER_VOLUME, "hostPath": platform.gpu_driver_host_dir}]
-        values["extraVolumeMounts"] = [*(dict(m) for m in DCGM_CHART_MOUNTS), {"name": DCGM_DRIVER_VOLUME, "mountPath": DCGM_DRIVER_MOUNT}]
+        values["extraVolumeMounts"] = [
+            *(dict(m) for m in DCGM_CHART_MOUNTS),
+            {"name": DCGM_DRIVER_VOLUME, "mountPath": DCGM_DRIVER_MOUNT},
+        ]
         values["extraEnv"] = [dict(e) for e in DCGM_HOST_DRIVER_ENV]
         # Merged into the chart's securityContext, whose allowPrivilegeEscalation: false the
         # API server rejects beside privileged: true.
@@ -191,12 +198,17 @@ class Monitoring(pulumi.ComponentResource):
             metadata={
                 "name": NAMESPACE,
                 # node-exporter and the DCGM exporter read host paths and the host network.
-                "labels": {"pod-security.kubernetes.io/enforce": "privileged", "app.kubernetes.io/part-of": "llm-platform"},
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    "app.kubernetes.io/part-of": "llm-platform",
+                },
             },
             opts=k8s_opts,
         )
         in_ns = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns])
-        password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, opts=pulumi.ResourceOptions(parent=self))
+        password = random.RandomPassword(
+            f"{name}-grafana-admin", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         admin = k8s.core.v1.Secret(
             f"{name}-grafana-admin",
             metadata={"name": GRAFANA_SECRET, "namespace": NAMESPACE},

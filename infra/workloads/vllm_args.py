@@ -18,15 +18,24 @@ CHECKPOINT_FORMATS = frozenset({"awq", "gptq", "compressed-tensors"})
 def serve_args(model: ModelSpec) -> list[str]:
     args = [
         model.hf_repo,
-        "--served-model-name", model.name,
-        "--revision", model.revision,
-        "--host", "0.0.0.0",
-        "--port", str(PORT),
-        "--dtype", model.dtype,
-        "--tensor-parallel-size", str(model.tensor_parallel_size),
-        "--max-model-len", str(model.max_model_len),
-        "--gpu-memory-utilization", str(model.gpu_memory_utilization),
-        "--download-dir", f"{CACHE_DIR}/hub",
+        "--served-model-name",
+        model.name,
+        "--revision",
+        model.revision,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(PORT),
+        "--dtype",
+        model.dtype,
+        "--tensor-parallel-size",
+        str(model.tensor_parallel_size),
+        "--max-model-len",
+        str(model.max_model_len),
+        "--gpu-memory-utilization",
+        str(model.gpu_memory_utilization),
+        "--download-dir",
+        f"{CACHE_DIR}/hub",
         # Prefix caching is what the gateway's prefix-affinity routing feeds.
         "--enable-prefix-caching",
     ]
@@ -34,4 +43,3 @@ def serve_args(model: ModelSpec) -> list[str]:
     if model.quantization and model.quantization not in CHECKPOINT_FORMATS:
         args += ["--quantization", model.quantization]
     return args + list(model.extra_args)
-

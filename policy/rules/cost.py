@@ -23,10 +23,14 @@ def _budget_kinds(r) -> set[str]:
     """Which of actual/forecast a budget resource alerts on."""
     p = r.inputs
     if r.type == "aws:budgets/budget:Budget":
-        return {{"ACTUAL": "actual", "FORECASTED": "forecast"}[n["notificationType"]] for n in p.get("notifications") or []}
+        return {
+            {"ACTUAL": "actual", "FORECASTED": "forecast"}[n["notificationType"]] for n in p.get("notifications") or []
+        }
     if r.type == "gcp:billing/budget:Budget":
         basis = {t.get("spendBasis", "CURRENT_SPEND") for t in p.get("thresholdRules") or []}
-        return {"actual" for b in basis if b == "CURRENT_SPEND"} | {"forecast" for b in basis if b == "FORECASTED_SPEND"}
+        return {"actual" for b in basis if b == "CURRENT_SPEND"} | {
+            "forecast" for b in basis if b == "FORECASTED_SPEND"
+        }
     if r.type.startswith("azure-native:consumption:Budget"):
         kinds = {str(n.get("thresholdType", "Actual")).lower() for n in (p.get("notifications") or {}).values()}
         return {"actual" for k in kinds if k == "actual"} | {"forecast" for k in kinds if k == "forecasted"}
@@ -41,7 +45,10 @@ def _budget_per_cloud(args: StackValidationArgs, report: ReportViolation) -> Non
         budgets = [r for r in graph if r.type.startswith(prefix) and "budget" in r.type.lower()]
         kinds = set().union(*(_budget_kinds(b) for b in budgets)) if budgets else set()
         if {"actual", "forecast"} - kinds:
-            report(f"{cloud}: no budget alerting on both actual and forecast spend (has: {', '.join(sorted(kinds)) or 'none'})")
+            report(
+                f"{cloud}: no budget alerting on both actual and forecast spend "
+                f"(has: {', '.join(sorted(kinds)) or 'none'})"
+            )
 
 
 def _cost_tags(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -58,7 +65,9 @@ def _cost_tags(args: ResourceValidationArgs, report: ReportViolation) -> None:
 def _dev_scale_to_zero(args: StackValidationArgs, report: ReportViolation) -> None:
     for pool in gpu_pools(graph_of(args.resources)):
         if pool.min_nodes > 0:
-            report(f"{pool.site}/{pool.name}: GPU pool keeps {pool.min_nodes} node(s) up; dev pools should scale to zero")
+            report(
+                f"{pool.site}/{pool.name}: GPU pool keeps {pool.min_nodes} node(s) up; dev pools should scale to zero"
+            )
 
 
 def _within_budget(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -68,7 +77,10 @@ def _within_budget(args: StackValidationArgs, report: ReportViolation) -> None:
     if est.budget is None:
         report("no budget to compare the estimate with")
     elif est.total(scale) > est.budget:
-        report(f"estimated {scale} monthly cost {est.total(scale):,.2f} {est.currency} exceeds the budget {est.budget:,.2f}")
+        report(
+            f"estimated {scale} monthly cost {est.total(scale):,.2f} {est.currency} "
+            f"exceeds the budget {est.budget:,.2f}"
+        )
 
 
 POLICIES = [

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from pulumi_policy import PolicyResource
 
@@ -98,7 +99,11 @@ def _options(opts) -> dict:
     if opts.aliases:
         out["aliases"] = list(opts.aliases)
     t = opts.custom_timeouts
-    timeouts = {k: f"{v:g}s" for k, v in (("create", t.create_seconds), ("update", t.update_seconds), ("delete", t.delete_seconds)) if v}
+    timeouts = {
+        k: f"{v:g}s"
+        for k, v in (("create", t.create_seconds), ("update", t.update_seconds), ("delete", t.delete_seconds))
+        if v
+    }
     if timeouts:
         out["customTimeouts"] = timeouts
     return out

@@ -36,7 +36,9 @@ def check(model: dict, pool) -> list[str]:
     if tp > pool.gpus:
         problems.append(f"tensor parallel size {tp} > {pool.gpus} GPUs per node")
     if dtype == "bfloat16" and not gpu.supports_bf16:
-        problems.append(f"bfloat16 needs compute capability 8.0+; {gpu.model} has {gpu.compute_capability} (use float16)")
+        problems.append(
+            f"bfloat16 needs compute capability 8.0+; {gpu.model} has {gpu.compute_capability} (use float16)"
+        )
     params = float(ann.get(PARAMS_BILLION, 0)) * 1e9
     weights = params * (QUANT_BYTES.get(quant) or BYTES_PER_PARAM.get(dtype, 2.0))
     kv = int(ann.get(KV_BYTES_PER_TOKEN, 0)) * max_len
@@ -53,13 +55,17 @@ def check(model: dict, pool) -> list[str]:
 def _model_fits(args: StackValidationArgs, report: ReportViolation) -> None:
     graph = graph_of(args.resources)
     pools = gpu_pools(graph)
-    deployments = {(graph.site_of(r), r.inputs["metadata"]["name"]): r for r in graph.of_type("kubernetes:apps/v1:Deployment")}
+    deployments = {
+        (graph.site_of(r), r.inputs["metadata"]["name"]): r for r in graph.of_type("kubernetes:apps/v1:Deployment")
+    }
     for pod in pods(graph):
         vllm = next((c for c in pod.spec["containers"] if c["name"] == "vllm"), None)
         if not vllm:
             continue
         selector = pod.spec.get("nodeSelector") or {}
-        pool = next((p for p in pools if p.site == pod.site and all(p.labels.get(k) == v for k, v in selector.items())), None)
+        pool = next(
+            (p for p in pools if p.site == pod.site and all(p.labels.get(k) == v for k, v in selector.items())), None
+        )
         if pool is None:
             report(f"{pod.site}/{pod.name}: no GPU pool matches its node selector")
             continue
@@ -71,8 +77,10 @@ def _model_fits(args: StackValidationArgs, report: ReportViolation) -> None:
 POLICIES = [
     StackValidationPolicy(
         name="model-fits-gpu",
-        description="Each model's weights plus KV cache for max model length, over tensor parallel size, fit GPU memory "
-        "x utilization; tensor parallel size <= GPUs per node; the dtype runs on the GPU.",
+        description=(
+            "Each model's weights plus KV cache for max model length, over tensor parallel size, "
+            "fit GPU memory x utilization; tensor parallel size <= GPUs per node; the dtype runs on the GPU."
+        ),
         validate=_model_fits,
         # A model that cannot load is never advisory, in any stack.
         enforcement_level=EnforcementLevel.MANDATORY,

@@ -56,7 +56,10 @@ def _versions_supported(args: StackValidationArgs, report: ReportViolation) -> N
             if not pin.supports(minor):
                 upper = pin.kube_max or "any newer"
                 report(
-                    f"{site}: chart {pin.chart} {pin.version} supports Kubernetes {pin.kube_min} to {upper}, not {minor}",
+                    (
+                        f"{site}: chart {pin.chart} {pin.version} supports Kubernetes "
+                        f"{pin.kube_min} to {upper}, not {minor}"
+                    ),
                     release.urn,
                 )
 

@@ -24,7 +24,10 @@ def _gpu_pools_tainted(args: StackValidationArgs, report: ReportViolation) -> No
     graph = graph_of(args.resources)
     for pool in gpu_pools(graph):
         if not any(key == GPU_TAINT and effect == "NoSchedule" for key, _, effect in pool.taints):
-            report(f"{pool.site}/{pool.name}: GPU pool lacks the {GPU_TAINT}:NoSchedule taint, so CPU pods can take GPU nodes")
+            report(
+                f"{pool.site}/{pool.name}: GPU pool lacks the {GPU_TAINT}:NoSchedule taint, "
+                "so CPU pods can take GPU nodes"
+            )
     for problem in unschedulable_gpu_pods(graph):
         report(problem)
 
@@ -40,7 +43,10 @@ def _gateway_ha(args: StackValidationArgs, report: ReportViolation) -> None:
             continue
         site = graph.site_of(r)
         if r.inputs["spec"].get("replicas", 1) < minimum:
-            report(f"{site}: gateway runs {r.inputs['spec'].get('replicas', 1)} replica(s); needs >= {minimum} (gateway.replicas.min)")
+            report(
+                f"{site}: gateway runs {r.inputs['spec'].get('replicas', 1)} replica(s); "
+                f"needs >= {minimum} (gateway.replicas.min)"
+            )
         if "gateway" not in pdbs[site]:
             report(f"{site}: gateway has no PodDisruptionBudget")
 
@@ -80,7 +86,9 @@ def _vllm_await_covers_startup(args: ResourceValidationArgs, report: ReportViola
         probe = c.get("startupProbe") if c.get("name") == "vllm" else None
         if not probe:
             continue
-        startup = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+        startup = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get(
+            "failureThreshold", 3
+        )
         needed = NODE_FROM_ZERO_SECONDS + IMAGE_PULL_SECONDS + startup
         timeouts = args.opts.custom_timeouts if args.opts else None
         for action in ("create", "update"):
@@ -98,7 +106,9 @@ POLICIES = [
         description="GPU pools carry the nvidia.com/gpu taint and every GPU pod tolerates and fits its pool.",
         validate=_gpu_pools_tainted,
         severity=Severity.HIGH,
-        remediation_steps="Taint GPU pools with nvidia.com/gpu=true:NoSchedule; give GPU pods matching tolerations and selectors.",
+        remediation_steps=(
+            "Taint GPU pools with nvidia.com/gpu=true:NoSchedule; give GPU pods matching tolerations and selectors."
+        ),
     ),
     StackValidationPolicy(
         name="gateway-ha",
@@ -119,7 +129,9 @@ POLICIES = [
         description="`pulumi up` waits on a vLLM Deployment at least as long as a replica may take to start.",
         validate=_vllm_await_covers_startup,
         severity=Severity.HIGH,
-        remediation_steps="Give the Deployment customTimeouts create/update >= GPU node + image pull + startup probe budget.",
+        remediation_steps=(
+            "Give the Deployment customTimeouts create/update >= GPU node + image pull + startup probe budget."
+        ),
     ),
     ResourceValidationPolicy(
         name="vllm-probes",

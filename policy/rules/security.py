@@ -13,8 +13,13 @@ def _cluster_endpoint(args: ResourceValidationArgs, report: ReportViolation) -> 
     p = args.props
     if args.resource_type == "aws:eks/cluster:Cluster":
         vpc = p.get("vpcConfig") or {}
-        if vpc.get("endpointPublicAccess", True) and (not vpc.get("publicAccessCidrs") or is_open(vpc.get("publicAccessCidrs"))):
-            report("EKS API endpoint is public to the internet; set sites[].apiAllowedCidrs or leave it empty for private only")
+        if vpc.get("endpointPublicAccess", True) and (
+            not vpc.get("publicAccessCidrs") or is_open(vpc.get("publicAccessCidrs"))
+        ):
+            report(
+                "EKS API endpoint is public to the internet; "
+                "set sites[].apiAllowedCidrs or leave it empty for private only"
+            )
     elif args.resource_type == "gcp:container/cluster:Cluster":
         private = (p.get("privateClusterConfig") or {}).get("enablePrivateEndpoint")
         nets = ((p.get("masterAuthorizedNetworksConfig") or {}).get("cidrBlocks")) or []
@@ -54,7 +59,10 @@ def _node_metadata(args: ResourceValidationArgs, report: ReportViolation) -> Non
     if args.resource_type == "aws:ec2/launchTemplate:LaunchTemplate":
         meta = p.get("metadataOptions") or {}
         if meta.get("httpTokens") != "required" or meta.get("httpPutResponseHopLimit", 2) > 1:
-            report("node metadata must require IMDSv2 (httpTokens: required) with hop limit 1, so pods cannot use the node role")
+            report(
+                "node metadata must require IMDSv2 (httpTokens: required) with hop limit 1, "
+                "so pods cannot use the node role"
+            )
     elif args.resource_type == "gcp:container/nodePool:NodePool":
         mode = ((p.get("nodeConfig") or {}).get("workloadMetadataConfig") or {}).get("mode")
         if mode != "GKE_METADATA":
@@ -130,7 +138,9 @@ def _least_privilege(args: ResourceValidationArgs, report: ReportViolation) -> N
     elif t in WORKLOADS:
         spec = pod_spec(p) or {}
         if spec.get("serviceAccountName") in (None, "default") and spec.get("automountServiceAccountToken", True):
-            report("pod mounts the namespace's default service account token; disable automount or use a dedicated account")
+            report(
+                "pod mounts the namespace's default service account token; disable automount or use a dedicated account"
+            )
 
 
 def _containers_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -175,24 +185,74 @@ def _rule(name, description, validate, severity, remediation) -> ResourceValidat
 
 
 POLICIES = [
-    _rule("cluster-endpoint-restricted", "The Kubernetes API endpoint is private or limited to listed CIDRs.",
-          _cluster_endpoint, Severity.CRITICAL, "Set sites[].apiAllowedCidrs to your ranges, or [] for a private endpoint."),
-    _rule("kubernetes-secrets-encrypted", "Kubernetes Secrets are envelope-encrypted with a KMS key.",
-          _secrets_encrypted, Severity.HIGH, "Enable secrets encryption with a customer-managed KMS key on the cluster."),
-    _rule("control-plane-logging", "Control-plane API, audit and authenticator logs are on.",
-          _control_plane_logging, Severity.MEDIUM, "Enable the API server, audit and authenticator log types."),
-    _rule("node-metadata-protected", "Nodes protect their metadata and credentials and have no public IPs.",
-          _node_metadata, Severity.HIGH, "Require IMDSv2 with hop limit 1 (AWS), the GKE metadata server, private nodes."),
-    _rule("disks-encrypted", "Node and cache disks are encrypted at rest.",
-          _disks_encrypted, Severity.HIGH, "Set encrypted volumes in the launch template and at-rest encryption on Redis."),
-    _rule("redis-tls-auth-private", "Redis requires TLS and auth and is not reachable from the internet.",
-          _redis, Severity.CRITICAL, "Enable TLS and AUTH; allow Redis only from the cluster's network."),
-    _rule("least-privilege-identities", "No wildcard IAM, no admin policies, no default service accounts.",
-          _least_privilege, Severity.HIGH, "List the actions and resources each identity needs; use dedicated service accounts."),
-    _rule("containers-hardened", "Containers run as non-root, cannot escalate privileges, and request resources.",
-          _containers_hardened, Severity.HIGH, "Set runAsNonRoot, allowPrivilegeEscalation: false and CPU/memory requests."),
-    _rule("no-secret-env-literal", "No secret is a plain environment value.",
-          _no_secret_env, Severity.CRITICAL, "Put the value in a Kubernetes Secret and use valueFrom.secretKeyRef."),
-    _rule("images-pinned", "Container images are pinned to a version tag or digest, never latest.",
-          _images_pinned, Severity.MEDIUM, "Use an explicit version tag (images.*) or an @sha256 digest."),
+    _rule(
+        "cluster-endpoint-restricted",
+        "The Kubernetes API endpoint is private or limited to listed CIDRs.",
+        _cluster_endpoint,
+        Severity.CRITICAL,
+        "Set sites[].apiAllowedCidrs to your ranges, or [] for a private endpoint.",
+    ),
+    _rule(
+        "kubernetes-secrets-encrypted",
+        "Kubernetes Secrets are envelope-encrypted with a KMS key.",
+        _secrets_encrypted,
+        Severity.HIGH,
+        "Enable secrets encryption with a customer-managed KMS key on the cluster.",
+    ),
+    _rule(
+        "control-plane-logging",
+        "Control-plane API, audit and authenticator logs are on.",
+        _control_plane_logging,
+        Severity.MEDIUM,
+        "Enable the API server, audit and authenticator log types.",
+    ),
+    _rule(
+        "node-metadata-protected",
+        "Nodes protect their metadata and credentials and have no public IPs.",
+        _node_metadata,
+        Severity.HIGH,
+        "Require IMDSv2 with hop limit 1 (AWS), the GKE metadata server, private nodes.",
+    ),
+    _rule(
+        "disks-encrypted",
+        "Node and cache disks are encrypted at rest.",
+        _disks_encrypted,
+        Severity.HIGH,
+        "Set encrypted volumes in the launch template and at-rest encryption on Redis.",
+    ),
+    _rule(
+        "redis-tls-auth-private",
+        "Redis requires TLS and auth and is not reachable from the internet.",
+        _redis,
+        Severity.CRITICAL,
+        "Enable TLS and AUTH; allow Redis only from the cluster's network.",
+    ),
+    _rule(
+        "least-privilege-identities",
+        "No wildcard IAM, no admin policies, no default service accounts.",
+        _least_privilege,
+        Severity.HIGH,
+        "List the actions and resources each identity needs; use dedicated service accounts.",
+    ),
+    _rule(
+        "containers-hardened",
+        "Containers run as non-root, cannot escalate privileges, and request resources.",
+        _containers_hardened,
+        Severity.HIGH,
+        "Set runAsNonRoot, allowPrivilegeEscalation: false and CPU/memory requests.",
+    ),
+    _rule(
+        "no-secret-env-literal",
+        "No secret is a plain environment value.",
+        _no_secret_env,
+        Severity.CRITICAL,
+        "Put the value in a Kubernetes Secret and use valueFrom.secretKeyRef.",
+    ),
+    _rule(
+        "images-pinned",
+        "Container images are pinned to a version tag or digest, never latest.",
+        _images_pinned,
+        Severity.MEDIUM,
+        "Use an explicit version tag (images.*) or an @sha256 digest.",
+    ),
 ]

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator, start_vllm  # noqa: E402
 from gateway_testkit import FAST, NEXT_MODEL, Keys, gateway_env  # noqa: E402
+
+from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator, start_vllm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +25,16 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def keys(log_dir: Path) -> Keys:
     made = {name: make_key() for name in ("alice", "rpm5", "rpm1", "rpm60", "tpm", "other_models", "spare")}
-    options = {"rpm5": "rpm=5", "rpm1": "rpm=1", "rpm60": "rpm=60", "tpm": "tpm=60", "other_models": "models=other-model"}
-    lines = ["# test keys"] + [f"{name} {digest} {options.get(name, '')}".rstrip() for name, (_, digest) in made.items()]
+    options = {
+        "rpm5": "rpm=5",
+        "rpm1": "rpm=1",
+        "rpm60": "rpm=60",
+        "tpm": "tpm=60",
+        "other_models": "models=other-model",
+    }
+    lines = ["# test keys"] + [
+        f"{name} {digest} {options.get(name, '')}".rstrip() for name, (_, digest) in made.items()
+    ]
     path = log_dir / "api-keys"
     path.write_text("\n".join(lines) + "\n")
     plain = {name: key for name, (key, _) in made.items()}

@@ -20,8 +20,12 @@ def test_short_answers_do_not_set_the_rate():
     assert rates.rate("m") is None
 
 
-@given(tokens=st.integers(8, 10_000), seconds=st.floats(0.05, 600), ran=st.floats(0, 600),
-       cap=st.none() | st.integers(1, 100_000))
+@given(
+    tokens=st.integers(8, 10_000),
+    seconds=st.floats(0.05, 600),
+    ran=st.floats(0, 600),
+    cap=st.none() | st.integers(1, 100_000),
+)
 def test_estimate_is_rate_times_time_within_max_tokens(tokens, seconds, ran, cap):
     rates = DecodeRates()
     rates.observe("m", tokens, seconds)
@@ -31,8 +35,16 @@ def test_estimate_is_rate_times_time_within_max_tokens(tokens, seconds, ran, cap
 
 
 def test_text_content_parts_count_toward_the_prompt():
-    body = ChatCompletionRequest.model_validate({"model": "m", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "a" * 40}, {"type": "image_url", "image_url": {}}]},
-        {"role": "user", "content": "b" * 8},
-    ]})
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a" * 40}, {"type": "image_url", "image_url": {}}],
+                },
+                {"role": "user", "content": "b" * 8},
+            ],
+        }
+    )
     assert prompt_tokens_estimate(body.prompt_chars()) == 12

@@ -7,7 +7,6 @@ import json
 import httpx
 import openai
 import pytest
-
 from gateway_testkit import eventually
 
 
@@ -18,8 +17,11 @@ def _client(gateway, key: str) -> openai.OpenAI:
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer sk-not-a-real-key", "Basic dXNlcjpwYXNz"])
 def test_missing_or_wrong_key_is_401_in_openai_shape(gateway, header):
     headers = {"authorization": header} if header else {}
-    r = httpx.post(gateway.url + "/v1/chat/completions", headers=headers,
-                   json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=headers,
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 401
     err = r.json()["error"]
     assert err["code"] == "invalid_api_key" and err["type"] == "invalid_request_error"
@@ -34,7 +36,8 @@ def test_openai_client_sees_authentication_error(gateway):
 def test_key_limited_to_other_models_gets_403(gateway, keys):
     with pytest.raises(openai.PermissionDeniedError) as info:
         _client(gateway, keys.other_models).chat.completions.create(
-            model="sim-model", messages=[{"role": "user", "content": "x"}])
+            model="sim-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.body["code"] == "model_not_allowed"
     assert _client(gateway, keys.other_models).models.list().data == []
 
@@ -42,7 +45,8 @@ def test_key_limited_to_other_models_gets_403(gateway, keys):
 def test_logs_are_json_with_request_ids_and_no_prompts_or_keys(gateway, keys):
     secret_prompt = "zebra-violet-prompt-marker"
     out = _client(gateway, keys.alice).chat.completions.create(
-        model="sim-model", messages=[{"role": "user", "content": secret_prompt}], max_tokens=2)
+        model="sim-model", messages=[{"role": "user", "content": secret_prompt}], max_tokens=2
+    )
     assert out.choices
     with pytest.raises(openai.AuthenticationError):
         _client(gateway, "sk-leaky-wrong-key").models.list()

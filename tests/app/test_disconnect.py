@@ -6,7 +6,6 @@ import threading
 
 import httpx
 import pytest
-
 from gateway_testkit import eventually, metric_sum, read_events, scrape
 
 LONG = {"model": "sim-model", "max_tokens": 2000}  # 10 s of tokens at 5 ms each

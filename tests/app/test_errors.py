@@ -70,8 +70,12 @@ def test_huge_chunked_body_is_refused(gateway, keys):
             yield b"a" * (1024 * 1024)
         yield b'"}'
 
-    r = httpx.post(gateway.url + "/v1/completions", content=chunks(), timeout=30,
-                   headers={"authorization": f"Bearer {keys.alice}", "content-type": "application/json"})
+    r = httpx.post(
+        gateway.url + "/v1/completions",
+        content=chunks(),
+        timeout=30,
+        headers={"authorization": f"Bearer {keys.alice}", "content-type": "application/json"},
+    )
     _error(r, 413)
 
 
@@ -93,8 +97,14 @@ def test_unknown_route_and_wrong_method(gateway):
 
 def _start(env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.run([sys.executable, "-m", "app.gateway", "--port", "1"], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "app.gateway", "--port", "1"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,13 @@ def openai_error_shape(ctx: CheckContext, response: Response, case: Case) -> boo
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=30, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
-                     derandomize=True, phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+@hypothesis.settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+)
 def test_api_never_errors_and_speaks_openai(case: Case, gateway, keys):
     response = case.call(base_url=gateway.url, headers={"authorization": f"Bearer {keys.by_id['spare']}"}, timeout=30)
     case.validate_response(response, checks=[schemathesis.checks.not_a_server_error, openai_error_shape])

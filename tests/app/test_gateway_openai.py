@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from gateway_testkit import eventually, metric_sum, scrape
 
 
@@ -26,20 +25,26 @@ def test_chat_completion(client):
 
 
 def test_chat_stream_hides_usage_the_client_did_not_ask_for(client):
-    chunks = list(client.chat.completions.create(
-        model="sim-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True
+        )
+    )
     assert all(c.choices for c in chunks), "the usage chunk the gateway asked for leaked to the client"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == \
-        "the quick brown fox jumps over".split()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == "the quick brown fox jumps over".split()
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_chat_stream_keeps_usage_when_asked(client):
-    chunks = list(client.chat.completions.create(
-        model="sim-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=3, stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-model",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == 3
 
@@ -47,8 +52,11 @@ def test_chat_stream_keeps_usage_when_asked(client):
 def test_text_completions_both_ways(client):
     out = client.completions.create(model="sim-model", prompt="Say", max_tokens=2)
     assert out.choices[0].text.split() == ["the", "quick"]
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="sim-model", prompt="Say", max_tokens=2, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="sim-model", prompt="Say", max_tokens=2, stream=True)
+        if c.choices
+    )
     assert streamed.split() == ["the", "quick"]
 
 
@@ -66,8 +74,11 @@ def test_stream_headers_disable_proxy_buffering(gateway, keys):
 def test_requests_and_tokens_are_counted(gateway, client):
     before = scrape(gateway.metrics_url)
     client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "a b c"}], max_tokens=7)
-    list(client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "a b c"}],
-                                        max_tokens=5, stream=True))
+    list(
+        client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "a b c"}], max_tokens=5, stream=True
+        )
+    )
 
     def counted():
         after = scrape(gateway.metrics_url)

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from gateway_testkit import eventually, gateway_env, metric_sum, read_events, scrape
 
 from app.devstack import start_gateway, start_simulator
-from gateway_testkit import eventually, gateway_env, metric_sum, read_events, scrape
 
 MAX_HEADER = 8192
 NON_ASCII_KEY = "sk-clé-ключ-鍵-0123456789"
@@ -42,10 +42,21 @@ def hard_keys(keys, log_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def gw(log_dir, procs, keys, hard_keys, redis_server, sims):
-    env = gateway_env(keys, redis_server.url, [s.url for s in sims], api_keys_file=hard_keys,
-                      max_header_bytes=MAX_HEADER, header_timeout_s=1, body_timeout_s=1, send_timeout_s=2,
-                      health_interval_s=0.5, health_timeout_s=0.5, hung_probes=2, read_timeout_s=60,
-                      breaker_cooldown_s=1)
+    env = gateway_env(
+        keys,
+        redis_server.url,
+        [s.url for s in sims],
+        api_keys_file=hard_keys,
+        max_header_bytes=MAX_HEADER,
+        header_timeout_s=1,
+        body_timeout_s=1,
+        send_timeout_s=2,
+        health_interval_s=0.5,
+        health_timeout_s=0.5,
+        hung_probes=2,
+        read_timeout_s=60,
+        breaker_cooldown_s=1,
+    )
     return procs(start_gateway(log_dir, env))
 
 
@@ -165,8 +176,10 @@ def test_trickled_headers_slowloris_get_408(gw):
 
 
 def test_trickled_body_gets_408(gw, keys):
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"authorization: Bearer " + keys.alice.encode() + b"\r\ncontent-length: 1000\r\n\r\n")
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + keys.alice.encode() + b"\r\ncontent-length: 1000\r\n\r\n"
+    )
     started = time.monotonic()
     raw = _raw(gw, head + b'{"model": "sim-model", ')
     status, _, body = _status_and_body(raw)
@@ -182,11 +195,23 @@ def test_a_stream_nobody_reads_is_cut_off_and_frees_its_replica(log_dir, procs, 
     fast = procs(start_simulator(log_dir, ttft_ms=5, itl_ms=0.2, max_model_len=200_000))
     env = gateway_env(keys, redis_server.url, [fast.url], send_timeout_s=2)
     gateway = procs(start_gateway(log_dir, env))
-    body = orjson.dumps({"model": "sim-model", "stream": True, "max_tokens": 100_000,
-                         "messages": [{"role": "user", "content": "flood"}]})
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-               b"authorization: Bearer " + keys.alice.encode() + b"\r\ncontent-length: "
-               + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = orjson.dumps(
+        {
+            "model": "sim-model",
+            "stream": True,
+            "max_tokens": 100_000,
+            "messages": [{"role": "user", "content": "flood"}],
+        }
+    )
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer "
+        + keys.alice.encode()
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
     try:
@@ -195,8 +220,9 @@ def test_a_stream_nobody_reads_is_cut_off_and_frees_its_replica(log_dir, procs, 
         eventually(lambda: metric_sum(scrape(fast.url), "vllm:num_requests_running") == 1, timeout=5)
         started = time.monotonic()
         # Nothing is read. The gateway cuts the client off and vLLM aborts the request.
-        eventually(lambda: metric_sum(scrape(fast.url), "vllm:request_success_total", finished_reason="abort") == 1,
-                   timeout=15)
+        eventually(
+            lambda: metric_sum(scrape(fast.url), "vllm:request_success_total", finished_reason="abort") == 1, timeout=15
+        )
         assert time.monotonic() - started < 15
         assert metric_sum(scrape(fast.url), "vllm:num_requests_running") == 0
     finally:
@@ -229,8 +255,12 @@ def test_metrics_and_openapi_are_not_on_the_client_port(gw, keys):
 
 def test_two_authorization_headers_are_400_everywhere(gw, keys):
     two = [("authorization", f"Bearer {keys.alice}"), ("authorization", "Bearer sk-wrong")]
-    chat = httpx.post(gw.url + "/v1/chat/completions", headers=two, timeout=10,
-                      json={"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]})
+    chat = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=two,
+        timeout=10,
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]},
+    )
     models = httpx.get(gw.url + "/v1/models", headers=two, timeout=10)
     for resp in (chat, models):
         assert resp.status_code == 400, resp.text
@@ -243,8 +273,10 @@ def test_trailing_slash_is_a_404_without_a_redirect_echoing_host(gw, keys):
     assert "location" not in resp.headers
 
 
-@pytest.mark.parametrize(("field", "value"), [("max_tokens", True), ("stream", "yes"), ("max_tokens", 3.0),
-                                              ("temperature", "0.5"), ("top_p", "1")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_tokens", True), ("stream", "yes"), ("max_tokens", 3.0), ("temperature", "0.5"), ("top_p", "1")],
+)
 def test_loosely_typed_fields_are_400_naming_them(gw, keys, field, value):
     body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], field: value}
     resp = httpx.post(gw.url + "/v1/chat/completions", headers=_auth(keys.alice), json=body, timeout=10)
@@ -265,12 +297,12 @@ def test_refusals_at_the_edge_leave_a_log_line_without_the_key(gw, keys):
     msg = {"messages": [{"role": "user", "content": "hi"}]}
     wrong = "sk-brute-force-attempt-0001"
     sent = [
-        httpx.post(chat, headers=_auth(wrong), json={"model": "sim-model", **msg}),                   # 401
-        httpx.get(gw.url + "/v1/models", headers=_auth(wrong)),                                       # 401
-        httpx.post(chat, headers=_auth(keys.other_models), json={"model": "sim-model", **msg}),       # 403
-        httpx.post(chat, headers=_auth(keys.alice), json={"model": "probe-model", **msg}),            # 404
-        httpx.post(chat, headers=_auth(keys.alice), content=b"{not json"),                            # 400
-        httpx.post(chat, headers=_auth(keys.alice), content=b" " * (9 << 20)),                      # 413
+        httpx.post(chat, headers=_auth(wrong), json={"model": "sim-model", **msg}),  # 401
+        httpx.get(gw.url + "/v1/models", headers=_auth(wrong)),  # 401
+        httpx.post(chat, headers=_auth(keys.other_models), json={"model": "sim-model", **msg}),  # 403
+        httpx.post(chat, headers=_auth(keys.alice), json={"model": "probe-model", **msg}),  # 404
+        httpx.post(chat, headers=_auth(keys.alice), content=b"{not json"),  # 400
+        httpx.post(chat, headers=_auth(keys.alice), content=b" " * (9 << 20)),  # 413
     ]
     statuses = [r.status_code for r in sent]
     assert statuses == [401, 401, 403, 404, 400, 413]
@@ -292,8 +324,10 @@ def test_refusals_at_the_edge_leave_a_log_line_without_the_key(gw, keys):
 
 def _tokens(gw, key_id: str) -> tuple[float, float]:
     samples = scrape(gw.metrics_url)
-    return (metric_sum(samples, "gateway_prompt_tokens_total", key_id=key_id),
-            metric_sum(samples, "gateway_completion_tokens_total", key_id=key_id))
+    return (
+        metric_sum(samples, "gateway_prompt_tokens_total", key_id=key_id),
+        metric_sum(samples, "gateway_completion_tokens_total", key_id=key_id),
+    )
 
 
 def _abandon(gw, key: str, body: dict, path: str, after_s: float) -> None:
@@ -307,8 +341,12 @@ def _abandon(gw, key: str, body: dict, path: str, after_s: float) -> None:
 def test_a_non_streaming_request_abandoned_early_is_charged(gw, keys):
     key = keys.by_id["spare"]
     # One answered request teaches the gateway the model's decode rate (20 ms a token here).
-    done = httpx.post(gw.url + "/v1/completions", headers=_auth(key), timeout=30,
-                      json={"model": "sim-model", "prompt": "warm", "max_tokens": 40})
+    done = httpx.post(
+        gw.url + "/v1/completions",
+        headers=_auth(key),
+        timeout=30,
+        json={"model": "sim-model", "prompt": "warm", "max_tokens": 40},
+    )
     assert done.status_code == 200
     before = _tokens(gw, "spare")
     prompt = "word " * 3200  # 16,000 characters: about 4,000 tokens
@@ -324,8 +362,12 @@ def test_an_abandoned_stream_with_content_parts_is_charged_its_prompt(gw, keys):
     key = keys.by_id["spare"]
     before = _tokens(gw, "spare")
     text = "part " * 800
-    body = {"model": "sim-model", "stream": True, "max_tokens": 500,
-            "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
+    body = {
+        "model": "sim-model",
+        "stream": True,
+        "max_tokens": 500,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+    }
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", gw.url + "/v1/chat/completions", headers=_auth(key), json=body) as r:
             assert r.status_code == 200
@@ -354,8 +396,12 @@ def test_a_hung_replica_ends_its_stream_and_retries_what_has_no_answer_yet(gw, k
     stopped = None
     try:
         # A stream already flowing from the replica that hangs: it ends with an error event soon.
-        body = {"model": "sim-model", "stream": True, "max_tokens": 300,
-                "messages": [{"role": "user", "content": "hang"}]}
+        body = {
+            "model": "sim-model",
+            "stream": True,
+            "max_tokens": 300,
+            "messages": [{"role": "user", "content": "hang"}],
+        }
         with httpx.Client(timeout=httpx.Timeout(30, read=30)) as client:
             with client.stream("POST", gw.url + "/v1/chat/completions", headers=_auth(keys.alice), json=body) as r:
                 chunks = r.iter_raw()
@@ -375,9 +421,16 @@ def test_a_hung_replica_ends_its_stream_and_retries_what_has_no_answer_yet(gw, k
         # A non-streaming request waiting on the replica that hangs: retried on the other, answered.
         eventually(lambda: sum(_running_on(sims)) == 0, timeout=15)
         result: list[httpx.Response] = []
-        call = threading.Thread(target=lambda: result.append(httpx.post(
-            gw.url + "/v1/completions", headers=_auth(keys.alice), timeout=40,
-            json={"model": "sim-model", "prompt": "hang", "max_tokens": 150})))
+        call = threading.Thread(
+            target=lambda: result.append(
+                httpx.post(
+                    gw.url + "/v1/completions",
+                    headers=_auth(keys.alice),
+                    timeout=40,
+                    json={"model": "sim-model", "prompt": "hang", "max_tokens": 150},
+                )
+            )
+        )
         call.start()
         stopped = _stop_the_busy_one(sims)
         call.join(40)

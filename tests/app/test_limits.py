@@ -8,9 +8,9 @@ from importlib import resources
 import httpx
 import pytest
 import redis
+from gateway_testkit import eventually, gateway_env, metric_sum, scrape
 
 from app.devstack import free_port, start_gateway
-from gateway_testkit import eventually, gateway_env, metric_sum, scrape
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -106,8 +106,9 @@ def test_unlimited_when_both_limits_are_zero(limiter):
 def gateways_without_redis(log_dir, procs, keys, replicas):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     urls = [r.url for r in replicas]
-    closed = procs(start_gateway(log_dir, gateway_env(keys, dead_redis, urls, redis_fail_mode="closed"),
-                                 wait="/healthz"))
+    closed = procs(
+        start_gateway(log_dir, gateway_env(keys, dead_redis, urls, redis_fail_mode="closed"), wait="/healthz")
+    )
     opened = procs(start_gateway(log_dir, gateway_env(keys, dead_redis, urls, redis_fail_mode="open")))
     return closed, opened
 

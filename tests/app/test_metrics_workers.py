@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from gateway_testkit import eventually, gateway_env, metric_sum, scrape
 
 from app.devstack import start_gateway
-from gateway_testkit import eventually, gateway_env, metric_sum, scrape
 
 
 def test_counts_add_up_across_workers(log_dir, procs, keys, redis_server, replicas):

@@ -12,10 +12,7 @@ import threading
 import httpx
 import openai
 import pytest
-
-from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway
 from gateway_testkit import (
-    NEXT_MODEL,
     Switchboard,
     eventually,
     gateway_env,
@@ -24,6 +21,8 @@ from gateway_testkit import (
     read_events,
     scrape,
 )
+
+from app.devstack import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME, start_gateway
 
 MODEL = TINY_MODEL_NAME
 
@@ -45,20 +44,30 @@ def _running(engines) -> float:
 
 def test_models_chat_completions_and_streams_with_usage(client):
     assert [m.id for m in client.models.list()] == [MODEL]
-    chat = client.chat.completions.create(model=MODEL, max_tokens=8,
-                                          messages=[{"role": "user", "content": "hello there"}])
+    chat = client.chat.completions.create(
+        model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hello there"}]
+    )
     assert chat.choices[0].finish_reason in ("length", "stop")
     assert chat.usage.completion_tokens <= 8 and chat.usage.prompt_tokens > 0
     text = client.completions.create(model=MODEL, prompt="the quick brown fox", max_tokens=5)
     assert text.usage.completion_tokens <= 5
-    chunks = list(client.chat.completions.create(
-        model=MODEL, max_tokens=6, stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "stream please"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "stream please"}],
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 6
     assert chunks[-1].choices == []
     # Without include_usage the gateway still asks vLLM for usage (to charge tokens) but drops it.
-    plain = list(client.chat.completions.create(model=MODEL, max_tokens=4, stream=True,
-                                                messages=[{"role": "user", "content": "again"}]))
+    plain = list(
+        client.chat.completions.create(
+            model=MODEL, max_tokens=4, stream=True, messages=[{"role": "user", "content": "again"}]
+        )
+    )
     assert all(c.usage is None for c in plain)
 
 
@@ -71,7 +80,8 @@ def test_vllm_errors_reach_the_client_in_openai_shape(client):
 
 
 def test_vllm_404_reaches_the_client_when_a_replica_no_longer_serves_the_model(
-        log_dir, procs, keys, redis_server, engines, next_engine):
+    log_dir, procs, keys, redis_server, engines, next_engine
+):
     """A rollout replaces the pods behind a replica's address before the gateway's next probe:
     the gateway still routes the old model there, and vLLM's own 404 is the answer the client
     gets, unchanged (the gateway answers unknown models itself only for names no replica lists)."""
@@ -103,8 +113,13 @@ def test_disconnects_abort_the_request_in_vllm(real_gateway, keys, engines):
     headers = {"authorization": f"Bearer {keys.alice}"}
     eventually(lambda: _running(engines) == 0, timeout=20)
     # 30,000 tokens take vLLM far longer on these CPUs than the bound below: only an abort ends them in time.
-    body = {"model": MODEL, "max_tokens": 30_000, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": "go on"}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 30_000,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [{"role": "user", "content": "go on"}],
+    }
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", real_gateway.url + "/v1/chat/completions", json=body, headers=headers) as r:
             chunks = read_events(r, 3)  # noqa: F841  (held open until the block ends)
@@ -115,8 +130,14 @@ def test_disconnects_abort_the_request_in_vllm(real_gateway, keys, engines):
 
     def leave_early() -> None:
         try:
-            outcome.append(httpx.post(real_gateway.url + "/v1/completions", headers=headers, timeout=1.5,
-                                      json={"model": MODEL, "prompt": "go on", "max_tokens": 30_000, "ignore_eos": True}))
+            outcome.append(
+                httpx.post(
+                    real_gateway.url + "/v1/completions",
+                    headers=headers,
+                    timeout=1.5,
+                    json={"model": MODEL, "prompt": "go on", "max_tokens": 30_000, "ignore_eos": True},
+                )
+            )
         except httpx.TimeoutException as exc:  # the client gives up and closes the connection
             outcome.append(exc)
 
@@ -132,9 +153,12 @@ def test_prefix_affinity_shows_in_vllm_prefix_cache_hits(client, engines):
     system = "You are the assistant of tenant forty-two. " * 40  # about 400 tokens: many KV blocks
     before = [metric_sum(scrape(e.url), "vllm:prefix_cache_hits_total") for e in engines]
     for turn in range(4):
-        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-            {"role": "system", "content": system}, {"role": "user", "content": f"turn {turn}"}])
-    hits = [metric_sum(scrape(e.url), "vllm:prefix_cache_hits_total") - b for e, b in zip(engines, before)]
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=2,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": f"turn {turn}"}],
+        )
+    hits = [metric_sum(scrape(e.url), "vllm:prefix_cache_hits_total") - b for e, b in zip(engines, before, strict=True)]
     # Every turn after the first finds the system prompt cached, on one replica only.
     assert sorted(hits)[0] == 0 and sorted(hits)[1] >= 3 * 300, hits
 

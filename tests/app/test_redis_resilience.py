@@ -8,25 +8,31 @@ import asyncio
 import httpx
 import pytest
 import redis
+from gateway_testkit import gateway_env, metric_sum, scrape
 
 from app.devstack import start_gateway
-from gateway_testkit import gateway_env, metric_sum, scrape
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 def _post(url: str, key: str) -> int:
-    return httpx.post(url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}, timeout=30).status_code
+    return httpx.post(
+        url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}, timeout=30
+    ).status_code
 
 
 @pytest.fixture(scope="module")
 def closed_gateway(log_dir, procs, keys, redis_server, replicas):
-    return procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas], redis_fail_mode="closed")))
+    return procs(
+        start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas], redis_fail_mode="closed"))
+    )
 
 
 @pytest.fixture(scope="module")
 def open_gateway(log_dir, procs, keys, redis_server, replicas):
-    return procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas], redis_fail_mode="open")))
+    return procs(
+        start_gateway(log_dir, gateway_env(keys, redis_server.url, [r.url for r in replicas], redis_fail_mode="open"))
+    )
 
 
 def test_connections_redis_dropped_are_replaced_without_refusing_anyone(closed_gateway, redis_server, keys):
@@ -43,6 +49,7 @@ def test_connections_redis_dropped_are_replaced_without_refusing_anyone(closed_g
 async def _burst(url: str, key: str, n: int) -> list[int]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
         async def one() -> int:
             r = await client.post(url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"})
             return r.status_code

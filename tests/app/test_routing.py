@@ -7,10 +7,9 @@ import time
 
 import httpx
 import openai
-import pytest
+from gateway_testkit import FAST, eventually, gateway_env, metric_sum, scrape
 
 from app.devstack import free_port, start_gateway, start_simulator
-from gateway_testkit import FAST, eventually, gateway_env, metric_sum, scrape
 
 
 def _served(replica) -> float:
@@ -27,11 +26,17 @@ def test_shared_prefix_sticks_to_one_replica(gateway, keys, replicas):
     hits_before = [metric_sum(scrape(r.url), "vllm:prefix_cache_hits_total") for r in replicas]
     client = _client(gateway, keys.alice)
     for question in ["one", "two", "three", "four", "five", "six"]:
-        client.chat.completions.create(model="sim-model", max_tokens=1, messages=[
-            {"role": "system", "content": system}, {"role": "user", "content": question}])
-    served = sorted(_served(r) - b for r, b in zip(replicas, before))
+        client.chat.completions.create(
+            model="sim-model",
+            max_tokens=1,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
+    served = sorted(_served(r) - b for r, b in zip(replicas, before, strict=True))
     assert served == [0, 6]
-    hits = [metric_sum(scrape(r.url), "vllm:prefix_cache_hits_total") - h for r, h in zip(replicas, hits_before)]
+    hits = [
+        metric_sum(scrape(r.url), "vllm:prefix_cache_hits_total") - h
+        for r, h in zip(replicas, hits_before, strict=True)
+    ]
     assert max(hits) >= 5 * 16  # five warm requests, each hitting at least one cached block
 
 
@@ -40,7 +45,7 @@ def test_different_prefixes_spread_over_replicas(gateway, keys, replicas):
     client = _client(gateway, keys.alice)
     for i in range(12):
         client.completions.create(model="sim-model", prompt=f"distinct prompt number {i} " * 3, max_tokens=1)
-    served = [_served(r) - b for r, b in zip(replicas, before)]
+    served = [_served(r) - b for r, b in zip(replicas, before, strict=True)]
     assert sum(served) == 12 and min(served) >= 1
 
 
@@ -58,13 +63,24 @@ def test_replica_killed_mid_run_is_routed_around(log_dir, procs, keys, redis_ser
             started = time.monotonic()
             try:
                 if stream:
-                    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-                        model="sim-model", messages=[{"role": "user", "content": f"w{n} r{i}"}], max_tokens=8,
-                        stream=True) if c.choices)
+                    text = "".join(
+                        c.choices[0].delta.content or ""
+                        for c in client.chat.completions.create(
+                            model="sim-model",
+                            messages=[{"role": "user", "content": f"w{n} r{i}"}],
+                            max_tokens=8,
+                            stream=True,
+                        )
+                        if c.choices
+                    )
                 else:
-                    text = client.chat.completions.create(
-                        model="sim-model", messages=[{"role": "user", "content": f"w{n} r{i}"}],
-                        max_tokens=8).choices[0].message.content
+                    text = (
+                        client.chat.completions.create(
+                            model="sim-model", messages=[{"role": "user", "content": f"w{n} r{i}"}], max_tokens=8
+                        )
+                        .choices[0]
+                        .message.content
+                    )
                 ok = len(text.split()) == 8
             except openai.APIError:
                 ok = False
@@ -85,13 +101,21 @@ def test_replica_killed_mid_run_is_routed_around(log_dir, procs, keys, redis_ser
     assert all(ok for _, stream, ok in results if not stream), "non-streaming requests are retried before any byte"
     # Only a stream already flowing from the killed replica may break.
     assert sum(not ok for _, _, ok in results) <= 4
-    eventually(lambda: metric_sum(scrape(gw.metrics_url), "gateway_upstream_healthy", upstream=sims[0].url) == 0, timeout=5)
+    eventually(
+        lambda: metric_sum(scrape(gw.metrics_url), "gateway_upstream_healthy", upstream=sims[0].url) == 0, timeout=5
+    )
 
 
 def test_5xx_is_retried_on_another_replica_and_opens_the_circuit(log_dir, procs, keys, redis_server, replicas):
     broken = procs(start_simulator(log_dir, fail_rate=1.0, **FAST))
-    gw = procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [broken.url, replicas[0].url],
-                                                  affinity_prefix_chars=0, breaker_cooldown_s=60)))
+    gw = procs(
+        start_gateway(
+            log_dir,
+            gateway_env(
+                keys, redis_server.url, [broken.url, replicas[0].url], affinity_prefix_chars=0, breaker_cooldown_s=60
+            ),
+        )
+    )
     client = _client(gw, keys.alice)
     for i in range(10):
         out = client.completions.create(model="sim-model", prompt=f"p{i}", max_tokens=2)
@@ -107,14 +131,26 @@ def test_hosted_fallback_takes_requests_no_replica_can(log_dir, procs, keys, red
     hosted = procs(start_simulator(log_dir, api_key="sk-hosted-fallback", **FAST))
     assert httpx.post(hosted.url + "/v1/completions", json={"model": "sim-model", "prompt": "x"}).status_code == 401
     dead = f"http://127.0.0.1:{free_port()}"
-    gw = procs(start_gateway(log_dir, gateway_env(keys, redis_server.url, [dead],
-                                                  fallback_base_url=hosted.url + "/v1",
-                                                  fallback_api_key="sk-hosted-fallback")))
+    gw = procs(
+        start_gateway(
+            log_dir,
+            gateway_env(
+                keys,
+                redis_server.url,
+                [dead],
+                fallback_base_url=hosted.url + "/v1",
+                fallback_api_key="sk-hosted-fallback",
+            ),
+        )
+    )
     client = _client(gw, keys.alice)
     out = client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=3)
     assert out.usage.completion_tokens == 3
-    chunks = list(client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}],
-                                                 max_tokens=3, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=3, stream=True
+        )
+    )
     assert chunks and all(c.choices for c in chunks)
     assert metric_sum(scrape(gw.metrics_url), "gateway_fallback_requests_total", outcome="ok") == 2
     assert "sk-hosted-fallback" not in gw.log()
@@ -131,17 +167,23 @@ def test_upstreams_found_through_dns(log_dir, procs, keys, redis_server, replica
 
 def test_request_is_held_until_a_replica_of_a_scaled_to_zero_model_starts(log_dir, procs, keys, redis_server):
     port = free_port()
-    env = gateway_env(keys, redis_server.url, [f"http://127.0.0.1:{port}"], scale_from_zero_models="sim-model",
-                      hold_timeout_s=60)
+    env = gateway_env(
+        keys, redis_server.url, [f"http://127.0.0.1:{port}"], scale_from_zero_models="sim-model", hold_timeout_s=60
+    )
     gw = procs(start_gateway(log_dir, env, wait="/healthz"))
     # Ready with no replica at all: the load balancer must send it the request that wakes the model.
     assert httpx.get(gw.url + "/readyz").status_code == 200
     assert [m.id for m in _client(gw, keys.alice).models.list()] == ["sim-model"]
     result: list[object] = []
-    waiter = threading.Thread(target=lambda: result.append(_client(gw, keys.alice).completions.create(
-        model="sim-model", prompt="wake up", max_tokens=2)))
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            _client(gw, keys.alice).completions.create(model="sim-model", prompt="wake up", max_tokens=2)
+        )
+    )
     waiter.start()
-    eventually(lambda: metric_sum(scrape(gw.metrics_url), "gateway_requests_waiting", model="sim-model") == 1, timeout=10)
+    eventually(
+        lambda: metric_sum(scrape(gw.metrics_url), "gateway_requests_waiting", model="sim-model") == 1, timeout=10
+    )
     procs(start_simulator(log_dir, port=port, **FAST))
     waiter.join(60)
     assert result and result[0].choices[0].text.split() == ["the", "quick"]
@@ -157,14 +199,22 @@ def test_known_model_with_no_replica_up_is_503_at_once_not_404_and_not_held(log_
     gw = procs(start_gateway(log_dir, env, wait="/healthz"))
     assert httpx.get(gw.url + "/readyz").status_code == 200  # still in the Service: it answers
     started = time.monotonic()
-    resp = httpx.post(gw.url + "/v1/completions", headers={"authorization": f"Bearer {keys.alice}"},
-                      json={"model": "sim-model", "prompt": "x", "max_tokens": 2}, timeout=30)
+    resp = httpx.post(
+        gw.url + "/v1/completions",
+        headers={"authorization": f"Bearer {keys.alice}"},
+        json={"model": "sim-model", "prompt": "x", "max_tokens": 2},
+        timeout=30,
+    )
     took = time.monotonic() - started
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "no_upstream_available"
     assert resp.headers["retry-after"] == "1"
     assert took < 5, f"held {took:.1f}s for a model that does not scale from zero (hold_timeout_s=20)"
     # A model it does not know is still a 404.
-    other = httpx.post(gw.url + "/v1/completions", headers={"authorization": f"Bearer {keys.alice}"},
-                       json={"model": "no-such-model", "prompt": "x"}, timeout=30)
+    other = httpx.post(
+        gw.url + "/v1/completions",
+        headers={"authorization": f"Bearer {keys.alice}"},
+        json={"model": "no-such-model", "prompt": "x"},
+        timeout=30,
+    )
     assert other.status_code == 404

@@ -31,8 +31,14 @@ def test_stable_hash_does_not_depend_on_the_process():
     # Python's hash() is salted per process; gateway replicas must agree on the ring.
     code = "from app.gateway.routing import stable_hash; print(stable_hash('system prompt'))"
     outputs = {
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
         for seed in ("1", "2")
     }
     assert outputs == {str(stable_hash("system prompt"))}

@@ -7,7 +7,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from gateway_testkit import metric_sum, scrape
 
 VLLM_METRICS = [
@@ -33,10 +32,15 @@ def sim(replicas):
 
 def test_chat_stream_with_usage(sim):
     client = openai.OpenAI(base_url=sim.url + "/v1", api_key="unused")
-    chunks = list(client.chat.completions.create(
-        model="sim-model", messages=[{"role": "user", "content": "one two three"}], stream=True, max_tokens=5,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-model",
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            max_tokens=5,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(text.split()) == 5
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
@@ -70,8 +74,11 @@ def test_prefix_cache_shortens_time_to_first_token(log_dir, procs):
 
     def ttft(text: str) -> float:
         start = time.perf_counter()
-        with httpx.stream("POST", sim.url + "/v1/completions",
-                          json={"model": "sim-model", "prompt": text, "max_tokens": 2, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            sim.url + "/v1/completions",
+            json={"model": "sim-model", "prompt": text, "max_tokens": 2, "stream": True},
+        ) as r:
             for _ in r.iter_bytes():
                 return time.perf_counter() - start
         raise AssertionError("no bytes")

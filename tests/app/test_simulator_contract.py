@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+from gateway_testkit import platform_vllm_names
 
 from app.devstack import TINY_MODEL_NAME
-from gateway_testkit import platform_vllm_names
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 COMPLETION = {"prompt": "hello", "max_tokens": 4}

@@ -10,8 +10,20 @@ from app.gateway.proxy import ProxyPlan, ProxyResponse
 
 
 def _response(client_wants_usage: bool) -> ProxyResponse:
-    plan = ProxyPlan("/v1/chat/completions", "m", "m", ApiKey("k", "0" * 64), b"{}", True, client_wants_usage,
-                     None, 0, None, "rid", 0.0)
+    plan = ProxyPlan(
+        "/v1/chat/completions",
+        "m",
+        "m",
+        ApiKey("k", "0" * 64),
+        b"{}",
+        True,
+        client_wants_usage,
+        None,
+        0,
+        None,
+        "rid",
+        0.0,
+    )
     return ProxyResponse(ctx=None, plan=plan)  # type: ignore[arg-type]
 
 

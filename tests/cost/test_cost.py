@@ -8,7 +8,8 @@ import json
 import pytest
 
 from infra.catalog import instance
-from infra.cost import SCALES, prices
+from infra.catalog import list_prices as prices
+from infra.cost import SCALES
 from infra.cost import report as cost_report
 from tests.infra.conftest import SHIPPED, stack_config
 
@@ -41,7 +42,9 @@ def test_gpu_nodes_at_max_are_priced_from_the_catalog(graphs):
 def test_raising_a_pool_maximum_raises_max_cost_only(graphs):
     graph = copy.deepcopy(graphs["dev"])
     before = cost_report.of_graph(graph)
-    group = next(r for r in graph.of_type("aws:eks/nodeGroup:NodeGroup") if "nvidia.com/gpu.present" in r.inputs["labels"])
+    group = next(
+        r for r in graph.of_type("aws:eks/nodeGroup:NodeGroup") if "nvidia.com/gpu.present" in r.inputs["labels"]
+    )
     group.inputs["scalingConfig"]["maxSize"] += 3
     after = cost_report.of_graph(graph)
     assert after.total("max") > before.total("max")
@@ -59,5 +62,5 @@ def test_every_node_pool_of_every_cloud_is_priced(graphs):
     """Each site's system pool and GPU pools show up as cost lines, inline pools included."""
     est = cost_report.of_graph(graphs["prod"])
     for site in stack_config("prod")["llm-platform:sites"]:
-        components = {l.component for l in est.lines if l.site == site["name"]}
+        components = {line.component for line in est.lines if line.site == site["name"]}
         assert {"system nodes", "GPU nodes", "control plane", "redis"} <= components, site["name"]

@@ -115,7 +115,9 @@ def _aws_redis(graph: Graph, group: Resource) -> list[str]:
             if "cidrIpv4" in rule.inputs or "cidrIpv6" in rule.inputs:
                 out.append(f"{group.name}: ingress by CIDR instead of the cluster's security group")
     subnet_group = next(
-        r for r in graph.of_type("aws:elasticache/subnetGroup:SubnetGroup") if r.inputs["name"] == inputs["subnetGroupName"]
+        r
+        for r in graph.of_type("aws:elasticache/subnetGroup:SubnetGroup")
+        if r.inputs["name"] == inputs["subnetGroupName"]
     )
     for subnet_id in subnet_group.inputs["subnetIds"]:
         subnet = ids[subnet_id]
@@ -148,7 +150,9 @@ def _azure_redis(graph: Graph, cache_: Resource) -> list[str]:
     if inputs.get("minimumTlsVersion") != "1.2":
         out.append(f"{cache_.name}: TLS below 1.2 is allowed")
     cache_name = cache_.id.rsplit("/", 1)[-1]
-    databases = [d for d in graph.of_type("azure-native:redisenterprise:Database") if d.inputs.get("clusterName") == cache_name]
+    databases = [
+        d for d in graph.of_type("azure-native:redisenterprise:Database") if d.inputs.get("clusterName") == cache_name
+    ]
     if not databases:
         out.append(f"{cache_.name}: no database")
     for db in databases:
@@ -183,7 +187,10 @@ def site_clouds(graph: Graph) -> dict[str, str]:
     return {
         r.name: r.type.split(":")[1]
         for r in graph
-        if not r.custom and r.type.startswith("llm-platform:") and r.type.endswith(":Site") and ":workloads:" not in r.type
+        if not r.custom
+        and r.type.startswith("llm-platform:")
+        and r.type.endswith(":Site")
+        and ":workloads:" not in r.type
     }
 
 
@@ -195,7 +202,10 @@ def missing_redis(graph: Graph) -> list[str]:
 def leaked_values(graph: Graph) -> list[str]:
     """Generated secrets the mock clouds answered with: none may appear anywhere the plan writes."""
     values = [mock_auth_string(r.name) for r in graph.of_type(REDIS_TYPES["gcp"])]
-    values += [mock_redis_key(r.inputs.get("clusterName") or azure_autoname(r.name)) for r in graph.of_type(REDIS_TYPES["azure"])]
+    values += [
+        mock_redis_key(r.inputs.get("clusterName") or azure_autoname(r.name))
+        for r in graph.of_type(REDIS_TYPES["azure"])
+    ]
     if graph.of_type(REDIS_TYPES["azure"]):
         values.append(MOCK_AZURE_ACCESS_TOKEN)
     return values

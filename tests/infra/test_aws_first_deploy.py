@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from infra.plan.graph import SECRET, Graph, Resource
 from infra.plan.mocks import mock_ecr_password
 from infra.plan.run import record, to_engine_config
 from infra.stack import run as program
-from tests.infra.conftest import REPO, SHIPPED, record_raw, stack_config
+from tests.infra.conftest import SHIPPED, record_raw, stack_config
 from tests.infra.invariants import COST_TAGS, closure, image_build, site_clouds, vllm_upstream
 
 AWS_STACKS = [s for s in SHIPPED if any(site["cloud"] == "aws" for site in stack_config(s)["llm-platform:sites"])]
@@ -35,7 +34,9 @@ AUTOSCALING_SLR = "AWSServiceRoleForAutoScaling"
 # ECR's Docker Hub upstream and the credential ARN it accepts (API_PullThroughCacheRule,
 # docs.aws.amazon.com/AmazonECR/latest/APIReference/).
 DOCKER_HUB_UPSTREAM = "registry-1.docker.io"
-CREDENTIAL_ARN = re.compile(r"^arn:aws:secretsmanager:[a-zA-Z0-9-:]+:secret:ecr\-pullthroughcache\/[a-zA-Z0-9\/_+=.@-]+$")
+CREDENTIAL_ARN = re.compile(
+    r"^arn:aws:secretsmanager:[a-zA-Z0-9-:]+:secret:ecr\-pullthroughcache\/[a-zA-Z0-9\/_+=.@-]+$"
+)
 # What the puller needs for a cache's first pull (docs.aws.amazon.com/AmazonECR/latest/userguide/
 # pull-through-cache-iam.html).
 PULL_THROUGH_ACTIONS = {"ecr:BatchImportUpstreamImage", "ecr:CreateRepository"}
@@ -57,15 +58,26 @@ LBC_DEPRECATED = {
 # What the controller calls to put an NLB in front of a Service (kubernetes-sigs/
 # aws-load-balancer-controller v3.5.0 docs/install/iam_policy.json and docs/guide/service/nlb.md).
 LBC_NLB_ACTIONS = {
-    "iam:CreateServiceLinkedRole", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:CreateSecurityGroup",
-    "ec2:AuthorizeSecurityGroupIngress", "elasticloadbalancing:DescribeLoadBalancers",
-    "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup",
-    "elasticloadbalancing:CreateListener", "elasticloadbalancing:RegisterTargets",
-    "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteLoadBalancer",
+    "iam:CreateServiceLinkedRole",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+    "ec2:CreateSecurityGroup",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "elasticloadbalancing:DescribeLoadBalancers",
+    "elasticloadbalancing:CreateLoadBalancer",
+    "elasticloadbalancing:CreateTargetGroup",
+    "elasticloadbalancing:CreateListener",
+    "elasticloadbalancing:RegisterTargets",
+    "elasticloadbalancing:ModifyTargetGroupAttributes",
+    "elasticloadbalancing:DeleteLoadBalancer",
 }
 # Writes that must touch only what this cluster's controller made.
-LBC_DESTRUCTIVE = {"elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:DeleteTargetGroup",
-                   "ec2:DeleteSecurityGroup", "elasticloadbalancing:ModifyLoadBalancerAttributes"}
+LBC_DESTRUCTIVE = {
+    "elasticloadbalancing:DeleteLoadBalancer",
+    "elasticloadbalancing:DeleteTargetGroup",
+    "ec2:DeleteSecurityGroup",
+    "elasticloadbalancing:ModifyLoadBalancerAttributes",
+}
 # EKS access policy for cluster admin (docs.aws.amazon.com/eks/latest/userguide/access-policy-permissions.html).
 EKS_CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 _EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
@@ -132,7 +144,9 @@ def test_node_root_volumes_use_a_key_auto_scaling_may_use(aws_graphs, stack):
                     and {"kms:CreateGrant"} & set(_listed(st.get("Action", [])))
                 ]
                 if not grants:
-                    problems.append(f"{template.name}: root volume key {keys[urn].name} grants {AUTOSCALING_SLR} nothing")
+                    problems.append(
+                        f"{template.name}: root volume key {keys[urn].name} grants {AUTOSCALING_SLR} nothing"
+                    )
     assert problems == []
 
 
@@ -156,7 +170,11 @@ def test_docker_hub_images_are_pulled_through_the_sites_ecr(aws_graphs, stack):
         secret = next(r for r in _in(graph, site, "aws:secretsmanager/secret:Secret") if r.id == credential)
         # "You must use the default aws/secretsmanager encryption key" (pull-through-cache-creating-secret.html).
         assert "kmsKeyId" not in secret.inputs, f"{site}: ECR cannot read a secret under a customer managed key"
-        versions = [v for v in _in(graph, site, "aws:secretsmanager/secretVersion:SecretVersion") if v.inputs["secretId"] == secret.id]
+        versions = [
+            v
+            for v in _in(graph, site, "aws:secretsmanager/secretVersion:SecretVersion")
+            if v.inputs["secretId"] == secret.id
+        ]
         assert [v.inputs["secretString"] for v in versions] == [SECRET]
         assert set(versions[0].dependencies) | set(rule.dependencies) >= {secret.urn}
 
@@ -173,22 +191,31 @@ def test_docker_hub_images_are_pulled_through_the_sites_ecr(aws_graphs, stack):
         assert all(t in template["resourceTags"] for t in COST_TAGS)
 
         # Every node may make the cache import an image into repositories under the prefix.
-        node_roles = {ng.inputs["nodeRoleArn"].rsplit("/", 1)[-1] for ng in _in(graph, site, "aws:eks/nodeGroup:NodeGroup")}
+        node_roles = {
+            ng.inputs["nodeRoleArn"].rsplit("/", 1)[-1] for ng in _in(graph, site, "aws:eks/nodeGroup:NodeGroup")
+        }
         granted: set[str] = set()
         for policy in _in(graph, site, "aws:iam/rolePolicy:RolePolicy"):
             if policy.inputs["role"] not in node_roles:
                 continue
             for st in _statements(policy.inputs["policy"]):
-                if st["Effect"] == "Allow" and any(res.endswith(f":repository/{prefix}/*") or res == "*" for res in _listed(st["Resource"])):
+                if st["Effect"] == "Allow" and any(
+                    res.endswith(f":repository/{prefix}/*") or res == "*" for res in _listed(st["Resource"])
+                ):
                     granted |= set(_listed(st["Action"]))
         assert PULL_THROUGH_ACTIONS <= granted, f"{site}: nodes lack {PULL_THROUGH_ACTIONS - granted}"
 
         # And the GPU workloads pull through it, after it exists.
-        cache = re.compile(rf"^\d{{12}}\.dkr\.ecr\.{re.escape(_region(graph, site))}\.amazonaws\.com/{re.escape(prefix)}/")
+        cache = re.compile(
+            rf"^\d{{12}}\.dkr\.ecr\.{re.escape(_region(graph, site))}\.amazonaws\.com/{re.escape(prefix)}/"
+        )
         gpu_deployments = [
             d
             for d in _in(graph, site, "kubernetes:apps/v1:Deployment")
-            if any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in d.inputs["spec"]["template"]["spec"]["containers"])
+            if any(
+                GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})
+                for c in d.inputs["spec"]["template"]["spec"]["containers"]
+            )
         ]
         assert gpu_deployments, f"{site}: no GPU Deployment"
         for d in gpu_deployments:
@@ -197,7 +224,9 @@ def test_docker_hub_images_are_pulled_through_the_sites_ecr(aws_graphs, stack):
                 base = vllm_upstream(graph, d, c)
                 assert cache.match(base), f"{d.name}: {base} is not pulled through {prefix}"
                 build = image_build(graph, d, c["image"])
-                assert build is not None and rule.urn in closure(graph, build), f"{d.name}: built before the cache exists"
+                assert build is not None and rule.urn in closure(graph, build), (
+                    f"{d.name}: built before the cache exists"
+                )
             assert rule.urn in _deps(d), f"{d.name} does not wait for the pull-through cache"
 
 
@@ -265,13 +294,17 @@ def test_every_eks_cluster_serves_resource_metrics(aws_graphs, stack):
     graph = aws_graphs[stack]
     for site in _aws_sites(graph):
         addons = [a for a in _in(graph, site, "aws:eks/addon:Addon") if a.inputs["addonName"] == "metrics-server"]
-        charts = [r for r in _in(graph, site, "kubernetes:helm.sh/v3:Release") if r.inputs.get("chart") == "metrics-server"]
+        charts = [
+            r for r in _in(graph, site, "kubernetes:helm.sh/v3:Release") if r.inputs.get("chart") == "metrics-server"
+        ]
         assert len(addons) + len(charts) == 1, f"{site}: no metrics-server"
 
 
 def _asg_tags(graph: Graph, group: Resource) -> tuple[set[str], dict[str, str]]:
     tags = [t for t in graph.of_type("aws:autoscaling/tag:Tag") if group.urn in _deps(t)]
-    return {t.inputs["autoscalingGroupName"] for t in tags}, {t.inputs["tag"]["key"]: t.inputs["tag"]["value"] for t in tags}
+    return {t.inputs["autoscalingGroupName"] for t in tags}, {
+        t.inputs["tag"]["key"]: t.inputs["tag"]["value"] for t in tags
+    }
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -291,9 +324,16 @@ def test_node_groups_describe_their_nodes_to_the_autoscaler(aws_graphs, stack):
         if len(asgs) != 1:
             problems.append(f"{group.name}: node-template tags on {len(asgs)} Auto Scaling groups")
         want = {f"{CA_TEMPLATE}label/{k}": v for k, v in labels.items()}
-        want.update({f"{CA_TEMPLATE}taint/{t['key']}": f"{t.get('value', '')}:{_EFFECTS[t['effect']]}" for t in inputs.get("taints") or []})
+        want.update(
+            {
+                f"{CA_TEMPLATE}taint/{t['key']}": f"{t.get('value', '')}:{_EFFECTS[t['effect']]}"
+                for t in inputs.get("taints") or []
+            }
+        )
         if gpu:
-            want[f"{CA_TEMPLATE}resources/{GPU_RESOURCE}"] = str(catalog("aws").instances[inputs["instanceTypes"][0]].gpus)
+            want[f"{CA_TEMPLATE}resources/{GPU_RESOURCE}"] = str(
+                catalog("aws").instances[inputs["instanceTypes"][0]].gpus
+            )
         for key, value in want.items():
             if tags.get(key) != value:
                 problems.append(f"{group.name}: ASG tag {key}={tags.get(key)!r}, nodes have {value!r}")
@@ -320,12 +360,19 @@ def _lb_services(graph: Graph, site: str) -> list[Resource]:
         s
         for s in _in(graph, site, "kubernetes:core/v1:Service")
         if (s.inputs.get("spec") or {}).get("type") == "LoadBalancer"
-        and any(k.startswith("service.beta.kubernetes.io/aws-load-balancer-") for k in (s.inputs["metadata"].get("annotations") or {}))
+        and any(
+            k.startswith("service.beta.kubernetes.io/aws-load-balancer-")
+            for k in (s.inputs["metadata"].get("annotations") or {})
+        )
     ]
 
 
 def _controller(graph: Graph, site: str) -> Resource:
-    found = [r for r in _in(graph, site, "kubernetes:helm.sh/v3:Release") if r.inputs.get("chart") == "aws-load-balancer-controller"]
+    found = [
+        r
+        for r in _in(graph, site, "kubernetes:helm.sh/v3:Release")
+        if r.inputs.get("chart") == "aws-load-balancer-controller"
+    ]
     assert len(found) == 1, f"{site}: {len(found)} AWS Load Balancer Controller releases"
     return found[0]
 
@@ -339,7 +386,9 @@ def test_load_balancer_annotations_have_their_controller(aws_graphs, stack):
         for svc in services:
             notes = svc.inputs["metadata"]["annotations"]
             assert notes.get("service.beta.kubernetes.io/aws-load-balancer-type") in LBC_TYPES, svc.name
-            assert notes.get("service.beta.kubernetes.io/aws-load-balancer-nlb-target-type") in ("ip", "instance"), svc.name
+            assert notes.get("service.beta.kubernetes.io/aws-load-balancer-nlb-target-type") in ("ip", "instance"), (
+                svc.name
+            )
             # The controller's default scheme is internal.
             assert "service.beta.kubernetes.io/aws-load-balancer-scheme" in notes, svc.name
             assert not LBC_DEPRECATED & set(notes), f"{svc.name}: deprecated {LBC_DEPRECATED & set(notes)}"
@@ -371,7 +420,8 @@ def test_load_balancer_annotations_have_their_controller(aws_graphs, stack):
         for st in statements:
             for action in LBC_DESTRUCTIVE & set(st["Action"]):
                 assert cluster.inputs["name"] in json.dumps(st.get("Condition", {})), (
-                    f"{site}: {action} is not limited to resources tagged for cluster {cluster.inputs['name']}")
+                    f"{site}: {action} is not limited to resources tagged for cluster {cluster.inputs['name']}"
+                )
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -406,7 +456,11 @@ def test_listed_principals_get_cluster_admin(with_admins, stack):
     graph = with_admins[stack]
     for site in _aws_sites(graph):
         cluster = _one(graph, site, "aws:eks/cluster:Cluster").inputs["name"]
-        entries = {e.inputs["principalArn"] for e in _in(graph, site, "aws:eks/accessEntry:AccessEntry") if e.inputs["clusterName"] == cluster}
+        entries = {
+            e.inputs["principalArn"]
+            for e in _in(graph, site, "aws:eks/accessEntry:AccessEntry")
+            if e.inputs["clusterName"] == cluster
+        }
         assert entries >= set(ADMINS), f"{site}: no access entry for {set(ADMINS) - entries}"
         admins = {
             a.inputs["principalArn"]

@@ -7,8 +7,8 @@ deployer's Entra identity)."""
 from __future__ import annotations
 
 import copy
-import ipaddress
 import io
+import ipaddress
 import json
 import urllib.parse
 
@@ -23,10 +23,13 @@ from infra.plan.run import read_stack_file, record
 from infra.platform import azure
 from infra.secrets import from_pulumi as read_secrets
 from policy.rules import POLICIES
-from tests.infra.conftest import REPO, SHIPPED, record_raw, stack_config as raw_stack_config
+from tests.infra.conftest import REPO, SHIPPED, record_raw
+from tests.infra.conftest import stack_config as raw_stack_config
 from tests.infra.invariants import closure, image_build, vllm_upstream
 
-AZURE_STACKS = [s for s in SHIPPED if any(site["cloud"] == "azure" for site in raw_stack_config(s)["llm-platform:sites"])]
+AZURE_STACKS = [
+    s for s in SHIPPED if any(site["cloud"] == "azure" for site in raw_stack_config(s)["llm-platform:sites"])
+]
 CLUSTER = "azure-native:containerservice:ManagedCluster"
 ROLE_ASSIGNMENT = "azure-native:authorization:RoleAssignment"
 SLEEP = "time:index/sleep:Sleep"
@@ -81,7 +84,9 @@ def nat_addresses_not_authorized(graph: Graph) -> list[str]:
             for ip_ref in ids[nat_id].inputs.get("publicIpAddresses") or [] if nat_id else []:
                 address = ipaddress.ip_address(mock_public_ip(ids[ip_ref["id"]].name))
                 if not any(address in r for r in ranges):
-                    out.append(f"{cluster.name}: node egress {address} (NAT {ids[nat_id].name}) is not an authorized range")
+                    out.append(
+                        f"{cluster.name}: node egress {address} (NAT {ids[nat_id].name}) is not an authorized range"
+                    )
     return out
 
 
@@ -108,9 +113,7 @@ def providers_not_waiting_for_rbac(graph: Graph) -> list[str]:
     index = graph.by_urn()
     out = []
     for site in _azure_sites(graph):
-        grants = [
-            r.urn for r in _in_site(graph, ROLE_ASSIGNMENT, site) if _role_id(r) == AKS_RBAC_CLUSTER_ADMIN
-        ]
+        grants = [r.urn for r in _in_site(graph, ROLE_ASSIGNMENT, site) if _role_id(r) == AKS_RBAC_CLUSTER_ADMIN]
         if not grants:
             out.append(f"{site}: no AKS RBAC Cluster Admin grant for the deployer")
             continue
@@ -171,7 +174,9 @@ def not_managed_redis(graph: Graph) -> list[str]:
                     out.append(f"{db.name}: {key} is {db.inputs.get(key)!r}, not {value!r}")
             # A plain redis-py client with a two-key Lua script needs one endpoint (no OSS cluster API).
             if db.inputs.get("clusteringPolicy") not in ("EnterpriseCluster", "NoCluster"):
-                out.append(f"{db.name}: clusteringPolicy {db.inputs.get('clusteringPolicy')!r} needs a cluster-aware client")
+                out.append(
+                    f"{db.name}: clusteringPolicy {db.inputs.get('clusteringPolicy')!r} needs a cluster-aware client"
+                )
         if len(dbs) != 1:
             out.append(f"{cache.name}: {len(dbs)} databases")
         endpoints = [
@@ -180,7 +185,11 @@ def not_managed_redis(graph: Graph) -> list[str]:
             for c in e.inputs.get("privateLinkServiceConnections") or []
             if c.get("privateLinkServiceId") == cache.id and c.get("groupIds") == ["redisEnterprise"]
         ]
-        zones = [z for z in _in_site(graph, "azure-native:privatedns:PrivateZone", site) if z.inputs.get("privateZoneName") == "privatelink.redis.azure.net"]
+        zones = [
+            z
+            for z in _in_site(graph, "azure-native:privatedns:PrivateZone", site)
+            if z.inputs.get("privateZoneName") == "privatelink.redis.azure.net"
+        ]
         groups = [
             g
             for g in _in_site(graph, "azure-native:network:PrivateDnsZoneGroup", site)
@@ -220,7 +229,8 @@ def test_policy_refuses_plaintext_managed_redis(graphs):
 
 
 def test_managed_redis_is_priced_per_node(graphs):
-    from infra.cost import Item, estimate, prices
+    from infra.catalog import list_prices as prices
+    from infra.cost import Item, estimate
 
     graph = graphs[AZURE_STACKS[0]]
     est = estimate(Item(r.type, r.name, r.inputs, graph.site_of(r), r.parent) for r in graph if r.custom)
@@ -258,8 +268,16 @@ def images_not_from_the_site_registry(graph: Graph) -> list[str]:
             if creds is None or creds.inputs.get("loginServer") != "docker.io":
                 out.append(f"{rule.name}: Docker Hub needs a credential set (ACR pulls Docker Hub only signed in)")
                 continue
-            uris = {uri for c in creds.inputs["authCredentials"] for uri in (c["usernameSecretIdentifier"], c["passwordSecretIdentifier"])}
-            secrets = [s for s in _in_site(graph, "azure-native:keyvault:Secret", site) if any(u.endswith(f"/secrets/{s.inputs['secretName']}") for u in uris)]
+            uris = {
+                uri
+                for c in creds.inputs["authCredentials"]
+                for uri in (c["usernameSecretIdentifier"], c["passwordSecretIdentifier"])
+            }
+            secrets = [
+                s
+                for s in _in_site(graph, "azure-native:keyvault:Secret", site)
+                if any(u.endswith(f"/secrets/{s.inputs['secretName']}") for u in uris)
+            ]
             if len(secrets) != 2 or not any(s.inputs["properties"] == SECRET for s in secrets):
                 out.append(f"{creds.name}: credentials are not two Key Vault secrets with the token kept secret")
             vaults = {s.inputs["vaultName"] for s in secrets}
@@ -270,7 +288,11 @@ def images_not_from_the_site_registry(graph: Graph) -> list[str]:
             ]
             if not readers:
                 out.append(f"{creds.name}: its identity may not read the Key Vault secrets")
-        vllm = [d for d in _in_site(graph, "kubernetes:apps/v1:Deployment", site) if d.inputs["metadata"]["name"].startswith("vllm-")]
+        vllm = [
+            d
+            for d in _in_site(graph, "kubernetes:apps/v1:Deployment", site)
+            if d.inputs["metadata"]["name"].startswith("vllm-")
+        ]
         if not vllm:
             out.append(f"{site}: no vLLM Deployment")
         for deploy in vllm:
@@ -284,7 +306,9 @@ def images_not_from_the_site_registry(graph: Graph) -> list[str]:
                 build = image_build(graph, deploy, c["image"])
                 waits_for = {index[u].type for u in closure(graph, build or deploy) if u in index}
                 if "azure-native:containerregistry:CacheRule" not in waits_for or SLEEP not in waits_for:
-                    out.append(f"{deploy.name}: its image may be built before the cache rule and the grants are in place")
+                    out.append(
+                        f"{deploy.name}: its image may be built before the cache rule and the grants are in place"
+                    )
     return out
 
 
@@ -310,13 +334,19 @@ def test_deployer_may_push_once_the_grant_propagated(graphs, stack):
     index = graph.by_urn()
     for site in _azure_sites(graph):
         registry = _in_site(graph, "azure-native:containerregistry:Registry", site)[0]
-        pushes = [g for g in _in_site(graph, ROLE_ASSIGNMENT, site) if _role_id(g) == ACR_PUSH and g.inputs["scope"] == registry.id]
+        pushes = [
+            g
+            for g in _in_site(graph, ROLE_ASSIGNMENT, site)
+            if _role_id(g) == ACR_PUSH and g.inputs["scope"] == registry.id
+        ]
         assert pushes, f"{site}: the deployer has no AcrPush on {registry.name}"
         builds = [b for b in graph.of_type("docker-build:index:Image") if graph.site_of(b) == site]
         assert builds
         for build in builds:
             waits = [index[u] for u in closure(graph, build) if u in index and index[u].type == SLEEP]
-            assert any(pushes[0].urn in _deps(graph, w) for w in waits), f"{build.name}: pushes before AcrPush propagated"
+            assert any(pushes[0].urn in _deps(graph, w) for w in waits), (
+                f"{build.name}: pushes before AcrPush propagated"
+            )
 
 
 def _platform_outputs(raw_overrides=None) -> dict:
@@ -356,7 +386,9 @@ def test_refresh_token_exchange_follows_acr_protocol(monkeypatch):
     sent = {}
 
     def urlopen(request, timeout):
-        sent.update(url=request.full_url, method=request.get_method(), body=urllib.parse.parse_qs(request.data.decode()))
+        sent.update(
+            url=request.full_url, method=request.get_method(), body=urllib.parse.parse_qs(request.data.decode())
+        )
         sent["type"] = request.get_header("Content-type")
         return io.BytesIO(json.dumps({"refresh_token": "acr-refresh"}).encode())
 

@@ -14,7 +14,9 @@ from tests.infra.conftest import REPO, SHIPPED, stack_config
 
 
 def base() -> dict:
-    return {k.split(":", 1)[1]: copy.deepcopy(v) for k, v in stack_config("dev").items() if k.startswith("llm-platform:")}
+    return {
+        k.split(":", 1)[1]: copy.deepcopy(v) for k, v in stack_config("dev").items() if k.startswith("llm-platform:")
+    }
 
 
 def error_for(mutate) -> ConfigError:
@@ -158,9 +160,16 @@ def test_extra_args_vllm_would_refuse_are_refused(args, says):
 def test_extra_args_accept_what_vllm_reads():
     raw = base()
     accepted = [
-        "--max-num-seqs", "64", "--no-enable-prefix-caching", "--disable-chunked-prefill",
-        "--kv-cache-dtype=fp8", "--max_num_batched_tokens", "8192", "-O3",
-        "--compilation-config.cudagraph_mode", "FULL",
+        "--max-num-seqs",
+        "64",
+        "--no-enable-prefix-caching",
+        "--disable-chunked-prefill",
+        "--kv-cache-dtype=fp8",
+        "--max_num_batched_tokens",
+        "8192",
+        "-O3",
+        "--compilation-config.cudagraph_mode",
+        "FULL",
     ]
     raw["models"][0]["extraArgs"] = accepted
     assert parse(raw).models[0].extra_args == accepted
@@ -202,7 +211,9 @@ def test_cli_exits_2_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["config error: sites[0].gpuPools[0].nodes.min: Input should be greater than or equal to 0 (got -3)"]
+    assert lines == [
+        "config error: sites[0].gpuPools[0].nodes.min: Input should be greater than or equal to 0 (got -3)"
+    ]
     assert not (tmp_path / "build").exists()
 
 

@@ -10,18 +10,24 @@ import re
 import pulumi
 import pytest
 
+from infra.catalog import vllm_image_user
 from infra.plan import report
 from infra.plan.graph import Graph, Resource
 from infra.plan.policy_run import policy_resources
 from infra.plan.run import record
-from infra.catalog import vllm_image_user
 from infra.workloads.vllm_args import serve_args
 from tests.infra.conftest import SHIPPED, stack_config
 from tests.infra.invariants import GPU_POOL_TYPES, closure, image_build
 
-NAMESPACED = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
-              "kubernetes:core/v1:ConfigMap", "kubernetes:policy/v1:PodDisruptionBudget",
-              "kubernetes:networking.k8s.io/v1:NetworkPolicy", "kubernetes:core/v1:PersistentVolumeClaim")
+NAMESPACED = (
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:core/v1:Service",
+    "kubernetes:core/v1:Secret",
+    "kubernetes:core/v1:ConfigMap",
+    "kubernetes:policy/v1:PodDisruptionBudget",
+    "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+    "kubernetes:core/v1:PersistentVolumeClaim",
+)
 # Registries inside each cloud, by host.
 SITE_REGISTRY = {
     "aws": re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/"),
@@ -31,20 +37,31 @@ SITE_REGISTRY = {
 
 
 def _site_cloud(graph: Graph) -> dict[str, str]:
-    return {r.name: r.type.split(":")[1] for r in graph if r.type.endswith(":Site") and r.type.split(":")[1] in SITE_REGISTRY}
+    return {
+        r.name: r.type.split(":")[1]
+        for r in graph
+        if r.type.endswith(":Site") and r.type.split(":")[1] in SITE_REGISTRY
+    }
 
 
 def _pool_labels(r: Resource) -> dict:
-    return r.inputs.get("labels") or (r.inputs.get("nodeConfig") or {}).get("labels") or r.inputs.get("nodeLabels") or {}
+    return (
+        r.inputs.get("labels") or (r.inputs.get("nodeConfig") or {}).get("labels") or r.inputs.get("nodeLabels") or {}
+    )
 
 
 def waits_missing(graph: Graph) -> list[str]:
     """Namespaced objects that do not wait for their Namespace; vLLM Deployments that do not
     wait for the node group they select and for the site's device plugin."""
     problems = []
-    namespaces = {(graph.site_of(r), r.inputs["metadata"]["name"]): r.urn for r in graph.of_type("kubernetes:core/v1:Namespace")}
-    plugins = {graph.site_of(r): r.urn for r in graph.of_type("kubernetes:helm.sh/v3:Release")
-               if r.inputs.get("chart") == "nvidia-device-plugin"}
+    namespaces = {
+        (graph.site_of(r), r.inputs["metadata"]["name"]): r.urn for r in graph.of_type("kubernetes:core/v1:Namespace")
+    }
+    plugins = {
+        graph.site_of(r): r.urn
+        for r in graph.of_type("kubernetes:helm.sh/v3:Release")
+        if r.inputs.get("chart") == "nvidia-device-plugin"
+    }
     for r in graph.of_type(*NAMESPACED):
         site, ns = graph.site_of(r), r.inputs["metadata"].get("namespace")
         waits = closure(graph, r)
@@ -53,8 +70,11 @@ def waits_missing(graph: Graph) -> list[str]:
         if r.type != "kubernetes:apps/v1:Deployment" or not r.inputs["metadata"]["name"].startswith("vllm-"):
             continue
         selector = r.inputs["spec"]["template"]["spec"]["nodeSelector"]
-        groups = [g.urn for g in graph.of_type(*GPU_POOL_TYPES.values())
-                  if graph.site_of(g) == site and all(_pool_labels(g).get(k) == v for k, v in selector.items())]
+        groups = [
+            g.urn
+            for g in graph.of_type(*GPU_POOL_TYPES.values())
+            if graph.site_of(g) == site and all(_pool_labels(g).get(k) == v for k, v in selector.items())
+        ]
         if not groups or not set(groups) <= waits:
             problems.append(f"{r.name} does not wait for the GPU node group it selects")
         if site in plugins and plugins[site] not in waits:
@@ -71,7 +91,11 @@ def test_an_object_that_does_not_wait_is_caught(graphs):
     import copy
 
     graph = copy.deepcopy(graphs["dev"])
-    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.name.endswith("-deploy") and "vllm" in str(r.inputs["metadata"]))
+    vllm = next(
+        r
+        for r in graph.of_type("kubernetes:apps/v1:Deployment")
+        if r.name.endswith("-deploy") and "vllm" in str(r.inputs["metadata"])
+    )
     graph.resources[graph.resources.index(vllm)] = Resource(**{**vllm.__dict__, "dependencies": (), "options": {}})
     assert len(waits_missing(graph)) >= 2
 
@@ -121,7 +145,9 @@ def test_an_image_not_built_here_is_caught(graphs):
     import copy
 
     graph = copy.deepcopy(graphs["dev"])
-    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-"))
+    vllm = next(
+        r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-")
+    )
     vllm.inputs["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.33.0"
     assert len(not_built_here(graph)) == 2
 
@@ -138,7 +164,9 @@ def unknown_users(graph: Graph) -> list[str]:
             uid = (c.get("securityContext") or {}).get("runAsUser")
             env = {e["name"] for e in c.get("env", [])}
             if uid != user.uid and "USER" not in env:
-                problems.append(f"{r.name}: runs as uid {uid}; {user.image}:{user.version} defines only {user.user} ({user.uid})")
+                problems.append(
+                    f"{r.name}: runs as uid {uid}; {user.image}:{user.version} defines only {user.user} ({user.uid})"
+                )
             if uid != user.uid:
                 problems.append(f"{r.name}: uid {uid} owns nothing in the image; its user is {user.uid}")
     return problems
@@ -153,14 +181,17 @@ def test_the_image_user_fact_is_for_the_image_the_stacks_pin():
     user = vllm_image_user()
     for stack in SHIPPED:
         assert stack_config(stack)["llm-platform:images"]["vllm"] == f"{user.image}:{user.version}", (
-            "re-read the image's Dockerfile and update upstream/vllm/image.yaml with the pin")
+            "re-read the image's Dockerfile and update upstream/vllm/image.yaml with the pin"
+        )
 
 
 def test_a_user_without_a_passwd_entry_is_caught(graphs):
     import copy
 
     graph = copy.deepcopy(graphs["dev"])
-    vllm = next(r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-"))
+    vllm = next(
+        r for r in graph.of_type("kubernetes:apps/v1:Deployment") if r.inputs["metadata"]["name"].startswith("vllm-")
+    )
     container = vllm.inputs["spec"]["template"]["spec"]["containers"][0]
     container["securityContext"]["runAsUser"] = 10002
     container["env"] = [e for e in container["env"] if e["name"] != "USER"]
@@ -209,8 +240,11 @@ def test_plan_records_each_resource_option_and_the_policy_run_sees_them(tmp_path
     assert options["protect"] is True and options["deleteBeforeReplace"] is True and options["retainOnDelete"] is True
     assert any("old-second" in a for a in options["aliases"])
     seen = policy_resources(graph)[second["urn"]].opts
-    assert (seen.custom_timeouts.create_seconds, seen.custom_timeouts.update_seconds, seen.custom_timeouts.delete_seconds) == (
-        2700, 5400, 90)
+    assert (
+        seen.custom_timeouts.create_seconds,
+        seen.custom_timeouts.update_seconds,
+        seen.custom_timeouts.delete_seconds,
+    ) == (2700, 5400, 90)
     assert seen.protect and seen.ignore_changes == ["length"] and seen.delete_before_replace is True
 
 

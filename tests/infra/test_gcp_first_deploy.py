@@ -112,7 +112,9 @@ def dcgm_problems(graph: Graph) -> list[str]:
         values = release.inputs["values"]
         if cloud != "gcp":
             if values.get("extraHostVolumes") or (values.get("securityContext") or {}).get("privileged"):
-                problems.append(f"{site}: the exporter mounts host driver paths on {cloud}, where the runtime injects them")
+                problems.append(
+                    f"{site}: the exporter mounts host driver paths on {cloud}, where the runtime injects them"
+                )
             continue
         volumes = {v["name"] for v in values.get("extraHostVolumes") or [] if v.get("hostPath") == GKE_DRIVER_DIR}
         mounts = {m["mountPath"] for m in values.get("extraVolumeMounts") or [] if m.get("name") in volumes}
@@ -196,14 +198,17 @@ def image_problems(graph: Graph) -> list[str]:
             for r in repos
             if r.inputs.get("mode") == "REMOTE_REPOSITORY"
             and r.inputs.get("format") == "DOCKER"
-            and (r.inputs.get("remoteRepositoryConfig") or {}).get("dockerRepository", {}).get("publicRepository") == "DOCKER_HUB"
+            and (r.inputs.get("remoteRepositoryConfig") or {}).get("dockerRepository", {}).get("publicRepository")
+            == "DOCKER_HUB"
         ]
         if not remote:
             problems.append(f"{site}: no Artifact Registry remote repository for Docker Hub")
         for repo in repos:
             if repo.inputs["location"] != region:
                 problems.append(f"{site}: repository {repo.name} is in {repo.inputs['location']}, not {region}")
-        node_accounts = {p.inputs["nodeConfig"]["serviceAccount"] for p in on(graph, site, "gcp:container/nodePool:NodePool")}
+        node_accounts = {
+            p.inputs["nodeConfig"]["serviceAccount"] for p in on(graph, site, "gcp:container/nodePool:NodePool")
+        }
         readers = {
             (m.inputs["repository"], m.inputs["member"].removeprefix("serviceAccount:"))
             for m in on(graph, site, "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
@@ -218,7 +223,9 @@ def image_problems(graph: Graph) -> list[str]:
             spec = workload.inputs["spec"]["template"]["spec"]
             for container in spec.get("containers", []) + spec.get("initContainers", []):
                 if not container["image"].startswith(prefixes):
-                    problems.append(f"{site}: {workload.name} pulls {container['image']} from outside the site's registry")
+                    problems.append(
+                        f"{site}: {workload.name} pulls {container['image']} from outside the site's registry"
+                    )
         own = [r for r in repos if r.inputs.get("mode") in (None, "STANDARD_REPOSITORY")]
         for image in on(graph, site, "docker-build:index:Image"):
             if not all(t.startswith(tuple(_repo_prefix(r) for r in own)) for t in image.inputs.get("tags") or []):

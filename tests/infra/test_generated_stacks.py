@@ -13,7 +13,14 @@ from infra.config import DERIVED_DESTS, SECRET_DESTS, parse
 from infra.plan.graph import SECRET
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
 from tests.infra.conftest import SENTINELS, record_raw
-from tests.infra.invariants import budget_mismatches, leaked_values, missing_redis, open_redis, provider_mismatches, untagged
+from tests.infra.invariants import (
+    budget_mismatches,
+    leaked_values,
+    missing_redis,
+    open_redis,
+    provider_mismatches,
+    untagged,
+)
 
 CLOUDS = ("aws", "gcp", "azure")
 GPU_TYPES = {cloud: sorted(catalog(cloud).instances) for cloud in CLOUDS}
@@ -52,9 +59,19 @@ def extra_args(draw) -> list[str]:
 
 def _cloud_block(draw, cloud: str) -> dict:
     if cloud == "gcp":
-        return {"gcp": {"project": draw(st.sampled_from(["llm-gen-a", "llm-gen-b1"])), "billingAccount": "01A2B3-C4D5E6-F7A8B9"}}
+        return {
+            "gcp": {
+                "project": draw(st.sampled_from(["llm-gen-a", "llm-gen-b1"])),
+                "billingAccount": "01A2B3-C4D5E6-F7A8B9",
+            }
+        }
     if cloud == "azure" and draw(st.booleans()):
-        return {"azure": {"subscriptionId": "00000000-0000-4000-8000-000000000002", "deployerPrincipalType": "ServicePrincipal"}}
+        return {
+            "azure": {
+                "subscriptionId": "00000000-0000-4000-8000-000000000002",
+                "deployerPrincipalType": "ServicePrincipal",
+            }
+        }
     return {}
 
 
@@ -73,8 +90,12 @@ def stack_configs(draw):
             gpus_by_pool[name] = min(gpus_by_pool.get(name, gpus), gpus)
             low = draw(st.integers(0, 2))
             pools.append(
-                {"name": name, "instanceType": itype, "spot": draw(st.booleans()),
-                 "nodes": {"min": low, "max": low + draw(st.integers(1, 4))}}
+                {
+                    "name": name,
+                    "instanceType": itype,
+                    "spot": draw(st.booleans()),
+                    "nodes": {"min": low, "max": low + draw(st.integers(1, 4))},
+                }
             )
         sites.append(
             {
@@ -86,7 +107,10 @@ def stack_configs(draw):
                 "natPerZone": draw(st.booleans()),
                 "systemPool": {"instanceType": SYSTEM_TYPES[cloud], "nodes": {"min": 1, "max": 3}},
                 "gpuPools": pools,
-                "redis": {"size": draw(st.sampled_from(["small", "medium", "large"])), "replicas": draw(st.integers(0, 2))},
+                "redis": {
+                    "size": draw(st.sampled_from(["small", "medium", "large"])),
+                    "replicas": draw(st.integers(0, 2)),
+                },
                 "models": [],
                 **_cloud_block(draw, cloud),
             }
@@ -136,8 +160,13 @@ def test_generated_stacks_hold_the_invariants(raw):
     gpu_pods = [p for p in pods(graph) if p.gpus]
     assert len(gpu_pods) == sum(len(s["models"]) for s in raw["llm-platform:sites"])
     text = str(graph.to_plan())
-    for value in ("hf_SENTINEL0hf0token0value", "sk-SENTINEL0fallback0key", "sk-SENTINEL0team0a0key",
-                  "dckr_pat_SENTINEL0docker0hub", *leaked_values(graph)):
+    for value in (
+        "hf_SENTINEL0hf0token0value",
+        "sk-SENTINEL0fallback0key",
+        "sk-SENTINEL0team0a0key",
+        "dckr_pat_SENTINEL0docker0hub",
+        *leaked_values(graph),
+    ):
         assert value not in text
     for r in graph.of_type("kubernetes:core/v1:Secret"):
         assert r.inputs["stringData"] == SECRET

@@ -202,7 +202,9 @@ def test_prod_plan_holds_every_cloud(graphs, tmp_path):
 
     gpu_type = {
         "aws": lambda r: r["inputs"]["amiType"].endswith("NVIDIA") and r["inputs"]["instanceTypes"],
-        "gcp": lambda r: (r["inputs"]["nodeConfig"].get("guestAccelerators") or [{}])[0].get("type", "").startswith("nvidia-"),
+        "gcp": lambda r: (
+            (r["inputs"]["nodeConfig"].get("guestAccelerators") or [{}])[0].get("type", "").startswith("nvidia-")
+        ),
         "azure": lambda r: r["inputs"]["vmSize"].startswith("Standard_N") and "gpuProfile" in r["inputs"],
     }
     for cloud in ("aws", "gcp", "azure"):
@@ -243,7 +245,9 @@ def test_aks_kubeconfig_signs_in_through_entra_id():
 
     cluster = {"server": "https://c.hcp.eastus.azmk8s.io:443", "certificate-authority-data": "Q0E="}
     aks = {"clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "u", "user": {"token": "local-token"}}]}
-    text = _kubelogin_config("c", [{"name": "clusterUser", "value": base64.b64encode(yaml.safe_dump(aks).encode()).decode()}])
+    text = _kubelogin_config(
+        "c", [{"name": "clusterUser", "value": base64.b64encode(yaml.safe_dump(aks).encode()).decode()}]
+    )
     config = json.loads(text)
     assert config["clusters"][0]["cluster"] == cluster
     assert config["users"][0]["user"]["exec"]["command"] == "kubelogin"
@@ -360,8 +364,15 @@ def test_gateway_env_is_what_the_gateway_reads(graphs_with_secrets, stack):
         args = pod.spec["containers"][0]["args"]
         from_secrets = {e["name"].removeprefix(ENV_PREFIX).lower(): "from-a-secret" for e in env if "valueFrom" in e}
         from_secrets.pop("redis_url", None)  # a URL the validator checks; its default stands in
-        GatewaySettings.model_validate({**literal, **from_secrets, "port": args[args.index("--port") + 1],
-                                        "api_keys_file": None, "api_keys_redis_hash": "k"})
+        GatewaySettings.model_validate(
+            {
+                **literal,
+                **from_secrets,
+                "port": args[args.index("--port") + 1],
+                "api_keys_file": None,
+                "api_keys_redis_hash": "k",
+            }
+        )
 
 
 def _stack_models(stack: str) -> dict[str, dict]:
@@ -386,10 +397,16 @@ def test_gateway_metrics_port_is_scraped_but_not_public(graphs, stack):
 
     graph = graphs[stack]
     gateways = [p for p in pods(graph) if p.name == "gateway"]
-    monitors = [r for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")
-                if r.inputs["metadata"]["name"] == "gateway"]
-    policies = [r for r in graph.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
-                if r.inputs["metadata"]["name"] == "gateway"]
+    monitors = [
+        r
+        for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")
+        if r.inputs["metadata"]["name"] == "gateway"
+    ]
+    policies = [
+        r
+        for r in graph.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+        if r.inputs["metadata"]["name"] == "gateway"
+    ]
     services = [r for r in graph.of_type("kubernetes:core/v1:Service") if r.inputs["metadata"]["name"] == "gateway"]
     assert gateways and monitors and policies and services
     for pod in gateways:
@@ -402,10 +419,12 @@ def test_gateway_metrics_port_is_scraped_but_not_public(graphs, stack):
             for service in (s for s in services if graph.site_of(s) == pod.site):
                 assert scraped not in {p["targetPort"] for p in service.inputs["spec"]["ports"]}
             for policy in (n for n in policies if graph.site_of(n) == pod.site):
-                rules = [r for r in policy.inputs["spec"]["ingress"]
-                         if any(p["port"] == ports[scraped] for p in r["ports"])]
+                rules = [
+                    r for r in policy.inputs["spec"]["ingress"] if any(p["port"] == ports[scraped] for p in r["ports"])
+                ]
                 assert rules and all(
-                    r.get("from") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}}]
+                    r.get("from")
+                    == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}}]
                     for r in rules
                 )
 
@@ -424,8 +443,11 @@ def test_budgets_agree_when_by_cloud_leaves_clouds_out():
     graph = record_raw("prod", raw, SENTINELS)
     assert budget_mismatches(graph) == []
     # Control: one site's record off by a tenth is reported.
-    rule = next(r for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
-                if any(x.get("record") == BUDGET_RECORD for g in r.inputs["spec"]["groups"] for x in g["rules"]))
+    rule = next(
+        r
+        for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
+        if any(x.get("record") == BUDGET_RECORD for g in r.inputs["spec"]["groups"] for x in g["rules"])
+    )
     record = next(x for g in rule.inputs["spec"]["groups"] for x in g["rules"] if x.get("record") == BUDGET_RECORD)
     record["expr"] = f"vector({float(record['expr'][7:-1]) * 1.1:.6g})"
     assert len(budget_mismatches(graph)) == 1

@@ -146,9 +146,14 @@ def test_spot_and_on_demand_and_p_family_use_their_own_quotas(tmp_path, aws_env)
     code, out, _ = preflight(tmp_path, [site], quotas)
     assert code == 1
     assert f"{ODEMAND_G} needs 8 of 8 vCPU" in out  # exactly enough is enough
-    assert f"request quota 'All G and VT Spot Instance Requests' ({SPOT_G}) in us-west-2: current 8 vCPU, needed 12 vCPU" in out
+    assert (
+        f"request quota 'All G and VT Spot Instance Requests' ({SPOT_G}) in us-west-2: current 8 vCPU, needed 12 vCPU"
+        in out
+    )
     assert f"{ODEMAND_P} needs 192 of 192 vCPU" in out
-    assert f"request quota 'All P Spot Instance Requests' ({SPOT_P}) in us-west-2: current 0 vCPU, needed 384 vCPU" in out
+    assert (
+        f"request quota 'All P Spot Instance Requests' ({SPOT_P}) in us-west-2: current 0 vCPU, needed 384 vCPU" in out
+    )
     assert "2 pool(s) ok, 2 need action" in out
 
 
@@ -173,7 +178,9 @@ def test_type_not_offered_in_region(tmp_path, aws_env):
 def test_type_not_offered_suggests_same_gpu_sizes_that_are(tmp_path, aws_env, monkeypatch):
     # Ask about a type moto does not know at all; the catalog's other A10G sizes are offered.
     real = aws.offered_zones
-    monkeypatch.setattr(aws, "offered_zones", lambda ec2, types: {k: v for k, v in real(ec2, types).items() if k != "g5.xlarge"})
+    monkeypatch.setattr(
+        aws, "offered_zones", lambda ec2, types: {k: v for k, v in real(ec2, types).items() if k != "g5.xlarge"}
+    )
     code, out, _ = preflight(tmp_path, [aws_site("us-east-1", pool("gpu", "g5.xlarge", 1))], Quotas({ODEMAND_G: 100.0}))
     assert code == 1
     assert "g5.xlarge is not offered in any zone of us-east-1; same GPU offered here as: g5.12xlarge" in out
@@ -181,7 +188,9 @@ def test_type_not_offered_suggests_same_gpu_sizes_that_are(tmp_path, aws_env, mo
 
 def test_single_zone_offering_is_a_note_not_a_failure(tmp_path, aws_env):
     # moto's data: sa-east-1 offers p5.48xlarge in one zone.
-    code, out, _ = preflight(tmp_path, [aws_site("sa-east-1", pool("gpu", "p5.48xlarge", 1))], Quotas({ODEMAND_P: 192.0}))
+    code, out, _ = preflight(
+        tmp_path, [aws_site("sa-east-1", pool("gpu", "p5.48xlarge", 1))], Quotas({ODEMAND_P: 192.0})
+    )
     assert code == 0
     assert "note: offered in one zone only (sa-east-1" in out
 
@@ -202,8 +211,15 @@ def test_every_site_is_checked_in_its_own_region(tmp_path, aws_env):
 
 
 def no_credentials(monkeypatch, tmp_path):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -218,7 +234,8 @@ def test_no_credentials_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        "error: aws-a: aws: no credentials found; set AWS_PROFILE (aws sso login) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY\n"
+        "error: aws-a: aws: no credentials found; "
+        "set AWS_PROFILE (aws sso login) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY\n"
     )
 
 
@@ -227,7 +244,9 @@ def test_rejected_credentials_are_one_line(tmp_path, aws_env):
         client = boto3.client(service, region_name=region)
         if service == "sts":
             stubber = Stubber(client)
-            stubber.add_client_error("get_caller_identity", "InvalidClientTokenId", "The security token included in the request is invalid.")
+            stubber.add_client_error(
+                "get_caller_identity", "InvalidClientTokenId", "The security token included in the request is invalid."
+            )
             stubber.activate()
         return client
 
@@ -235,7 +254,10 @@ def test_rejected_credentials_are_one_line(tmp_path, aws_env):
         tmp_path, [aws_site("us-east-1", pool("gpu", "g6.xlarge", 1))], aws=lambda site: aws.check_site(site, clients)
     )
     assert (code, out) == (2, "")
-    assert err == "error: aws-a: aws: credentials rejected (InvalidClientTokenId): The security token included in the request is invalid.\n"
+    assert err == (
+        "error: aws-a: aws: credentials rejected (InvalidClientTokenId): "
+        "The security token included in the request is invalid.\n"
+    )
 
 
 def test_missing_permission_names_what_preflight_needs(tmp_path, aws_env):
@@ -263,21 +285,36 @@ def test_quota_codes_by_family():
 # --- GCP and Azure --------------------------------------------------------------------------
 
 
-GCP_SITE = {"name": "gcp-a", "cloud": "gcp", "region": "us-central1", "systemPool": {"instanceType": "e2-standard-4"},
-            "gcp": {"project": "proj-1x", "billingAccount": "000000-AAAAAA-111111"},
-            "gpuPools": [pool("gpu", "g2-standard-8", 3), pool("spot", "g2-standard-8", 2, spot=True)]}
-AZURE_SITE = {"name": "az-a", "cloud": "azure", "region": "eastus", "systemPool": {"instanceType": "Standard_D4s_v5"},
-              "gpuPools": [pool("gpu", "Standard_NC24ads_A100_v4", 2), pool("spot", "Standard_NC24ads_A100_v4", 2, spot=True)]}
+GCP_SITE = {
+    "name": "gcp-a",
+    "cloud": "gcp",
+    "region": "us-central1",
+    "systemPool": {"instanceType": "e2-standard-4"},
+    "gcp": {"project": "proj-1x", "billingAccount": "000000-AAAAAA-111111"},
+    "gpuPools": [pool("gpu", "g2-standard-8", 3), pool("spot", "g2-standard-8", 2, spot=True)],
+}
+AZURE_SITE = {
+    "name": "az-a",
+    "cloud": "azure",
+    "region": "eastus",
+    "systemPool": {"instanceType": "Standard_D4s_v5"},
+    "gpuPools": [pool("gpu", "Standard_NC24ads_A100_v4", 2), pool("spot", "Standard_NC24ads_A100_v4", 2, spot=True)],
+}
 
 
 def test_gcp_and_azure_without_their_sdks_are_skipped_with_what_to_install(tmp_path, aws_env, monkeypatch):
     monkeypatch.setattr(gcp, "default_clients", lambda project=None: (_ for _ in ()).throw(ImportError(gcp.SKIP)))
-    monkeypatch.setattr(azure, "default_client", lambda subscription=None: (_ for _ in ()).throw(ImportError(azure.SKIP)))
+    monkeypatch.setattr(
+        azure, "default_client", lambda subscription=None: (_ for _ in ()).throw(ImportError(azure.SKIP))
+    )
     sites = [aws_site("us-east-1", pool("gpu", "g6.xlarge", 1)), GCP_SITE, AZURE_SITE]
     code, out, _ = preflight(tmp_path, sites, Quotas({ODEMAND_G: 100.0}))
     assert code == 0
     assert "gcp-a (gcp us-central1): skipped: install google-cloud-compute to check GCP offerings and quotas" in out
-    assert "az-a (azure eastus): skipped: install azure-mgmt-compute and azure-identity to check Azure offerings and quotas" in out
+    assert (
+        "az-a (azure eastus): skipped: "
+        "install azure-mgmt-compute and azure-identity to check Azure offerings and quotas" in out
+    )
     assert out.splitlines()[-1] == "ok: 1 pool(s) ok, 0 need action, 2 site(s) skipped"
 
 
@@ -299,12 +336,22 @@ def ns(**kw):
 
 def gcp_clients(l4_limit: float = 8.0, spot_limit: float = 1.0, all_regions: float = 4.0) -> gcp.Clients:
     zone = ns(accelerator_types=[ns(name="nvidia-l4"), ns(name="nvidia-tesla-t4")])
-    accelerators = ns(aggregated_list=lambda request: [
-        ("zones/us-central1-a", zone), ("zones/us-central1-c", zone), ("zones/europe-west4-a", zone),
-        ("zones/us-central1-f", ns(accelerator_types=None)),
-    ])
-    regions = ns(get=lambda project, region: ns(quotas=[ns(metric="NVIDIA_L4_GPUS", limit=l4_limit, usage=0.0),
-                                                        ns(metric="PREEMPTIBLE_NVIDIA_L4_GPUS", limit=spot_limit, usage=0.0)]))
+    accelerators = ns(
+        aggregated_list=lambda request: [
+            ("zones/us-central1-a", zone),
+            ("zones/us-central1-c", zone),
+            ("zones/europe-west4-a", zone),
+            ("zones/us-central1-f", ns(accelerator_types=None)),
+        ]
+    )
+    regions = ns(
+        get=lambda project, region: ns(
+            quotas=[
+                ns(metric="NVIDIA_L4_GPUS", limit=l4_limit, usage=0.0),
+                ns(metric="PREEMPTIBLE_NVIDIA_L4_GPUS", limit=spot_limit, usage=0.0),
+            ]
+        )
+    )
     projects = ns(get=lambda project: ns(quotas=[ns(metric="GPUS_ALL_REGIONS", limit=all_regions, usage=0.0)]))
     return gcp.Clients("proj-1", regions, projects, accelerators)
 
@@ -315,8 +362,14 @@ def test_gcp_zones_and_gpu_quotas(tmp_path):
     assert code == 1
     assert "gcp-a (gcp us-central1, account proj-1)" in out
     assert "zones us-central1-a, us-central1-c; quota NVIDIA_L4_GPUS needs 3 of 8 GPU" in out
-    assert "request quota 'PREEMPTIBLE_NVIDIA_L4_GPUS' (PREEMPTIBLE_NVIDIA_L4_GPUS) in us-central1: current 1 GPU, needed 2 GPU for spot" in out
-    assert "request quota 'GPUS_ALL_REGIONS' (GPUS_ALL_REGIONS) in global: current 4 GPU, needed 5 GPU for gpu, spot" in out
+    assert (
+        "request quota 'PREEMPTIBLE_NVIDIA_L4_GPUS' (PREEMPTIBLE_NVIDIA_L4_GPUS) in us-central1: "
+        "current 1 GPU, needed 2 GPU for spot" in out
+    )
+    assert (
+        "request quota 'GPUS_ALL_REGIONS' (GPUS_ALL_REGIONS) in global: current 4 GPU, needed 5 GPU for gpu, spot"
+        in out
+    )
     assert "https://console.cloud.google.com/iam-admin/quotas?project=proj-1&metric=GPUS_ALL_REGIONS" in out
 
 
@@ -342,28 +395,43 @@ def test_gcp_errors_become_one_line(tmp_path):
 
 
 def test_azure_sku_zones_and_vcpu_quotas(tmp_path):
-    sku = ns(name="Standard_NC24ads_A100_v4", resource_type="virtualMachines", family="StandardNCADSA100v4Family",
-             restrictions=[], location_info=[ns(location="eastus", zones=["2", "1", "3"])])
+    sku = ns(
+        name="Standard_NC24ads_A100_v4",
+        resource_type="virtualMachines",
+        family="StandardNCADSA100v4Family",
+        restrictions=[],
+        location_info=[ns(location="eastus", zones=["2", "1", "3"])],
+    )
     usage = lambda value, shown, limit: ns(name=ns(value=value, localized_value=shown), current_value=0, limit=limit)  # noqa: E731
     client = ns(
         resource_skus=ns(list=lambda filter: [sku, ns(name="Standard_D4s_v5", resource_type="virtualMachines")]),
-        usage=ns(list=lambda location: [usage("cores", "Total Regional vCPUs", 100),
-                                        usage("StandardNCADSA100v4Family", "Standard NCADS_A100_v4 Family vCPUs", 24),
-                                        usage("lowPriorityCores", "Total Regional Spot vCPUs", 48)]),
+        usage=ns(
+            list=lambda location: [
+                usage("cores", "Total Regional vCPUs", 100),
+                usage("StandardNCADSA100v4Family", "Standard NCADS_A100_v4 Family vCPUs", 24),
+                usage("lowPriorityCores", "Total Regional Spot vCPUs", 48),
+            ]
+        ),
     )
     code, out, _ = preflight(tmp_path, [AZURE_SITE], azure=lambda site: azure.check_site(site, client, "sub-1"))
     assert code == 1
     assert "zones eastus-1, eastus-2, eastus-3" in out
-    assert ("request quota 'Standard NCADS_A100_v4 Family vCPUs' (StandardNCADSA100v4Family) in eastus: "
-            "current 24 vCPU, needed 48 vCPU for gpu") in out
+    assert (
+        "request quota 'Standard NCADS_A100_v4 Family vCPUs' (StandardNCADSA100v4Family) in eastus: "
+        "current 24 vCPU, needed 48 vCPU for gpu"
+    ) in out
     assert "lowPriorityCores needs 48 of 48 vCPU" in out
 
 
 def test_azure_sku_not_available_to_subscription(tmp_path):
-    restricted = ns(name="Standard_NC24ads_A100_v4", resource_type="virtualMachines", family="F",
-                    restrictions=[ns(type="Location", reason_code="NotAvailableForSubscription")], location_info=[])
+    restricted = ns(
+        name="Standard_NC24ads_A100_v4",
+        resource_type="virtualMachines",
+        family="F",
+        restrictions=[ns(type="Location", reason_code="NotAvailableForSubscription")],
+        location_info=[],
+    )
     client = ns(resource_skus=ns(list=lambda filter: [restricted]), usage=ns(list=lambda location: []))
     code, out, _ = preflight(tmp_path, [AZURE_SITE], azure=lambda site: azure.check_site(site, client, "sub-1"))
     assert code == 1
     assert "Standard_NC24ads_A100_v4 is not available to this subscription in eastus" in out
-

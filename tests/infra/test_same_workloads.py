@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,8 @@ PLATFORM_PATHS = tuple(
         r"(^|\.)tolerations(\[\]|\.|$)",  # pool taints
         r"^spec\.template\.spec\.volumes",  # the model cache (RWO per pod or a shared RWX claim), the Redis CA
         r"^spec\.template\.spec\.containers\[\]\.volumeMounts",
-        r"^spec\.template\.spec\.containers\[\]\.image$",  # images come from the site's registry and its Docker Hub cache
+        # images come from the site's registry and its Docker Hub cache:
+        r"^spec\.template\.spec\.containers\[\]\.image$",
         r"(^|\.)image\.registry$",  # chart images from Docker Hub, through the same cache
         r"^spec\.template\.spec\.containers\[\]\.resources\.",  # sized from the node pool's allocatable
         r"(^|\.)storageClassName$",  # the platform's storage classes
@@ -39,11 +41,15 @@ PLATFORM_PATHS = tuple(
 PLATFORM_PATHS_BY_OBJECT = {
     "PrometheusRule/llm-platform-prices": (re.compile(r"^spec\.groups\[\]\.rules\[\]\."),),
     # The GPU driver's host directory, where a cloud installs it outside the runtime (GKE).
-    "Release/dcgm-exporter": (re.compile(r"^values\.(extraHostVolumes|extraVolumeMounts|extraEnv|securityContext)(\[\]|\.|$)"),),
+    "Release/dcgm-exporter": (
+        re.compile(r"^values\.(extraHostVolumes|extraVolumeMounts|extraEnv|securityContext)(\[\]|\.|$)"),
+    ),
 }
 # Objects only some platforms need: the shared cache claim (RWX storage), the Redis CA
 # (a private CA), NVIDIA's device plugin (where the cloud does not run one).
-PLATFORM_OBJECTS = re.compile(r"^(PersistentVolumeClaim/vllm-.*-cache|ConfigMap/gateway-redis-ca|Release/nvidia-device-plugin)$")
+PLATFORM_OBJECTS = re.compile(
+    r"^(PersistentVolumeClaim/vllm-.*-cache|ConfigMap/gateway-redis-ca|Release/nvidia-device-plugin)$"
+)
 
 
 def _site(cloud: str, base: dict) -> dict:
@@ -87,7 +93,7 @@ def _diff(a: Any, b: Any, path: str = "") -> Iterator[str]:
         for key in sorted(set(a) | set(b)):
             yield from _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             yield from _diff(x, y, f"{path}[]")
     elif a != b:
         yield path

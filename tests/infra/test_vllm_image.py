@@ -149,7 +149,9 @@ def read_by_vllm(env: dict[str, str]) -> dict:
     done = subprocess.run(
         [str(VLLM_PYTHON), "-c", PROBE],
         env={**env, "PYTHONPATH": str(RELEASE), "VLLM_TARGET_DEVICE": "cpu", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -56,8 +56,7 @@ def generated_commands(n: int) -> list[list[str]]:
     """The vllm commands of n stacks hypothesis makes up; each config passes validation first."""
     argvs: list[list[str]] = []
 
-    @settings(max_examples=n, database=None, derandomize=True, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, database=None, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
     @given(stack_configs())
     def collect(raw):
         parse({k.split(":", 1)[1]: v for k, v in raw.items()})
@@ -82,8 +81,9 @@ def parsed(graphs, tmp_path_factory):
     src, dst = tmp / "argv.json", tmp / "out.json"
     src.write_text(json.dumps([a for g in groups.values() for a in g]))
     env = {"PYTHONPATH": str(RELEASE), "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([str(PYTHON), str(SCRIPT), str(src), str(dst)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(PYTHON), str(SCRIPT), str(src), str(dst)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(dst.read_text())
     errors = iter(out["errors"])
@@ -118,7 +118,7 @@ def test_the_parser_refuses_what_config_validation_refuses(parsed):
     (unknown, unknown_error), (malformed, malformed_error) = results["controls"]
     assert "unrecognized arguments: --no-such-flag" in unknown_error
     assert malformed_error is not None and "max-model-len" in malformed_error
-    for (argv, error), args in zip(results["refused"], REFUSED):
+    for (_argv, error), args in zip(results["refused"], REFUSED, strict=True):
         assert error is not None, f"vLLM accepts {args}, which config validation refuses"
         raw = base()
         raw["models"][0]["extraArgs"] = args

@@ -18,7 +18,9 @@ from infra.workloads.monitoring import DASHBOARDS_DIR, GENERATED_RECORDS, RULES_
 REPO = Path(__file__).resolve().parents[2]
 TESTS_DIR = REPO / "monitoring" / "tests"
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing; `make tools` installs Debian's prometheus")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool missing; `make tools` installs Debian's prometheus"
+)
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yaml"))
 DASHBOARDS = sorted(DASHBOARDS_DIR.glob("*.json"))
@@ -124,7 +126,12 @@ def test_every_expression_parses(tmp_path):
     # promtool parses expressions only inside rule files: one recording rule per expression.
     exprs = all_exprs()
     rules_file = {
-        "groups": [{"name": "parse", "rules": [{"record": f"parse:expr_{i}", "expr": _grafana_to_promql(e)} for i, e in enumerate(exprs)]}]
+        "groups": [
+            {
+                "name": "parse",
+                "rules": [{"record": f"parse:expr_{i}", "expr": _grafana_to_promql(e)} for i, e in enumerate(exprs)],
+            }
+        ]
     }
     path = tmp_path / "exprs.yaml"
     path.write_text(yaml.safe_dump(rules_file))
@@ -134,7 +141,22 @@ def test_every_expression_parses(tmp_path):
 
 # --- metric names -----------------------------------------------------------------------
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan", "x"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "x",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -176,11 +198,18 @@ def exported_names() -> set[str]:
 
 
 def test_metric_name_extraction():
-    assert metric_names('sum by (le, model) (rate(a_bucket{le="2.5", x=~"$m"}[5m])) / on() b * 1e6') == {"a_bucket", "b"}
-    assert metric_names("histogram_quantile(0.95, sum by (le) (rate(vllm:ttft_bucket[$__rate_interval])))") == {"vllm:ttft_bucket"}
+    assert metric_names('sum by (le, model) (rate(a_bucket{le="2.5", x=~"$m"}[5m])) / on() b * 1e6') == {
+        "a_bucket",
+        "b",
+    }
+    assert metric_names("histogram_quantile(0.95, sum by (le) (rate(vllm:ttft_bucket[$__rate_interval])))") == {
+        "vllm:ttft_bucket"
+    }
 
 
 @pytest.mark.parametrize("expr", all_exprs())
 def test_expression_reads_only_exported_metrics(expr):
     unknown = metric_names(expr) - exported_names()
-    assert not unknown, f"not exported by vLLM, the gateway, DCGM, kube-state-metrics or a recording rule: {sorted(unknown)}"
+    assert not unknown, (
+        f"not exported by vLLM, the gateway, DCGM, kube-state-metrics or a recording rule: {sorted(unknown)}"
+    )

@@ -46,9 +46,7 @@ class Run:
 
     def __init__(self, *args: str | Path):
         self.argv = [str(CHECKOV), *map(str, args)]
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
-        )
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         self._out: tuple[str, str] | None = None
 
     def output(self) -> str:
@@ -98,7 +96,7 @@ BAD_POD = {
     "metadata": {"name": "bad", "namespace": "llm"},
     "spec": {"containers": [{"name": "bad", "image": "busybox:1.36", "securityContext": {"privileged": True}}]},
 }
-BAD_DOCKERFILE = "FROM python:latest\nUSER root\nCMD [\"python\"]\n"
+BAD_DOCKERFILE = 'FROM python:latest\nUSER root\nCMD ["python"]\n'
 
 
 @pytest.fixture(scope="module")

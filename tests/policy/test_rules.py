@@ -36,38 +36,72 @@ def _gpu_group(r):
 
 
 BREAKERS = {
-    "cluster-endpoint-restricted": lambda g: first(g, "aws:eks/cluster:Cluster").inputs["vpcConfig"].update(
-        endpointPublicAccess=True, publicAccessCidrs=["0.0.0.0/0"]),
+    "cluster-endpoint-restricted": lambda g: (
+        first(g, "aws:eks/cluster:Cluster")
+        .inputs["vpcConfig"]
+        .update(endpointPublicAccess=True, publicAccessCidrs=["0.0.0.0/0"])
+    ),
     "kubernetes-secrets-encrypted": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.pop("encryptionConfig"),
-    "control-plane-logging": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.update(enabledClusterLogTypes=["api"]),
-    "node-metadata-protected": lambda g: first(g, "aws:ec2/launchTemplate:LaunchTemplate").inputs["metadataOptions"].update(
-        httpTokens="optional"),
-    "disks-encrypted": lambda g: first(g, "aws:ec2/launchTemplate:LaunchTemplate").inputs["blockDeviceMappings"][0]["ebs"].update(
-        encrypted="false"),
+    "control-plane-logging": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.update(
+        enabledClusterLogTypes=["api"]
+    ),
+    "node-metadata-protected": lambda g: (
+        first(g, "aws:ec2/launchTemplate:LaunchTemplate").inputs["metadataOptions"].update(httpTokens="optional")
+    ),
+    "disks-encrypted": lambda g: (
+        first(g, "aws:ec2/launchTemplate:LaunchTemplate")
+        .inputs["blockDeviceMappings"][0]["ebs"]
+        .update(encrypted="false")
+    ),
     "redis-tls-auth-private": lambda g: first(g, "aws:elasticache/replicationGroup:ReplicationGroup").inputs.update(
-        transitEncryptionEnabled=False),
+        transitEncryptionEnabled=False
+    ),
     "least-privilege-identities": lambda g: first(g, "aws:iam/rolePolicy:RolePolicy").inputs.update(
-        policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})),
-    "containers-hardened": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm))["securityContext"].update(
-        allowPrivilegeEscalation=True),
+        policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+    ),
+    "containers-hardened": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm))[
+        "securityContext"
+    ].update(allowPrivilegeEscalation=True),
     "no-secret-env-literal": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm))["env"].append(
-        {"name": "HF_TOKEN", "value": "hf_plain"}),
-    "images-pinned": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).update(image="vllm/vllm-openai:latest"),
-    "gpu-pools-tainted-and-tolerated": lambda g: first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs.update(taints=[]),
-    "gateway-ha": lambda g: first(g, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
-        .inputs["spec"].update(replicas=1),
-    "subnets-multi-zone": lambda g: [r.inputs.update(availabilityZone="us-east-1a") for r in g.of_type("aws:ec2/subnet:Subnet")],
+        {"name": "HF_TOKEN", "value": "hf_plain"}
+    ),
+    "images-pinned": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).update(
+        image="vllm/vllm-openai:latest"
+    ),
+    "gpu-pools-tainted-and-tolerated": lambda g: first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs.update(
+        taints=[]
+    ),
+    "gateway-ha": lambda g: (
+        first(g, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
+        .inputs["spec"]
+        .update(replicas=1)
+    ),
+    "subnets-multi-zone": lambda g: [
+        r.inputs.update(availabilityZone="us-east-1a") for r in g.of_type("aws:ec2/subnet:Subnet")
+    ],
     # EKS ended 1.33's standard support on 2026-07-29.
     "kubernetes-version-supported": lambda g: first(g, "aws:eks/cluster:Cluster").inputs.update(version="1.33"),
-    "vllm-await-covers-startup": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).options.pop("customTimeouts"),
+    "vllm-await-covers-startup": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).options.pop(
+        "customTimeouts"
+    ),
     "vllm-probes": lambda g: container(first(g, "kubernetes:apps/v1:Deployment", vllm)).pop("startupProbe"),
     "budget-per-cloud": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(
-        notifications=[n for n in first(g, "aws:budgets/budget:Budget").inputs["notifications"] if n["notificationType"] == "ACTUAL"]),
+        notifications=[
+            n
+            for n in first(g, "aws:budgets/budget:Budget").inputs["notifications"]
+            if n["notificationType"] == "ACTUAL"
+        ]
+    ),
     "cost-tags": lambda g: first(g, "aws:ec2/vpc:Vpc").inputs["tags"].pop("stack"),
-    "dev-gpu-pools-scale-to-zero": lambda g: first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs["scalingConfig"].update(minSize=1),
+    "dev-gpu-pools-scale-to-zero": lambda g: (
+        first(g, "aws:eks/nodeGroup:NodeGroup", _gpu_group).inputs["scalingConfig"].update(minSize=1)
+    ),
     "cost-within-budget": lambda g: first(g, "aws:budgets/budget:Budget").inputs.update(limitAmount="10.00"),
-    "model-fits-gpu": lambda g: first(g, "kubernetes:apps/v1:Deployment", vllm).inputs["metadata"]["annotations"].update(
-        {"llm-platform.io/params-billion": "70"}),
+    "model-fits-gpu": lambda g: (
+        first(g, "kubernetes:apps/v1:Deployment", vllm)
+        .inputs["metadata"]["annotations"]
+        .update({"llm-platform.io/params-billion": "70"})
+    ),
 }
 
 
@@ -77,8 +111,15 @@ def test_every_rule_has_a_breaker():
 
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_shipped_stacks_pass_every_rule(graphs, stack):
-    violations = policy_run.run(graphs[stack], POLICIES, STRICT | {"gateway-ha": "disabled" if stack == "dev" else "mandatory",
-                                                               "dev-gpu-pools-scale-to-zero": "mandatory" if stack == "dev" else "disabled"})
+    violations = policy_run.run(
+        graphs[stack],
+        POLICIES,
+        STRICT
+        | {
+            "gateway-ha": "disabled" if stack == "dev" else "mandatory",
+            "dev-gpu-pools-scale-to-zero": "mandatory" if stack == "dev" else "disabled",
+        },
+    )
     assert [f"{v.policy}: {v.message}" for v in violations] == []
 
 
@@ -104,7 +145,9 @@ def test_pack_config_levels():
     assert policy_run._level(policy, {"all": "mandatory"})[0] == EnforcementLevel.MANDATORY
     assert policy_run._level(policy, {"all": "mandatory", "images-pinned": "disabled"})[0] == EnforcementLevel.DISABLED
     assert policy_run._level(policy, {"images-pinned": {"enforcementLevel": "mandatory", "x": 1}}) == (
-        EnforcementLevel.MANDATORY, {"x": 1})
+        EnforcementLevel.MANDATORY,
+        {"x": 1},
+    )
     assert policy_run._level(BY_NAME["model-fits-gpu"], {})[0] == EnforcementLevel.MANDATORY
     for stack in SHIPPED:
         config = json.loads((REPO / "policy" / f"config.{stack}.json").read_text())
@@ -120,8 +163,11 @@ def _policy_cli(tmp_path, mutate) -> subprocess.CompletedProcess:
     (tmp_path / "Pulumi.broken.yaml").write_text(yaml.safe_dump({"config": raw}))
     return subprocess.run(
         [sys.executable, "-m", "infra", "policy", "broken"],
-        cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -142,34 +188,74 @@ def test_cli_fails_a_stack_over_budget(tmp_path):
 
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_make_policy_passes_shipped_stacks(stack):
-    proc = subprocess.run([sys.executable, "-m", "infra", "policy", stack], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra", "policy", stack], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # The same rules on the GCP and Azure resources of prod, each broken the way it is on AWS.
 CLOUD_BREAKERS = {
-    "gke-endpoint-open": ("cluster-endpoint-restricted", lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(
-        masterAuthorizedNetworksConfig={"cidrBlocks": [{"cidrBlock": "0.0.0.0/0"}]})),
-    "aks-endpoint-open": ("cluster-endpoint-restricted", lambda g: first(g, "azure-native:containerservice:ManagedCluster")
-        .inputs.update(apiServerAccessProfile={"enablePrivateCluster": False, "authorizedIPRanges": []})),
-    "gke-secrets-plain": ("kubernetes-secrets-encrypted", lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(
-        databaseEncryption={"state": "DECRYPTED"})),
-    "gke-public-nodes": ("node-metadata-protected", lambda g: first(g, "gcp:container/cluster:Cluster")
-        .inputs["privateClusterConfig"].update(enablePrivateNodes=False)),
-    "gke-node-metadata": ("node-metadata-protected", lambda g: first(g, "gcp:container/nodePool:NodePool")
-        .inputs["nodeConfig"].update(workloadMetadataConfig={"mode": "GCE_METADATA"})),
-    "gke-default-sa": ("least-privilege-identities", lambda g: first(g, "gcp:container/nodePool:NodePool")
-        .inputs["nodeConfig"].update(serviceAccount="123-compute@developer.gserviceaccount.com")),
-    "memorystore-no-auth": ("redis-tls-auth-private", lambda g: first(g, "gcp:redis/instance:Instance").inputs.update(
-        authEnabled=False)),
-    "azure-redis-public": ("redis-tls-auth-private", lambda g: first(g, "azure-native:redisenterprise:RedisEnterprise").inputs.update(
-        publicNetworkAccess="Enabled")),
-    "gke-version-off-channel": ("kubernetes-version-supported", lambda g: first(g, "gcp:container/cluster:Cluster")
-        .inputs.update(minMasterVersion="1.37")),
-    "aks-version-lts-only": ("kubernetes-version-supported", lambda g: first(g, "azure-native:containerservice:ManagedCluster")
-        .inputs.update(kubernetesVersion="1.34")),
-    "gcp-budget-actual-only": ("budget-per-cloud", lambda g: first(g, "gcp:billing/budget:Budget").inputs.update(
-        thresholdRules=[{"thresholdPercent": 1.0, "spendBasis": "CURRENT_SPEND"}])),
+    "gke-endpoint-open": (
+        "cluster-endpoint-restricted",
+        lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(
+            masterAuthorizedNetworksConfig={"cidrBlocks": [{"cidrBlock": "0.0.0.0/0"}]}
+        ),
+    ),
+    "aks-endpoint-open": (
+        "cluster-endpoint-restricted",
+        lambda g: first(g, "azure-native:containerservice:ManagedCluster").inputs.update(
+            apiServerAccessProfile={"enablePrivateCluster": False, "authorizedIPRanges": []}
+        ),
+    ),
+    "gke-secrets-plain": (
+        "kubernetes-secrets-encrypted",
+        lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(databaseEncryption={"state": "DECRYPTED"}),
+    ),
+    "gke-public-nodes": (
+        "node-metadata-protected",
+        lambda g: (
+            first(g, "gcp:container/cluster:Cluster").inputs["privateClusterConfig"].update(enablePrivateNodes=False)
+        ),
+    ),
+    "gke-node-metadata": (
+        "node-metadata-protected",
+        lambda g: (
+            first(g, "gcp:container/nodePool:NodePool")
+            .inputs["nodeConfig"]
+            .update(workloadMetadataConfig={"mode": "GCE_METADATA"})
+        ),
+    ),
+    "gke-default-sa": (
+        "least-privilege-identities",
+        lambda g: (
+            first(g, "gcp:container/nodePool:NodePool")
+            .inputs["nodeConfig"]
+            .update(serviceAccount="123-compute@developer.gserviceaccount.com")
+        ),
+    ),
+    "memorystore-no-auth": (
+        "redis-tls-auth-private",
+        lambda g: first(g, "gcp:redis/instance:Instance").inputs.update(authEnabled=False),
+    ),
+    "azure-redis-public": (
+        "redis-tls-auth-private",
+        lambda g: first(g, "azure-native:redisenterprise:RedisEnterprise").inputs.update(publicNetworkAccess="Enabled"),
+    ),
+    "gke-version-off-channel": (
+        "kubernetes-version-supported",
+        lambda g: first(g, "gcp:container/cluster:Cluster").inputs.update(minMasterVersion="1.37"),
+    ),
+    "aks-version-lts-only": (
+        "kubernetes-version-supported",
+        lambda g: first(g, "azure-native:containerservice:ManagedCluster").inputs.update(kubernetesVersion="1.34"),
+    ),
+    "gcp-budget-actual-only": (
+        "budget-per-cloud",
+        lambda g: first(g, "gcp:billing/budget:Budget").inputs.update(
+            thresholdRules=[{"thresholdPercent": 1.0, "spendBasis": "CURRENT_SPEND"}]
+        ),
+    ),
 }
 
 
@@ -188,7 +274,9 @@ def test_version_rule_reads_the_plan_date_and_each_chart_range(graphs):
     policy = BY_NAME["kubernetes-version-supported"]
     graph = graphs["dev"]
     # The same stack, planned later: standard support ends too soon.
-    late = policy_run.run(graph, [policy], {"kubernetes-version-supported": {"enforcementLevel": "mandatory", "asOf": "2027-03-01"}})
+    late = policy_run.run(
+        graph, [policy], {"kubernetes-version-supported": {"enforcementLevel": "mandatory", "asOf": "2027-03-01"}}
+    )
     assert late and "ends 2027-03-27" in late[0].message
     # A minor EKS supports but a chart pin does not (KEDA 2.20 is tested on 1.33-1.35).
     broken = copy.deepcopy(graph)

@@ -12,7 +12,8 @@ from typing import Any
 import jsonschema
 from kubernetes_validate import utils as kubernetes_schemas
 from packaging.version import Version
-from referencing import Registry, Resource as SchemaResource
+from referencing import Registry
+from referencing import Resource as SchemaResource
 
 from infra.charts import PINS, Chart
 from infra.plan.graph import Graph, Resource
@@ -48,14 +49,17 @@ OPEN_MAPS: dict[str, dict[str, str | KubernetesField]] = {
     },
     "kube-prometheus-stack": {
         "prometheus.prometheusSpec.resources": KubernetesField(
-            "resourcerequirements-v1", "templates/prometheus/prometheus.yaml: the Prometheus resource's spec.resources, toYaml"
+            "resourcerequirements-v1",
+            "templates/prometheus/prometheus.yaml: the Prometheus resource's spec.resources, toYaml",
         ),
     },
 }
 # Keys the chart's templates read although values.yaml does not declare them:
 UNDECLARED: dict[str, dict[str, str]] = {
     "kube-prometheus-stack/grafana": {
-        "fullnameOverride": "grafana 12.11.1 templates/_helpers.tpl (define \"grafana.fullname\") reads .Values.fullnameOverride",
+        "fullnameOverride": (
+            'grafana 12.11.1 templates/_helpers.tpl (define "grafana.fullname") reads .Values.fullnameOverride'
+        ),
     },
 }
 
@@ -81,10 +85,15 @@ def pin_problems(pin: Chart) -> list[str]:
         return [f"{pin.chart}: {exc}"]
     out = []
     if pin.version not in versions:
-        out.append(f"{pin.chart} {pin.version} was never released by {listed['repo']} "
-                   f"(newest {versions[0] if versions else 'none'}, read {listed['read']})")
+        out.append(
+            f"{pin.chart} {pin.version} was never released by {listed['repo']} "
+            f"(newest {versions[0] if versions else 'none'}, read {listed['read']})"
+        )
     if listed["helm_repo"] != pin.repo:
-        out.append(f"{pin.chart}: pinned repo {pin.repo}, vendored release list is of {listed['helm_repo']}; {vendored.REFRESH}")
+        out.append(
+            f"{pin.chart}: pinned repo {pin.repo}, "
+            f"vendored release list is of {listed['helm_repo']}; {vendored.REFRESH}"
+        )
     if at != pin.version:
         out.append(f"{pin.chart}: pinned {pin.version}, upstream/ holds {at}; {vendored.REFRESH}")
     return out
@@ -231,11 +240,19 @@ def unknown_values(chart: str, given: dict, kubernetes: str | None = None) -> li
     for key, value in (given or {}).items():
         if key in keys and isinstance(value, dict):
             if key not in subcharts:
-                out.append(f"{key}: values for subchart {key} are not vendored (exact version needed; see upstream/refresh.py)")
+                out.append(
+                    f"{key}: values for subchart {key} are not vendored (exact version needed; see upstream/refresh.py)"
+                )
                 continue
             # A subchart takes its own values.yaml's keys and whatever the parent's values.yaml sets under its name.
             sub_out: list[str] = []
-            _walk(value, _union(defaults.get(key) or {}, subcharts[key]), "", _Scope(f"{chart}/{key}", kubernetes), sub_out)
+            _walk(
+                value,
+                _union(defaults.get(key) or {}, subcharts[key]),
+                "",
+                _Scope(f"{chart}/{key}", kubernetes),
+                sub_out,
+            )
             out.extend(f"{key}.{p}" for p in sub_out)
             continue
         _walk({key: value}, defaults, "", _Scope(chart, kubernetes), out)
@@ -314,8 +331,10 @@ def custom_resource_problems(resource: Resource) -> list[str]:
     found = vendored.crds().get(key)
     if found is None:
         served = sorted(f"{a} {k}" for a, k in vendored.crds())
-        return [f"{resource.name}: no vendored CRD serves {key[0]} {key[1]} (vendored: {', '.join(served)}); "
-                "add its CRD file to the chart's crds in upstream/refresh.py SOURCES and run `make upstream`"]
+        return [
+            f"{resource.name}: no vendored CRD serves {key[0]} {key[1]} (vendored: {', '.join(served)}); "
+            "add its CRD file to the chart's crds in upstream/refresh.py SOURCES and run `make upstream`"
+        ]
     _, source = found
     validator = _validator(key)
     where = f"{source['chart']} {source['version']} {source['from'][0]['path']}"
@@ -329,7 +348,8 @@ def custom_resources(graph: Graph) -> list[Resource]:
     """Kubernetes objects of an apiVersion Kubernetes does not serve itself: every object is
     checked either against Kubernetes' schema (test_kubernetes_schemas.py) or here."""
     return [
-        r for r in graph
+        r
+        for r in graph
         if r.is_kubernetes_object and "kind" in r.inputs and r.inputs.get("apiVersion") not in BUILT_IN_GROUPS
     ]
 

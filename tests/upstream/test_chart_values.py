@@ -54,10 +54,17 @@ def test_open_maps_take_any_keys():
 
 
 def test_kubernetes_typed_maps_take_that_types_fields_only():
-    assert checks.unknown_values("dcgm-exporter", {"securityContext": {"privileged": True, "allowPrivilegeEscalation": True}}) == []
+    assert (
+        checks.unknown_values(
+            "dcgm-exporter", {"securityContext": {"privileged": True, "allowPrivilegeEscalation": True}}
+        )
+        == []
+    )
     problems = checks.unknown_values("dcgm-exporter", {"securityContext": {"privilegd": True}})
     assert any("securityContext" in p and "privilegd" in p for p in problems), problems
-    problems = checks.unknown_values("kube-prometheus-stack", {"prometheus": {"prometheusSpec": {"resources": {"request": {}}}}})
+    problems = checks.unknown_values(
+        "kube-prometheus-stack", {"prometheus": {"prometheusSpec": {"resources": {"request": {}}}}}
+    )
     assert any("'request'" in p for p in problems), problems
 
 
@@ -78,12 +85,19 @@ def _with(release, change):
     ("change", "expected"),
     [
         (lambda v: v.update(prometheusOperatr={"enabled": True}), "prometheusOperatr: no such key"),
-        (lambda v: v["prometheus"]["prometheusSpec"].update(retentionSizeGB=5),
-         "prometheus.prometheusSpec.retentionSizeGB: no such key"),
+        (
+            lambda v: v["prometheus"]["prometheusSpec"].update(retentionSizeGB=5),
+            "prometheus.prometheusSpec.retentionSizeGB: no such key",
+        ),
         # Passed through to the grafana subchart: checked against grafana's own values.yaml.
-        (lambda v: v["grafana"]["sidecar"]["dashboards"].update(searchNamespaces="ALL"),
-         "grafana.sidecar.dashboards.searchNamespaces: no such key"),
-        (lambda v: v["kube-state-metrics"].update(metricLabelAllowlist=[]), "kube-state-metrics.metricLabelAllowlist: no such key"),
+        (
+            lambda v: v["grafana"]["sidecar"]["dashboards"].update(searchNamespaces="ALL"),
+            "grafana.sidecar.dashboards.searchNamespaces: no such key",
+        ),
+        (
+            lambda v: v["kube-state-metrics"].update(metricLabelAllowlist=[]),
+            "kube-state-metrics.metricLabelAllowlist: no such key",
+        ),
         # A map where the chart expects a scalar.
         (lambda v: v.update(fullnameOverride={"name": "x"}), "fullnameOverride: a map is given"),
         # A subchart whose version the chart leaves open, so its values cannot be checked.

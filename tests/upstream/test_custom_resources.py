@@ -56,13 +56,19 @@ def test_int_or_string_takes_both():
 
 
 def test_preserved_unknown_fields_stay_open():
-    schema = checks.strict_schema({
-        "type": "object",
-        "properties": {
-            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {"type": "string"}}},
-            "closed": {"type": "object", "properties": {"a": {"type": "string"}}},
-        },
-    })
+    schema = checks.strict_schema(
+        {
+            "type": "object",
+            "properties": {
+                "open": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    "properties": {"a": {"type": "string"}},
+                },
+                "closed": {"type": "object", "properties": {"a": {"type": "string"}}},
+            },
+        }
+    )
     v = jsonschema.Draft4Validator(schema)
     assert v.is_valid({"open": {"a": "x", "b": 1}})
     assert not v.is_valid({"closed": {"a": "x", "b": 1}})
@@ -76,16 +82,26 @@ def test_preserved_unknown_fields_stay_open():
     ("kind", "change", "expected"),
     [
         ("PodMonitor", lambda i: i["spec"].update(podMetricEndpoints=[]), "'podMetricEndpoints' was unexpected"),
-        ("PodMonitor", lambda i: i["spec"]["podMetricsEndpoints"][0].update(scrapeInterval="15s"),
-         "'scrapeInterval' was unexpected"),
+        (
+            "PodMonitor",
+            lambda i: i["spec"]["podMetricsEndpoints"][0].update(scrapeInterval="15s"),
+            "'scrapeInterval' was unexpected",
+        ),
         ("ScaledObject", lambda i: i["spec"].update(cooldown=600), "'cooldown' was unexpected"),
         ("ScaledObject", lambda i: i["spec"].update(minReplicaCount="zero"), "is not of type 'integer'"),
         ("PrometheusRule", lambda i: _rule(i).update({"for": "5 minutes"}), "does not match"),
         ("PrometheusRule", lambda i: _rule(i).update(expr=0.5), "is not valid under any of the given schemas"),
         ("PrometheusRule", lambda i: i.update(apiVersion="monitoring.coreos.com/v2"), "no vendored CRD serves"),
     ],
-    ids=["unknown-field", "unknown-nested-field", "unknown-scaledobject-field", "wrong-type", "bad-pattern",
-         "int-or-string-float", "unserved-version"],
+    ids=[
+        "unknown-field",
+        "unknown-nested-field",
+        "unknown-scaledobject-field",
+        "wrong-type",
+        "bad-pattern",
+        "int-or-string-float",
+        "unserved-version",
+    ],
 )
 def test_a_broken_custom_resource_is_caught(graphs, kind, change, expected):
     resource = _first(graphs["dev"], kind)

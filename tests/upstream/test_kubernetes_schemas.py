@@ -19,8 +19,17 @@ from tests.infra.invariants import CLUSTER_TYPES
 # What each cloud's cluster resource calls its Kubernetes version.
 _VERSION_INPUT = {"aws": "version", "gcp": "minMasterVersion", "azure": "kubernetesVersion"}
 # Kinds served by Kubernetes itself; anything else is a custom resource with its own CRD.
-BUILT_IN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1",
-                   "storage.k8s.io/v1", "rbac.authorization.k8s.io/v1", "scheduling.k8s.io/v1"}
+BUILT_IN_GROUPS = {
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "policy/v1",
+    "autoscaling/v2",
+    "networking.k8s.io/v1",
+    "storage.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+    "scheduling.k8s.io/v1",
+}
 
 
 def site_versions(graph: Graph) -> dict[str, str]:
@@ -92,9 +101,12 @@ def _first(graph: Graph, kind: str):
         # A field of the wrong type.
         lambda g: _first(g, "Service").inputs["spec"]["ports"][0].update(port="eighty"),
         # A field that exists only in a later Kubernetes than the site runs.
-        lambda g: [r.inputs.update({_VERSION_INPUT["aws"]: "1.25"}) for r in g.of_type(CLUSTER_TYPES["aws"])]
-        and _first(g, "Deployment").inputs["spec"]["template"]["spec"]["containers"][0].update(
-            lifecycle={"preStop": {"sleep": {"seconds": 5}}}),
+        lambda g: (
+            [r.inputs.update({_VERSION_INPUT["aws"]: "1.25"}) for r in g.of_type(CLUSTER_TYPES["aws"])]
+            and _first(g, "Deployment")
+            .inputs["spec"]["template"]["spec"]["containers"][0]
+            .update(lifecycle={"preStop": {"sleep": {"seconds": 5}}})
+        ),
     ],
     ids=["unknown-field", "wrong-type", "field-newer-than-the-cluster"],
 )

@@ -100,7 +100,9 @@ def write_catalog(path: str) -> None:
         out.write(HEADER)
         out.write(f"version: {json.dumps(body['version'])}\nflags:\n")
         for option, entry in body["flags"].items():
-            out.write(f"  {json.dumps(option)}: {yaml.safe_dump(entry, default_flow_style=True, width=10**6).strip()}\n")
+            out.write(
+                f"  {json.dumps(option)}: {yaml.safe_dump(entry, default_flow_style=True, width=10**6).strip()}\n"
+            )
 
 
 def main(src: str, dst: str) -> None:

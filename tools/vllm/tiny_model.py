@@ -30,8 +30,10 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _corpus(n: int) -> list[str]:
     rng = random.Random(SEED)
-    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex every jolly "
-             "system user assistant prompt answer tenant conversation cache token model replica").split()
+    words = (
+        "the quick brown fox jumps over a lazy dog while seven wizards quietly hex every jolly "
+        "system user assistant prompt answer tenant conversation cache token model replica"
+    ).split()
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) for _ in range(n)]
 
 
@@ -45,20 +47,37 @@ def build(out: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_corpus(4000), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, model_max_length=MAX_POSITIONS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        model_max_length=MAX_POSITIONS,
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
 
     torch.manual_seed(SEED)
     config = Qwen2Config(
-        vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=True, torch_dtype="bfloat16",
-        eos_token_id=tok.token_to_id("<|im_end|>"), bos_token_id=tok.token_to_id("<|endoftext|>"),
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        bos_token_id=tok.token_to_id("<|endoftext|>"),
     )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
