@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags lint plan policy cost preflight upstream test serve bench bench-vllm clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags lint plan policy cost preflight upstream test serve bench bench-vllm bench-dispatch clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -157,6 +157,10 @@ bench: env tools
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null) || \
 	  { echo "error: could not install nginx; install it with your package manager" >&2; exit 1; }
 	$(PY) bench/gateway.py $(BENCH_ARGS)
+
+# What routing the completion paths through Starlette costs per request (in-process, no network).
+bench-dispatch: env
+	$(PY) bench/dispatch.py $(BENCH_ARGS)
 
 # The gateway beside a real vLLM engine (the tiny local model on the CPU), against it directly.
 bench-vllm: env tools $(VLLM_ENV)

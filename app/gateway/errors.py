@@ -128,8 +128,12 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url")
         elif exc.status_code == 405:
+            # Starlette names the allowed methods; a 405 must carry them (RFC 9110, 15.5.6).
             err = OpenAIError(
-                405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+                405,
+                f"Method {request.method} is not allowed on {request.url.path}.",
+                code="method_not_allowed",
+                headers=dict(exc.headers or {}),
             )
         else:
             err = OpenAIError(exc.status_code, str(exc.detail))

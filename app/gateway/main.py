@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .accounting import DecodeRates
@@ -52,54 +54,63 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @asynccontextmanager
 async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
-    settings: GatewaySettings = app.state.settings
-    metrics = GatewayMetrics()
-    # A blocking pool: a burst of checks beyond the pool waits (up to the timeout) for a
-    # connection instead of failing with MaxConnectionsError, which is no Redis outage.
-    # One immediate retry, on connection errors only, replaces a pooled connection Redis has
-    # dropped (a restart, a failover, an idle cut); when Redis is really down the reconnect is
-    # refused at once, and timeouts are not retried, so a check still fails fast.
-    redis_pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
-    redis = Redis.from_pool(redis_pool)  # closes the pool with the client
-    connector = aiohttp.TCPConnector(
-        limit=settings.max_upstream_connections,
-        keepalive_timeout=settings.upstream_keepalive_s,
-        ttl_dns_cache=int(settings.dns_refresh_s),
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
-    )
-    session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-    upstream_headers = {"content-type": "application/json"}
-    if settings.upstream_api_key is not None:
-        upstream_headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-    fallback_headers = {"content-type": "application/json"}
-    if settings.fallback_api_key is not None:
-        fallback_headers["authorization"] = f"Bearer {settings.fallback_api_key.get_secret_value()}"
-    pool = UpstreamPool(settings, session, metrics)
-    ctx = GatewayContext(
-        settings=settings,
-        metrics=metrics,
-        redis=redis,
-        keys=KeyStore(settings.api_keys_file, redis, settings.api_keys_redis_hash),
-        limiter=RateLimiter(redis, settings.default_rpm, settings.default_tpm, settings.redis_fail_mode, metrics),
-        session=session,
-        pool=pool,
-        upstream_headers=upstream_headers,
-        fallback_headers=fallback_headers,
-        decode_rates=DecodeRates(),
-    )
-    app.state.ctx = ctx
-    app.completions = CompletionsEndpoint(ctx)
-    ops = OpsServer(settings.host, settings.metrics_port, metrics, app.openapi)
-    try:
+    # Everything opened here is closed in reverse order on the way out, also when start-up
+    # fails halfway (a bad key file, a taken port): no client outlives a failed start.
+    async with AsyncExitStack() as opened:
+        settings: GatewaySettings = app.state.settings
+        metrics = GatewayMetrics()
+        opened.callback(metrics.close)
+        # A blocking pool: a burst of checks beyond the pool waits (up to the timeout) for a
+        # connection instead of failing with MaxConnectionsError, which is no Redis outage.
+        # One immediate retry, on connection errors only, replaces a pooled connection Redis has
+        # dropped (a restart, a failover, an idle cut); when Redis is really down the reconnect is
+        # refused at once, and timeouts are not retried, so a check still fails fast.
+        redis_pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        redis = Redis.from_pool(redis_pool)  # closes the pool with the client
+        opened.push_async_callback(redis.aclose)
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_upstream_connections,
+            keepalive_timeout=settings.upstream_keepalive_s,
+            ttl_dns_cache=int(settings.dns_refresh_s),
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        opened.push_async_callback(session.close)
+        upstream_headers = {"content-type": "application/json"}
+        if settings.upstream_api_key is not None:
+            upstream_headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        fallback_headers = {"content-type": "application/json"}
+        if settings.fallback_api_key is not None:
+            fallback_headers["authorization"] = f"Bearer {settings.fallback_api_key.get_secret_value()}"
+        pool = UpstreamPool(settings, session, metrics)
+        ctx = GatewayContext(
+            settings=settings,
+            metrics=metrics,
+            redis=redis,
+            keys=KeyStore(settings.api_keys_file, redis, settings.api_keys_redis_hash),
+            limiter=RateLimiter(redis, settings.default_rpm, settings.default_tpm, settings.redis_fail_mode, metrics),
+            session=session,
+            pool=pool,
+            upstream_headers=upstream_headers,
+            fallback_headers=fallback_headers,
+            decode_rates=DecodeRates(),
+        )
+        app.state.ctx = ctx
+        app.completions = CompletionsEndpoint(ctx)
+        ops = OpsServer(settings.host, settings.metrics_port, metrics, app.openapi)
+        # In reverse: ops.stop, pool.stop, limiter.drain, session.close, redis.aclose, metrics.close.
+        opened.push_async_callback(ctx.limiter.drain)
+        opened.push_async_callback(pool.stop)
+        opened.push_async_callback(ops.stop)
         await pool.start()
         # A port already taken stops start-up here, and the clients above are still closed.
         await ops.start()
@@ -116,30 +127,46 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
             },
         )
         yield
-    finally:
-        await ops.stop()
-        await pool.stop()
-        await ctx.limiter.drain()
-        await session.close()
-        await redis.aclose()
-        metrics.close()
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the completion routes answered before routing (see completions.py)."""
+    """FastAPI, with the worker's CompletionsEndpoint (built at start-up) for the routes below."""
 
     completions: CompletionsEndpoint | None = None
 
+
+class _CompletionRoute:
+    """The ASGI endpoint of a completion path: an ordinary Starlette route, so middleware and
+    exception handlers see it like any other; the endpoint reads the body itself (streaming,
+    bounded) instead of FastAPI parsing it (completions.py)."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in ROUTES
-            and self.completions is not None
-        ):
-            await self.completions(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        endpoint = scope["app"].completions
+        if endpoint is None:  # the lifespan has not run: no clients to serve with yet
+            raise RuntimeError("the gateway's lifespan has not started")
+        await endpoint(scope, receive, send)
+
+
+def _openapi_document(app: GatewayApp) -> Callable[[], dict[str, Any]]:
+    """The served routes' OpenAPI document, with the completion routes described by their
+    request and error schemas (declared on an app that only documents them)."""
+    described = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @described.post("/v1/chat/completions", response_model=None, responses=_ERRORS, tags=["openai"])
+    async def chat_completions(body: ChatCompletionRequest) -> None: ...
+
+    @described.post("/v1/completions", response_model=None, responses=_ERRORS, tags=["openai"])
+    async def completions(body: CompletionRequest) -> None: ...
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            routes = [*described.routes, *app.routes]
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=routes
+            )
+        return app.openapi_schema
+
+    return document
 
 
 def get_context(request: Request) -> GatewayContext:
@@ -167,16 +194,10 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     app.state.settings = settings or GatewaySettings()
     install(app)
 
-    # The completion routes are declared here for the OpenAPI document and so that other methods
-    # on their paths get 405; GatewayApp answers every POST to them before FastAPI's router runs,
-    # so these bodies are never called.
-    @app.post("/v1/chat/completions", response_model=None, responses=_ERRORS, tags=["openai"])
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        raise AssertionError("served by CompletionsEndpoint")
-
-    @app.post("/v1/completions", response_model=None, responses=_ERRORS, tags=["openai"])
-    async def completions(body: CompletionRequest) -> Response:
-        raise AssertionError("served by CompletionsEndpoint")
+    # Other methods on these paths get Starlette's 405, in OpenAI's shape (errors.py).
+    for path in ROUTES:
+        app.router.routes.append(Route(path, _CompletionRoute(), methods=["POST"], include_in_schema=False))
+    app.openapi = _openapi_document(app)  # type: ignore[method-assign]  # FastAPI's documented override
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, tags=["openai"])
     async def models(key: ApiKey = Depends(caller), ctx: GatewayContext = Depends(get_context)) -> ModelList:
