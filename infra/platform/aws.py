@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
@@ -280,24 +281,28 @@ class Cluster(pulumi.ComponentResource):
         )
 
 
+@dataclass(frozen=True)
+class NodeGroupArgs:
+    site: Site
+    pool: NodePool
+    disk_gb: int
+    tags: dict[str, str]
+    cluster: Cluster
+    network: Network
+    # The pool's instance type first, then same-shape alternatives for spot capacity.
+    instance_types: list[str]
+    gpu: bool
+
+
 class NodeGroup(pulumi.ComponentResource):
     """A managed node group with a launch template that requires IMDSv2 with hop limit 1
     (pods cannot borrow the node's role) and encrypts the root volume, and the node-template
     tags on its Auto Scaling group that let the cluster autoscaler scale it up from zero."""
 
-    def __init__(
-        self,
-        name: str,
-        cluster: Cluster,
-        network: Network,
-        pool: NodePool,
-        instance_types: list[str],
-        disk_gb: int,
-        gpu: bool,
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:NodeGroup", name, None, opts)
+        cluster, network, pool, tags = args.cluster, args.network, args.pool, args.tags
+        instance_types, disk_gb, gpu = args.instance_types, args.disk_gb, args.gpu
         child = pulumi.ResourceOptions(parent=self)
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
@@ -322,7 +327,7 @@ class NodeGroup(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self.node_group = aws.eks.NodeGroup(
+        self.nodes = aws.eks.NodeGroup(
             f"{name}-ng",
             cluster_name=cluster.cluster.name,
             node_role_arn=cluster.node_role.arn,
@@ -342,7 +347,7 @@ class NodeGroup(pulumi.ComponentResource):
                 parent=self, depends_on=cluster.node_policies, ignore_changes=["scalingConfig.desiredSize"]
             ),
         )
-        asg_name = self.node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        asg_name = self.nodes.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
         self.autoscaler_tags = [
             aws.autoscaling.Tag(
                 f"{name}-ca-{_tag_suffix(key)}",
@@ -353,7 +358,7 @@ class NodeGroup(pulumi.ComponentResource):
             )
             for key, value in node_template_tags(pool).items()
         ]
-        self.register_outputs({"name": self.node_group.node_group_name})
+        self.register_outputs({"name": self.nodes.node_group_name})
 
 
 def node_labels(pool: NodePool) -> dict[str, str]:
@@ -405,20 +410,21 @@ def instance_types(pool: NodePool) -> list[str]:
 _EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 
 
+@dataclass(frozen=True)
+class RedisArgs:
+    site: Site
+    tags: dict[str, str]
+    network: Network
+    cluster: Cluster
+
+
 class Redis(pulumi.ComponentResource):
     """ElastiCache Redis in the private subnets: TLS in transit, encrypted at rest, an
     AUTH token kept as a Pulumi secret, reachable only from the cluster's security group."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        network: Network,
-        cluster: Cluster,
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Redis", name, None, opts)
+        site, network, cluster, tags = args.site, args.network, args.cluster, args.tags
         child = pulumi.ResourceOptions(parent=self)
         subnets = aws.elasticache.SubnetGroup(
             f"{name}-subnets",
@@ -468,6 +474,9 @@ class Redis(pulumi.ComponentResource):
             snapshot_retention_limit=1 if replicas else 0,
             tags=tags,
             opts=child,
+        )
+        self.endpoint = RedisEndpoint(
+            host=self.group.primary_endpoint_address, port=6379, tls=True, auth_token=self.token.result
         )
         self.register_outputs({"host": self.group.primary_endpoint_address})
 
@@ -694,10 +703,10 @@ class ClusterAddons(pulumi.ComponentResource):
             opts=child,
         )
         self.addons = network_addons + [
-            addon("coredns", [system.node_group]),
+            addon("coredns", [system.nodes]),
             addon(
                 "aws-ebs-csi-driver",
-                [system.node_group],
+                [system.nodes],
                 pod_identity_associations=[{"role_arn": ebs_role.arn, "service_account": "ebs-csi-controller-sa"}],
             ),
         ]
@@ -705,7 +714,7 @@ class ClusterAddons(pulumi.ComponentResource):
         # EKS offers it as a community add-on named metrics-server (docs.aws.amazon.com/eks/
         # latest/userguide/metrics-server.html and community-addons.html; read 2026-12-01). Its
         # pods tolerate no GPU taint, so they land on the system pool.
-        self.metrics_server = addon("metrics-server", [system.node_group])
+        self.metrics_server = addon("metrics-server", [system.nodes])
         k8s_child = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=self.addons)
         self.storage_class = k8s.storage.v1.StorageClass(
             f"{name}-gp3",
@@ -987,19 +996,17 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     system_pool = system_node_pool(site)
     system = NodeGroup(
         f"{site.name}-system",
-        cluster,
-        network,
-        system_pool,
-        instance_types(system_pool),
-        site.system_pool.disk_gb,
-        False,
-        tags,
+        NodeGroupArgs(
+            site, system_pool, site.system_pool.disk_gb, tags, cluster, network, instance_types(system_pool), False
+        ),
         child,
     )
     gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)) for p in site.gpu_pools)
     groups = [
         NodeGroup(
-            f"{site.name}-{pool.name}", cluster, network, pool, instance_types(pool), spec.disk_gb, True, tags, child
+            f"{site.name}-{pool.name}",
+            NodeGroupArgs(site, pool, spec.disk_gb, tags, cluster, network, instance_types(pool), True),
+            child,
         )
         for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
@@ -1007,10 +1014,10 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     k8s_provider = k8s.Provider(
         f"{site.name}-k8s",
         kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.node_group]),
+        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.nodes]),
     )
     addons = ClusterAddons(f"{site.name}-addons", site, network, cluster, system, k8s_provider, tags, child)
-    redis = Redis(f"{site.name}-redis", site, network, cluster, tags, child)
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, network, cluster), child)
     registry = Registry(f"{site.name}-registry", site, cluster, docker_hub_user, docker_hub_token, tags, child)
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
@@ -1022,9 +1029,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         system_pool=system_pool,
         gpu_pools=gpu_pools,
-        redis=RedisEndpoint(
-            host=redis.group.primary_endpoint_address, port=6379, tls=True, auth_token=redis.token.result
-        ),
+        redis=redis.endpoint,
         # The AWS Load Balancer Controller's annotations (kubernetes-sigs/aws-load-balancer-controller
         # v3.5.0 docs/guide/service/annotations.md and nlb.md; read 2026-12-01): type `external` hands
         # the Service to the controller, `ip` targets send traffic straight to pod IPs on the VPC CNI,
@@ -1045,7 +1050,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
             ready=registry.ready,
         ),
         needs_device_plugin=True,
-        ready=(addons.storage_class, addons.load_balancer_controller, *(g.node_group for g in groups)),
+        ready=(addons.storage_class, addons.load_balancer_controller, *(g.nodes for g in groups)),
     )
 
 

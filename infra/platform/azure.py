@@ -15,6 +15,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_azure_native.authorization as authorization
@@ -405,22 +406,30 @@ def _kubelogin_config(name: str, kubeconfigs) -> str:
     )
 
 
+@dataclass(frozen=True)
+class NodeGroupArgs:
+    site: Site
+    pool: NodePool
+    disk_gb: int
+    tags: dict[str, str]
+    cluster: Cluster
+    network: Network
+
+
 class NodeGroup(pulumi.ComponentResource):
     """An AKS user agent pool for one GPU pool."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        cluster: Cluster,
-        net: Network,
-        pool: NodePool,
-        disk_gb: int,
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:NodeGroup", name, None, opts)
-        self.agent_pool = containerservice.AgentPool(
+        site, cluster, net, pool, disk_gb, tags = (
+            args.site,
+            args.cluster,
+            args.network,
+            args.pool,
+            args.disk_gb,
+            args.tags,
+        )
+        self.nodes = containerservice.AgentPool(
             f"{name}-pool",
             resource_group_name=cluster.resource_group,
             resource_name_=cluster.cluster.name,
@@ -428,7 +437,14 @@ class NodeGroup(pulumi.ComponentResource):
             **_agent_pool(site, pool, net.nodes.id, disk_gb, tags),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
         )
-        self.register_outputs({"name": self.agent_pool.name})
+        self.register_outputs({"name": self.nodes.name})
+
+
+@dataclass(frozen=True)
+class RedisArgs:
+    site: Site
+    tags: dict[str, str]
+    network: Network
 
 
 class Redis(pulumi.ComponentResource):
@@ -436,8 +452,9 @@ class Redis(pulumi.ComponentResource):
     public network access off, one non-clustered-looking endpoint for the gateway's plain client,
     signed in with the database's access key."""
 
-    def __init__(self, name: str, site: Site, net: Network, tags: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Redis", name, None, opts)
+        site, net, tags = args.site, args.network, args.tags
         child = pulumi.ResourceOptions(parent=self)
         rg = net.resource_group.name
         self.cache = redisenterprise.RedisEnterprise(
@@ -510,10 +527,10 @@ class Redis(pulumi.ComponentResource):
             # The keys exist once the database does.
             opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[self.database]),
         )
-        self.host = self.cache.host_name
-        self.port = REDIS_PORT
-        self.key = pulumi.Output.secret(keys.primary_key)
-        self.register_outputs({"host": self.host})
+        self.endpoint = RedisEndpoint(
+            host=self.cache.host_name, port=REDIS_PORT, tls=True, auth_token=pulumi.Output.secret(keys.primary_key)
+        )
+        self.register_outputs({"host": self.cache.host_name})
 
 
 def _offline() -> bool:
@@ -730,7 +747,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         for p in site.gpu_pools
     )
     groups = [
-        NodeGroup(f"{site.name}-{pool.name}", site, cluster, net, pool, spec.disk_gb, tags, child)
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, pool, spec.disk_gb, tags, cluster, net), child)
         for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
     kubeconfig = cluster.kubeconfig(provider)
@@ -741,7 +758,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
             parent=site_component, depends_on=[cluster.cluster, cluster.deployer_admin, cluster.admin_propagated]
         ),
     )
-    redis = Redis(f"{site.name}-redis", site, net, tags, child)
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, net), child)
     login = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
     assert login is not None  # required on Azure
     registry = Registry(f"{site.name}-registry", site, cluster, client, login, tags, child)
@@ -754,7 +771,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         system_pool=system_pool,
         gpu_pools=gpu_pools,
-        redis=RedisEndpoint(host=redis.host, port=redis.port, tls=True, auth_token=redis.key),
+        redis=redis.endpoint,
         # The load balancer's public IP carries the cost tags like everything else.
         lb_annotations={"service.beta.kubernetes.io/azure-pip-tags": ",".join(f"{k}={v}" for k, v in tags.items())},
         # Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
@@ -768,7 +785,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         ),
         # AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
         needs_device_plugin=True,
-        ready=(*(g.agent_pool for g in groups),),
+        ready=(*(g.nodes for g in groups),),
     )
 
 

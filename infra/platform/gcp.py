@@ -7,6 +7,7 @@ the first resource that uses it, after everything before it was created.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
@@ -365,22 +366,23 @@ def _node_config(
     return config
 
 
+@dataclass(frozen=True)
+class NodeGroupArgs:
+    site: Site
+    pool: NodePool
+    disk_gb: int
+    tags: dict[str, str]  # as GCP labels
+    cluster: Cluster
+
+
 class NodeGroup(pulumi.ComponentResource):
     """A GKE node pool autoscaled between the pool's total min and max over the region's
     zones, auto-repaired and auto-upgraded; GPU pools get their accelerators with the
     driver installed by GKE."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        cluster: Cluster,
-        pool: NodePool,
-        disk_gb: int,
-        labels: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:NodeGroup", name, None, opts)
+        site, cluster, pool, disk_gb, labels = args.site, args.cluster, args.pool, args.disk_gb, args.tags
         accelerator = None
         if pool.instance:
             accelerator = {
@@ -389,7 +391,7 @@ class NodeGroup(pulumi.ComponentResource):
                 "gpu_driver_installation_config": {"gpu_driver_version": "LATEST"},
             }
         zones = site.gcp.gpu_zones if pool.instance and site.gcp and site.gcp.gpu_zones else None
-        self.node_pool = gcp.container.NodePool(
+        self.nodes = gcp.container.NodePool(
             f"{name}-np",
             name=pool.name,
             cluster=cluster.cluster.id,
@@ -411,15 +413,23 @@ class NodeGroup(pulumi.ComponentResource):
             # The autoscaler owns the size once the pool exists.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
         )
-        self.register_outputs({"name": self.node_pool.name})
+        self.register_outputs({"name": self.nodes.name})
+
+
+@dataclass(frozen=True)
+class RedisArgs:
+    site: Site
+    tags: dict[str, str]  # as GCP labels
+    network: Network
 
 
 class Redis(pulumi.ComponentResource):
     """Memorystore for Redis on private service access: AUTH on, TLS with the instance's
     own CA, no public address, standard tier (a replica in another zone) when replicas are asked for."""
 
-    def __init__(self, name: str, site: Site, network: Network, labels: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Redis", name, None, opts)
+        site, network, labels = args.site, args.network, args.tags
         self.instance = gcp.redis.Instance(
             f"{name}-memorystore",
             name=f"llm-{_stack_site(site)}",
@@ -439,8 +449,13 @@ class Redis(pulumi.ComponentResource):
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[network.services_peering]),
         )
-        self.auth = pulumi.Output.secret(self.instance.auth_string)
-        self.ca_cert = self.instance.server_ca_certs.apply(lambda certs: certs[0].cert if certs else "")
+        self.endpoint = RedisEndpoint(
+            host=self.instance.host,
+            port=REDIS_TLS_PORT,
+            tls=True,
+            auth_token=pulumi.Output.secret(self.instance.auth_string),
+            ca_cert=self.instance.server_ca_certs.apply(lambda certs: certs[0].cert if certs else ""),
+        )
         self.register_outputs({"host": self.instance.host})
 
 
@@ -574,21 +589,23 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     network = Network(f"{site.name}-net", site, labels, child)
     cluster = Cluster(f"{site.name}-cluster", site, cfg.sites.index(site), network, project, labels, child)
     system_pool = system_node_pool(site)
-    system = NodeGroup(f"{site.name}-system", site, cluster, system_pool, site.system_pool.disk_gb, labels, child)
+    system = NodeGroup(
+        f"{site.name}-system", NodeGroupArgs(site, system_pool, site.system_pool.disk_gb, labels, cluster), child
+    )
     gpu_pools = tuple(
         gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools
     )
     groups = [
-        NodeGroup(f"{site.name}-{pool.name}", site, cluster, pool, spec.disk_gb, labels, child)
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, pool, spec.disk_gb, labels, cluster), child)
         for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
     ]
     kubeconfig = cluster.kubeconfig()
     k8s_provider = k8s.Provider(
         f"{site.name}-k8s",
         kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.node_pool]),
+        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.nodes]),
     )
-    redis = Redis(f"{site.name}-redis", site, network, labels, child)
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, labels, network), child)
     registry = Registry(
         f"{site.name}-registry",
         site,
@@ -607,9 +624,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         kubeconfig=kubeconfig,
         system_pool=system_pool,
         gpu_pools=gpu_pools,
-        redis=RedisEndpoint(
-            host=redis.instance.host, port=REDIS_TLS_PORT, tls=True, auth_token=redis.auth, ca_cert=redis.ca_cert
-        ),
+        redis=redis.endpoint,
         # A backend-service-based external passthrough load balancer (GKE's current default
         # for new Services), which keeps client source addresses with externalTrafficPolicy Local.
         lb_annotations={"cloud.google.com/l4-rbs": "enabled"},
@@ -629,7 +644,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
         ),
         # GKE installs the driver (gpu_driver_installation_config) and runs its own device plugin.
         needs_device_plugin=False,
-        ready=(*(g.node_pool for g in groups),),
+        ready=(*(g.nodes for g in groups),),
         gpu_driver_host_dir=GKE_DRIVER_DIR,
     )
 
