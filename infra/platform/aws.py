@@ -89,12 +89,19 @@ def _assume_role(service: str, actions: tuple[str, ...] = ("sts:AssumeRole",)) -
     )
 
 
+@dataclass(frozen=True)
+class NetworkArgs:
+    site: Site
+    tags: dict[str, str]
+
+
 class Network(pulumi.ComponentResource):
     """A VPC over three zones: public subnets for load balancers and NAT, private
     subnets for nodes and Redis, and NAT per zone or a single shared one."""
 
-    def __init__(self, name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Network", name, None, opts)
+        site, tags = args.site, args.tags
         child = pulumi.ResourceOptions(parent=self)
         zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names[:ZONES]
         net = ipaddress.ip_network(site.network_cidr)
@@ -165,13 +172,21 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"vpcId": self.vpc.id})
 
 
+@dataclass(frozen=True)
+class ClusterArgs:
+    site: Site
+    network: Network
+    tags: dict[str, str]
+
+
 class Cluster(pulumi.ComponentResource):
     """EKS with envelope-encrypted secrets, all control-plane logs, an API endpoint that is
     private unless the config lists CIDRs allowed to reach it, and cluster admin through
     access entries for the principals the site lists beside the one that creates it."""
 
-    def __init__(self, name: str, site: Site, network: Network, tags: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Cluster", name, None, opts)
+        site, network, tags = args.site, args.network, args.tags
         child = pulumi.ResourceOptions(parent=self)
         self.cluster_name = f"{pulumi.get_stack()}-{site.name}"
         self.key = aws.kms.Key(
@@ -481,6 +496,15 @@ class Redis(pulumi.ComponentResource):
         self.register_outputs({"host": self.group.primary_endpoint_address})
 
 
+@dataclass(frozen=True)
+class RegistryArgs:
+    site: Site
+    cluster: Cluster
+    docker_hub_user: str
+    docker_hub_token: pulumi.Output[str]
+    tags: dict[str, str]
+
+
 class Registry(pulumi.ComponentResource):
     """ECR repositories for the images this project builds, immutable and scanned, and a
     pull-through cache of Docker Hub, so nodes pull upstream images (vLLM) from inside AWS:
@@ -488,17 +512,15 @@ class Registry(pulumi.ComponentResource):
 
     IMAGES = ("gateway", "vllm")
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        cluster: Cluster,
-        docker_hub_user: str,
-        docker_hub_token: pulumi.Output[str],
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Registry", name, None, opts)
+        site, cluster, docker_hub_user, docker_hub_token, tags = (
+            args.site,
+            args.cluster,
+            args.docker_hub_user,
+            args.docker_hub_token,
+            args.tags,
+        )
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
         prefix = f"llm-platform-{stack}"
@@ -991,8 +1013,8 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     )
     child = pulumi.ResourceOptions(parent=site_component, providers={"aws": provider})
 
-    network = Network(f"{site.name}-net", site, tags, child)
-    cluster = Cluster(f"{site.name}-cluster", site, network, tags, child)
+    network = Network(f"{site.name}-net", NetworkArgs(site, tags), child)
+    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, network, tags), child)
     system_pool = system_node_pool(site)
     system = NodeGroup(
         f"{site.name}-system",
@@ -1018,7 +1040,9 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     )
     addons = ClusterAddons(f"{site.name}-addons", site, network, cluster, system, k8s_provider, tags, child)
     redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, network, cluster), child)
-    registry = Registry(f"{site.name}-registry", site, cluster, docker_hub_user, docker_hub_token, tags, child)
+    registry = Registry(
+        f"{site.name}-registry", RegistryArgs(site, cluster, docker_hub_user, docker_hub_token, tags), child
+    )
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
     tag_list = ",".join(f"{k}={v}" for k, v in tags.items())

@@ -154,12 +154,19 @@ def _role(subscription: pulumi.Output[str], role_id: str) -> pulumi.Output[str]:
     )
 
 
+@dataclass(frozen=True)
+class NetworkArgs:
+    site: Site
+    tags: dict[str, str]
+
+
 class Network(pulumi.ComponentResource):
     """A resource group and VNet with a node subnet (egress through a NAT gateway, so
     nodes need no public addresses) and a subnet for private endpoints."""
 
-    def __init__(self, name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Network", name, None, opts)
+        site, tags = args.site, args.tags
         child = pulumi.ResourceOptions(parent=self)
         net = ipaddress.ip_network(site.network_cidr)
         # Overlay networking gives pods addresses outside the VNet, so nodes get most of it.
@@ -262,22 +269,23 @@ def _agent_pool(site: Site, pool: NodePool, subnet_id: pulumi.Input[str], disk_g
     return profile
 
 
+@dataclass(frozen=True)
+class ClusterArgs:
+    site: Site
+    net: Network
+    system_pool: NodePool
+    client: pulumi.Output[authorization.GetClientConfigResult]
+    tags: dict[str, str]
+
+
 class Cluster(pulumi.ComponentResource):
     """AKS with a user-assigned control-plane identity, Entra ID sign-in with Azure RBAC
     and no local accounts, OIDC issuer and workload identity, Azure CNI overlay with
     Cilium network policy, and an API server that is private unless the config lists CIDRs."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        net: Network,
-        system_pool: NodePool,
-        client: pulumi.Output[authorization.GetClientConfigResult],
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Cluster", name, None, opts)
+        site, net, system_pool, client, tags = args.site, args.net, args.system_pool, args.client, args.tags
         child = pulumi.ResourceOptions(parent=self)
         self.cluster_name = f"aks-llm-{_stack_site(site)}"
         rg = net.resource_group.name
@@ -565,6 +573,15 @@ def acr_refresh_token(login_server: str, tenant: str, aad_token: str) -> str:
         ) from None
 
 
+@dataclass(frozen=True)
+class RegistryArgs:
+    site: Site
+    cluster: Cluster
+    client: pulumi.Output[authorization.GetClientConfigResult]
+    docker_hub_login: tuple[str, pulumi.Output[str]]
+    tags: dict[str, str]
+
+
 class Registry(pulumi.ComponentResource):
     """An Azure Container Registry without an admin user: the program pushes what it builds with
     the deployer's own Entra identity (AcrPush), the kubelet identity pulls (AcrPull), and Docker
@@ -572,17 +589,15 @@ class Registry(pulumi.ComponentResource):
     themselves. The cache signs in to Docker Hub with credentials kept in a Key Vault, which the
     cache's credential set reads with its own identity."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        cluster: Cluster,
-        client: pulumi.Output[authorization.GetClientConfigResult],
-        docker_hub_login: tuple[str, pulumi.Output[str]],
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Registry", name, None, opts)
+        site, cluster, client, docker_hub_login, tags = (
+            args.site,
+            args.cluster,
+            args.client,
+            args.docker_hub_login,
+            args.tags,
+        )
         child = pulumi.ResourceOptions(parent=self)
         rg = cluster.resource_group
         # Registry and vault names are global, letters and digits only (vaults: 24 at most).
@@ -739,9 +754,9 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     child = pulumi.ResourceOptions(parent=site_component, providers={"azure-native": provider})
     client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
 
-    net = Network(f"{site.name}-net", site, tags, child)
+    net = Network(f"{site.name}-net", NetworkArgs(site, tags), child)
     system_pool = system_node_pool(site)
-    cluster = Cluster(f"{site.name}-cluster", site, net, system_pool, client, tags, child)
+    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, net, system_pool, client, tags), child)
     gpu_pools = tuple(
         gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if p.spot else ()))
         for p in site.gpu_pools
@@ -761,7 +776,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, net), child)
     login = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
     assert login is not None  # required on Azure
-    registry = Registry(f"{site.name}-registry", site, cluster, client, login, tags, child)
+    registry = Registry(f"{site.name}-registry", RegistryArgs(site, cluster, client, login, tags), child)
     site_component.register_outputs({"cluster": cluster.cluster.name})
 
     return Platform(

@@ -114,13 +114,20 @@ def channel_version(minor: str, channel: str, offered: gcp.container.GetEngineVe
     )
 
 
+@dataclass(frozen=True)
+class NetworkArgs:
+    site: Site
+    tags: dict[str, str]  # as GCP labels
+
+
 class Network(pulumi.ComponentResource):
     """A custom-mode VPC with one subnet for nodes and secondary ranges for pods and
     services (VPC-native GKE), Cloud NAT for private nodes, and a private services
     range peered with Google for Memorystore."""
 
-    def __init__(self, name: str, site: Site, labels: dict[str, str], opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Network", name, None, opts)
+        site, labels = args.site, args.tags
         child = pulumi.ResourceOptions(parent=self)
         net = ipaddress.ip_network(site.network_cidr)
         # Pods get half the space: every pod takes a VPC address from its node's /24.
@@ -184,23 +191,24 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"network": self.vpc.id, "subnet": self.subnet.id})
 
 
+@dataclass(frozen=True)
+class ClusterArgs:
+    site: Site
+    site_index: int
+    network: Network
+    project: pulumi.Output[gcp.organizations.GetProjectResult]
+    tags: dict[str, str]  # as GCP labels
+
+
 class Cluster(pulumi.ComponentResource):
     """GKE with private nodes, an API endpoint that is private unless the config lists
     CIDRs allowed to reach it, Workload Identity, Shielded nodes, Dataplane V2 (network
     policy built in), secrets encrypted with our KMS key, and a node service account that
     may only write logs and metrics."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        site_index: int,
-        network: Network,
-        project: pulumi.Output[gcp.organizations.GetProjectResult],
-        labels: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Cluster", name, None, opts)
+        site, site_index, network, project, labels = args.site, args.site_index, args.network, args.project, args.tags
         child = pulumi.ResourceOptions(parent=self)
         self.cluster_name = _stack_site(site)
         ring = gcp.kms.KeyRing(f"{name}-keys", name=f"llm-{self.cluster_name}", location=site.region, opts=child)
@@ -459,6 +467,14 @@ class Redis(pulumi.ComponentResource):
         self.register_outputs({"host": self.instance.host})
 
 
+@dataclass(frozen=True)
+class RegistryArgs:
+    site: Site
+    cluster: Cluster
+    docker_hub_login: tuple[str, pulumi.Output[str]] | None
+    tags: dict[str, str]  # as GCP labels
+
+
 class Registry(pulumi.ComponentResource):
     """Two Artifact Registry Docker repositories in the site's region: ours, where the program
     pushes what it builds (immutable tags, the newest 50 versions kept), and a remote
@@ -471,16 +487,9 @@ class Registry(pulumi.ComponentResource):
     where Artifact Registry's service agent reads it
     (https://cloud.google.com/artifact-registry/docs/docker/configure-remote-auth-docker-hub, read 2026-12-01)."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        cluster: Cluster,
-        docker_hub_login: tuple[str, pulumi.Output[str]] | None,
-        labels: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Registry", name, None, opts)
+        site, cluster, docker_hub_login, labels = args.site, args.cluster, args.docker_hub_login, args.tags
         child = pulumi.ResourceOptions(parent=self)
         self.repository = gcp.artifactregistry.Repository(
             f"{name}-docker",
@@ -586,8 +595,8 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     child = pulumi.ResourceOptions(parent=site_component, providers={"gcp": provider})
     project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(provider=provider))
 
-    network = Network(f"{site.name}-net", site, labels, child)
-    cluster = Cluster(f"{site.name}-cluster", site, cfg.sites.index(site), network, project, labels, child)
+    network = Network(f"{site.name}-net", NetworkArgs(site, labels), child)
+    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, cfg.sites.index(site), network, project, labels), child)
     system_pool = system_node_pool(site)
     system = NodeGroup(
         f"{site.name}-system", NodeGroupArgs(site, system_pool, site.system_pool.disk_gb, labels, cluster), child
@@ -608,10 +617,7 @@ def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceO
     redis = Redis(f"{site.name}-redis", RedisArgs(site, labels, network), child)
     registry = Registry(
         f"{site.name}-registry",
-        site,
-        cluster,
-        docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED),
-        labels,
+        RegistryArgs(site, cluster, docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED), labels),
         child,
     )
     client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
