@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.catalog import catalog, cpu_node_hourly, list_prices
-from infra.platform import POOL_LABEL
-from infra.workloads.labels import EXPECTED_REPLICAS, MAX_REPLICAS
+from infra.labels import EXPECTED_REPLICAS, MAX_REPLICAS, POOL_LABEL
 
 SCALES = ("min", "expected", "max")
 

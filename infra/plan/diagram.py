@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from infra.labels import POOL_LABEL
 from infra.plan.graph import Graph, Resource
 
-POOL_LABEL = "llm-platform.io/pool"
 _CLUSTERS = ("aws:eks/cluster:Cluster", "gcp:container/cluster:Cluster", "azure-native:containerservice:ManagedCluster")
 _POOLS = ("aws:eks/nodeGroup:NodeGroup", "gcp:container/nodePool:NodePool", "azure-native:containerservice:AgentPool")
 _SHOWN = ("Release", "PodMonitor", "ServiceMonitor", "PrometheusRule", "ScaledObject")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from infra.catalog import instance
+from infra.labels import POOL_LABEL
 from infra.plan.graph import Graph, Resource
-from infra.platform import POOL_LABEL
 from infra.platform.allocatable import allocatable
 
 _EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}

@@ -16,9 +16,9 @@ import pulumi_kubernetes as k8s
 
 from infra.catalog import InstanceType
 from infra.config import ConfigError, GpuPool, Site, StackConfig
+from infra.labels import GPU_LABEL, POOL_LABEL, SITE_LABEL
 from infra.secrets import Secrets
 
-POOL_LABEL = "llm-platform.io/pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
 
@@ -118,8 +118,8 @@ def gpu_pool_labels(site: Site, pool_name: str, instance: InstanceType) -> dict[
     # node-feature-discovery runs; the rest is ours, for selectors and cost attribution.
     return {
         POOL_LABEL: pool_name,
-        "llm-platform.io/site": site.name,
-        "llm-platform.io/gpu": instance.gpu.model.lower(),
+        SITE_LABEL: site.name,
+        GPU_LABEL: instance.gpu.model.lower(),
         "nvidia.com/gpu.present": "true",
     }
 
@@ -172,7 +172,7 @@ def system_node_pool(site: Site) -> NodePool:
         name="system",
         instance=None,
         instance_type=site.system_pool.instance_type,
-        labels={POOL_LABEL: "system", "llm-platform.io/site": site.name},
+        labels={POOL_LABEL: "system", SITE_LABEL: site.name},
         taints=(),
         allocatable_cpu_millis=cpu,
         allocatable_memory_mib=mem,

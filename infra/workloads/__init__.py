@@ -12,6 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
+from infra.labels import COMPONENT, GATEWAY_SELECTOR, PART_OF
 from infra.platform import Platform
 from infra.secrets import Secrets
 from infra.workloads.autoscaling import Autoscaling
@@ -25,7 +26,6 @@ from infra.workloads.gateway import (
 )
 from infra.workloads.gpu_plumbing import GpuPlumbing
 from infra.workloads.images import gateway_image, vllm_image
-from infra.workloads.labels import COMPONENT, GATEWAY_SELECTOR
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.monitoring import Monitoring
@@ -55,7 +55,7 @@ class Workloads(pulumi.ComponentResource):
                 "name": NAMESPACE,
                 "labels": {
                     "pod-security.kubernetes.io/enforce": "baseline",
-                    "app.kubernetes.io/part-of": "llm-platform",
+                    PART_OF: "llm-platform",
                 },
             },
             opts=k8s_opts,

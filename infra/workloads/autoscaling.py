@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from infra.charts import KEDA
 from infra.config import Gateway as GatewayConfig
 from infra.config import ModelSpec
+from infra.labels import PART_OF, vllm_name
 from infra.platform import Platform
 
 NAMESPACE = "keda"
@@ -64,7 +65,7 @@ class Autoscaling(pulumi.ComponentResource):
                 "name": NAMESPACE,
                 "labels": {
                     "pod-security.kubernetes.io/enforce": "baseline",
-                    "app.kubernetes.io/part-of": "llm-platform",
+                    PART_OF: "llm-platform",
                 },
             },
             opts=pulumi.ResourceOptions(parent=self, provider=platform.provider),
@@ -95,7 +96,7 @@ class Autoscaling(pulumi.ComponentResource):
         for model in models:
             scaled_object(
                 f"{model.name}-scaler",
-                f"vllm-{model.name}",
+                vllm_name(model.name),
                 {
                     "minReplicaCount": model.replicas.min,
                     "maxReplicaCount": model.replicas.max,

@@ -7,8 +7,8 @@ import pulumi_kubernetes as k8s
 
 from infra.config import Gateway as GatewayConfig
 from infra.config import ModelSpec
+from infra.labels import GATEWAY_SELECTOR, labels, vllm_name
 from infra.platform import Platform
-from infra.workloads.labels import GATEWAY_SELECTOR, labels
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
@@ -28,7 +28,7 @@ REDIS_CA_FILE = f"{REDIS_CA_DIR}/ca.crt"
 def upstream_dns(models: list[ModelSpec], namespace: str) -> str:
     """`host:port` of each model's headless Service: the gateway re-resolves them to find
     every ready replica and learns which model each serves from its /v1/models."""
-    return ",".join(f"vllm-{m.name}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
+    return ",".join(f"{vllm_name(m.name)}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
 
 
 class Gateway(pulumi.ComponentResource):

@@ -7,16 +7,17 @@ import pulumi_kubernetes as k8s
 
 from infra.catalog import vllm_image_user
 from infra.config import ModelSpec
-from infra.platform import Platform
-from infra.workloads.labels import (
+from infra.labels import (
     EXPECTED_REPLICAS,
     KV_BYTES_PER_TOKEN,
     MAX_REPLICAS,
     PARAMS_BILLION,
     QUANTIZATION,
     labels,
+    vllm_name,
     vllm_selector,
 )
+from infra.platform import Platform
 from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, await_seconds, kv_bytes_per_token, pod_size
 from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
 
@@ -50,7 +51,7 @@ class ModelServer(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, depends_on=after)
         pool = platform.gpu_pool(model.gpu_pool)
         size = pod_size(model, pool)
-        self.service_name = f"vllm-{model.name}"
+        self.service_name = vllm_name(model.name)
         selector = vllm_selector(model.name)
         meta_labels = {**labels("vllm", model.name), **selector}
 

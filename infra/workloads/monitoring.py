@@ -17,8 +17,8 @@ from infra.catalog import cpu_node_hourly
 from infra.charts import DCGM_EXPORTER, KUBE_PROMETHEUS_STACK
 from infra.config import Monitoring as MonitoringConfig
 from infra.config import StackConfig
-from infra.platform import POOL_LABEL, Platform
-from infra.workloads.labels import COMPONENT, GATEWAY_SELECTOR
+from infra.labels import COMPONENT, GATEWAY_SELECTOR, PART_OF, POOL_LABEL, SITE_LABEL
+from infra.platform import Platform
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "monitoring" / "rules"
@@ -32,7 +32,7 @@ GRAFANA_SERVICE = "grafana"
 GRAFANA_SECRET = "grafana-admin"
 DASHBOARD_LABEL = "grafana_dashboard"
 # kube-state-metrics turns allow-listed node labels into label_<name> on kube_node_labels.
-NODE_LABELS_ALLOWLIST = [POOL_LABEL, "llm-platform.io/site", "node.kubernetes.io/instance-type"]
+NODE_LABELS_ALLOWLIST = [POOL_LABEL, SITE_LABEL, "node.kubernetes.io/instance-type"]
 POOL_LABEL_METRIC = "label_" + "".join(c if c.isalnum() else "_" for c in POOL_LABEL)
 # Recording rules rendered per site from config (the rest live in monitoring/rules/).
 NODE_PRICE_RECORD = "llm_platform:node_price_usd_per_hour"
@@ -200,7 +200,7 @@ class Monitoring(pulumi.ComponentResource):
                 # node-exporter and the DCGM exporter read host paths and the host network.
                 "labels": {
                     "pod-security.kubernetes.io/enforce": "privileged",
-                    "app.kubernetes.io/part-of": "llm-platform",
+                    PART_OF: "llm-platform",
                 },
             },
             opts=k8s_opts,

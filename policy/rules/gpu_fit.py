@@ -5,8 +5,8 @@ from __future__ import annotations
 from pulumi_policy import EnforcementLevel, ReportViolation, Severity, StackValidationArgs, StackValidationPolicy
 
 from infra.catalog import instance
+from infra.labels import KV_BYTES_PER_TOKEN, PARAMS_BILLION, QUANTIZATION
 from infra.plan.scheduling import gpu_pools, pods
-from infra.workloads.labels import KV_BYTES_PER_TOKEN, PARAMS_BILLION, QUANTIZATION
 from policy.rules.facts import graph_of
 
 BYTES_PER_PARAM = {"float16": 2.0, "bfloat16": 2.0, "auto": 2.0, "float32": 4.0}

@@ -1,8 +1,16 @@
-"""Kubernetes labels shared by the workloads, so selectors and policies agree."""
+"""Every Kubernetes label and annotation key the program writes, and the names built from
+them, in one leaf module (it imports nothing): node labels the platforms set, pod labels and
+selectors the workloads set, annotations the readers of the graph read, so they all agree."""
 
 from __future__ import annotations
 
+# Node labels on every pool (infra/platform): which pool, site and GPU a node belongs to.
+POOL_LABEL = "llm-platform.io/pool"
+SITE_LABEL = "llm-platform.io/site"
+GPU_LABEL = "llm-platform.io/gpu"
+
 COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
 MODEL = "llm-platform.io/model"
 
 
@@ -10,10 +18,15 @@ def labels(component: str, instance: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": component,
         "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/part-of": "llm-platform",
+        PART_OF: "llm-platform",
         "app.kubernetes.io/managed-by": "pulumi",
         COMPONENT: component,
     }
+
+
+def vllm_name(model: str) -> str:
+    """The name of a model's vLLM Deployment, Services and PodDisruptionBudget."""
+    return f"vllm-{model}"
 
 
 def vllm_selector(model: str) -> dict[str, str]:
