@@ -155,8 +155,8 @@ def platform_vllm_names() -> dict[str, set[str]]:
     """vllm:* names read by the alert rules and dashboards, the KEDA triggers and the gateway."""
     from app.gateway.upstreams import _SCRAPED
     from infra.plan.run import record_stack  # the recorded graph of each shipped stack
-    from tests.infra.conftest import REPO, SHIPPED
     from tests.monitoring.test_rules import all_exprs, metric_names
+    from tests.stacks import REPO, SHIPPED
 
     used: dict[str, set[str]] = {}
     for expr in all_exprs():

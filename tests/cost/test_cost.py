@@ -11,7 +11,7 @@ from infra.catalog import instance
 from infra.catalog import list_prices as prices
 from infra.cost import SCALES
 from infra.cost import report as cost_report
-from tests.infra.conftest import SHIPPED, stack_config
+from tests.stacks import SHIPPED, stack_config
 
 
 @pytest.mark.parametrize("stack", SHIPPED)

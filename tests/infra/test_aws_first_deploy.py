@@ -21,8 +21,8 @@ from infra.plan.graph import SECRET, Graph, Resource
 from infra.plan.mocks import mock_ecr_password
 from infra.plan.run import record, to_engine_config
 from infra.stack import run as program
-from tests.infra.conftest import SHIPPED, record_raw, stack_config
 from tests.infra.invariants import COST_TAGS, closure, image_build, site_clouds, vllm_upstream
+from tests.stacks import SHIPPED, record_raw, stack_config
 
 AWS_STACKS = [s for s in SHIPPED if any(site["cloud"] == "aws" for site in stack_config(s)["llm-platform:sites"])]
 

@@ -23,9 +23,9 @@ from infra.plan.run import read_stack_file, record
 from infra.platform import azure
 from infra.secrets import from_pulumi as read_secrets
 from policy.rules import POLICIES
-from tests.infra.conftest import REPO, SHIPPED, record_raw
-from tests.infra.conftest import stack_config as raw_stack_config
 from tests.infra.invariants import closure, image_build, vllm_upstream
+from tests.stacks import REPO, SHIPPED, record_raw
+from tests.stacks import stack_config as raw_stack_config
 
 AZURE_STACKS = [
     s for s in SHIPPED if any(site["cloud"] == "azure" for site in raw_stack_config(s)["llm-platform:sites"])

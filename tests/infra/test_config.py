@@ -10,7 +10,7 @@ import pytest
 
 from infra.catalog import catalog
 from infra.config import ConfigError, parse
-from tests.infra.conftest import REPO, SHIPPED, stack_config
+from tests.stacks import REPO, SHIPPED, stack_config
 
 
 def base() -> dict:

@@ -8,7 +8,7 @@ import pulumi
 import pytest
 
 from infra.plan.run import read_stack_file, record
-from tests.infra.conftest import REPO
+from tests.stacks import REPO
 
 
 def _run_entry():

@@ -16,8 +16,8 @@ from infra.plan.graph import Graph, Resource
 from infra.plan.policy_run import policy_resources
 from infra.plan.run import record
 from infra.workloads.vllm_args import serve_args
-from tests.infra.conftest import SHIPPED, stack_config
 from tests.infra.invariants import GPU_POOL_TYPES, closure, image_build
+from tests.stacks import SHIPPED, stack_config
 
 NAMESPACED = (
     "kubernetes:apps/v1:Deployment",

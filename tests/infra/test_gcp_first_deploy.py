@@ -20,8 +20,8 @@ from infra.plan import report
 from infra.plan.graph import Graph, Resource
 from infra.plan.scheduling import gpu_pools, tolerated
 from infra.platform import gcp as gcp_platform
-from tests.infra.conftest import SHIPPED, record_raw, stack_config
 from tests.infra.invariants import site_clouds
+from tests.stacks import SHIPPED, record_raw, stack_config
 
 # GKE's driver installer puts the NVIDIA driver here on the host; Google's DCGM manifest
 # mounts it at /usr/local/nvidia with LD_LIBRARY_PATH=/usr/local/nvidia/lib64, privileged

@@ -12,7 +12,6 @@ from infra.catalog.vllm_flags import vllm_cli
 from infra.config import DERIVED_DESTS, SECRET_DESTS, parse
 from infra.plan.graph import SECRET
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods
-from tests.infra.conftest import SENTINELS, record_raw
 from tests.infra.invariants import (
     budget_mismatches,
     leaked_values,
@@ -21,6 +20,7 @@ from tests.infra.invariants import (
     provider_mismatches,
     untagged,
 )
+from tests.stacks import SENTINELS, record_raw
 
 CLOUDS = ("aws", "gcp", "azure")
 GPU_TYPES = {cloud: sorted(catalog(cloud).instances) for cloud in CLOUDS}

@@ -12,7 +12,6 @@ from infra.plan import report
 from infra.plan.graph import SECRET, Graph
 from infra.plan.scheduling import gpu_pools, pods, unschedulable_gpu_pods, why_not
 from infra.workloads.monitoring import BUDGET_RECORD
-from tests.infra.conftest import SENTINELS, SHIPPED, record_raw, stack_config
 from tests.infra.invariants import (
     COST_TAGS,
     budget_mismatches,
@@ -25,6 +24,7 @@ from tests.infra.invariants import (
     untagged,
     vllm_upstream,
 )
+from tests.stacks import SENTINELS, SHIPPED, record_raw, stack_config
 
 
 def _sentinel_strings() -> list[str]:

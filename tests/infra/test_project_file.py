@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.infra.conftest import REPO, SHIPPED, stack_config
+from tests.stacks import REPO, SHIPPED, stack_config
 
 
 def missing_declared_keys(project: dict, stack_keys: set[str]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from infra.plan.graph import Graph
-from tests.infra.conftest import record_raw, stack_config
+from tests.stacks import record_raw, stack_config
 
 SYSTEM = {"aws": "m7i.large", "gcp": "n2-standard-4", "azure": "Standard_D4s_v5"}
 # One L4 on AWS and GCP (identical node shapes), one T4 on Azure.

@@ -21,7 +21,7 @@ import pytest
 from infra.catalog import vllm_image_user
 from infra.config import Images
 from infra.workloads.vllm_args import PORT
-from tests.infra.conftest import REPO, SHIPPED
+from tests.stacks import REPO, SHIPPED
 
 DOCKERFILE = REPO / "images/vllm/Dockerfile"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

@@ -20,9 +20,9 @@ from infra.catalog.vllm_flags import CATALOG, vllm_cli
 from infra.config import DERIVED_DESTS, ConfigError, parse
 from infra.plan.scheduling import pods
 from infra.workloads.vllm_args import serve_args
-from tests.infra.conftest import REPO, SENTINELS, SHIPPED, record_raw
 from tests.infra.test_config import base
 from tests.infra.test_generated_stacks import stack_configs
+from tests.stacks import REPO, SENTINELS, SHIPPED, record_raw
 
 PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 RELEASE = REPO / ".vllm-args"

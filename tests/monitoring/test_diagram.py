@@ -9,7 +9,7 @@ from infra.plan.run import record_stack
 
 
 def test_dev_diagram_parses_and_names_every_site_and_pool(tmp_path):
-    from tests.infra.conftest import REPO, stack_config
+    from tests.stacks import REPO, stack_config
 
     graph = record_stack("dev", REPO)
     path = diagram.write(graph, tmp_path)

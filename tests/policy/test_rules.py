@@ -13,7 +13,7 @@ from pulumi_policy import EnforcementLevel
 from infra.plan import policy_run
 from infra.plan.graph import Graph
 from policy.rules import POLICIES
-from tests.infra.conftest import REPO, SHIPPED, stack_config
+from tests.stacks import REPO, SHIPPED, stack_config
 
 BY_NAME = {p.name: p for p in POLICIES}
 STRICT = {"all": "mandatory"}

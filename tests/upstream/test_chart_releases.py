@@ -12,7 +12,7 @@ import re
 import pytest
 
 from infra.charts import KUBE_PROMETHEUS_STACK, PINS
-from tests.infra.conftest import SHIPPED
+from tests.stacks import SHIPPED
 from tests.upstream import checks, vendored
 
 BY_CHART = {pin.chart: pin for pin in PINS}

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from tests.infra.conftest import SHIPPED
+from tests.stacks import SHIPPED
 from tests.upstream import checks, vendored
 
 

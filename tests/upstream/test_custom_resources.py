@@ -11,7 +11,7 @@ import dataclasses
 import jsonschema
 import pytest
 
-from tests.infra.conftest import SHIPPED
+from tests.stacks import SHIPPED
 from tests.upstream import checks, vendored
 
 # (apiVersion, kind) of every custom resource kind a CRD in upstream/crds/ serves.

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.infra.conftest import SENTINELS, record_raw
 from tests.infra.test_generated_stacks import stack_configs
+from tests.stacks import SENTINELS, record_raw
 from tests.upstream import checks
 from tests.upstream.test_kubernetes_schemas import schema_problems
 

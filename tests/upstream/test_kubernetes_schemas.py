@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 
 from infra.plan.graph import SECRET, Graph
-from tests.infra.conftest import SHIPPED
 from tests.infra.invariants import CLUSTER_TYPES
+from tests.stacks import SHIPPED
 
 # What each cloud's cluster resource calls its Kubernetes version.
 _VERSION_INPUT = {"aws": "version", "gcp": "minMasterVersion", "azure": "kubernetesVersion"}

@@ -1,15 +1,16 @@
-"""Recorded graphs of every shipped stack, shared by the infra tests."""
+"""The shipped stacks and how tests record graphs of them (and of configs made up from them)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import pytest
 import yaml
 
-from infra.plan.run import record, record_stack, stack_names, to_engine_config
+from infra.plan.graph import Graph
+from infra.plan.run import record, stack_names, to_engine_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SHIPPED = stack_names(REPO)
 # Values that must never show up in plain text anywhere the plan writes.
 SENTINELS = {
@@ -24,24 +25,11 @@ def stack_config(stack: str) -> dict:
     return yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
 
 
-def record_raw(stack: str, raw: dict, secrets: dict | None = None):
+def record_raw(stack: str, raw: dict, secrets: dict | None = None) -> Graph:
     """Record a graph from a raw stack-file config mapping, secrets passed as secure values."""
     config, secret_keys = to_engine_config(raw)
     for key, value in (secrets or {}).items():
         full = f"llm-platform:{key}"
-        config[full] = value if isinstance(value, str) else __import__("json").dumps(value)
+        config[full] = value if isinstance(value, str) else json.dumps(value)
         secret_keys.append(full)
     return record(stack, config, secret_keys)
-
-
-@pytest.fixture(scope="session")
-def graphs():
-    """{stack: graph} for every shipped Pulumi.<stack>.yaml."""
-    assert SHIPPED, "no Pulumi.<stack>.yaml files found"
-    return {stack: record_stack(stack, REPO) for stack in SHIPPED}
-
-
-@pytest.fixture(scope="session")
-def graphs_with_secrets():
-    """Every shipped stack again, with every secret config key set to a sentinel."""
-    return {stack: record_raw(stack, stack_config(stack), SENTINELS) for stack in SHIPPED}

@@ -1,1 +1,0 @@
-from tests.infra.conftest import graphs  # noqa: F401
