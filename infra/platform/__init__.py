@@ -91,6 +91,17 @@ class ImageRegistry:
 
 
 @dataclass(frozen=True)
+class CommonNodeGroupArgs:
+    """What every cloud's NodeGroupArgs starts with; each cloud module extends it with its own
+    cluster and network handles (one contract, the cloud's differences added at the end)."""
+
+    site: Site
+    pool: NodePool
+    disk_gb: int
+    tags: dict[str, str]  # cost tags (labels on GCP)
+
+
+@dataclass(frozen=True)
 class Platform:
     site: Site
     provider: k8s.Provider

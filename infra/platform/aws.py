@@ -19,6 +19,7 @@ from infra.config import Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
     POOL_LABEL,
+    CommonNodeGroupArgs,
     ImageRegistry,
     NodePool,
     Platform,
@@ -297,11 +298,7 @@ class Cluster(pulumi.ComponentResource):
 
 
 @dataclass(frozen=True)
-class NodeGroupArgs:
-    site: Site
-    pool: NodePool
-    disk_gb: int
-    tags: dict[str, str]
+class NodeGroupArgs(CommonNodeGroupArgs):
     cluster: Cluster
     network: Network
     # The pool's instance type first, then same-shape alternatives for spot capacity.

@@ -38,6 +38,7 @@ from pulumi.runtime.mocks import MockMonitor
 from infra.config import Site, StackConfig, azure_pool_name
 from infra.platform import (
     GPU_TAINT_KEY,
+    CommonNodeGroupArgs,
     ImageRegistry,
     NodePool,
     Platform,
@@ -415,11 +416,7 @@ def _kubelogin_config(name: str, kubeconfigs) -> str:
 
 
 @dataclass(frozen=True)
-class NodeGroupArgs:
-    site: Site
-    pool: NodePool
-    disk_gb: int
-    tags: dict[str, str]
+class NodeGroupArgs(CommonNodeGroupArgs):
     cluster: Cluster
     network: Network
 

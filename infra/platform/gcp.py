@@ -16,8 +16,8 @@ import pulumi_kubernetes as k8s
 from infra.config import ConfigError, Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
+    CommonNodeGroupArgs,
     ImageRegistry,
-    NodePool,
     Platform,
     RedisEndpoint,
     RegistryLogin,
@@ -375,11 +375,7 @@ def _node_config(
 
 
 @dataclass(frozen=True)
-class NodeGroupArgs:
-    site: Site
-    pool: NodePool
-    disk_gb: int
-    tags: dict[str, str]  # as GCP labels
+class NodeGroupArgs(CommonNodeGroupArgs):
     cluster: Cluster
 
 
