@@ -19,36 +19,27 @@ class VllmMetrics:
         r = self.registry
         # vLLM V1 labels every series with the model and the engine index (vllm/v1/metrics/loggers.py).
         labels = ["model_name", "engine"]
-        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch.", labels, registry=r).labels(
-            model, "0"
-        )
-        self.waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r
-        ).labels(model, "0")
-        self.kv_usage = Gauge(
-            "vllm:kv_cache_usage_perc", "KV cache usage, 1 means 100 percent.", labels, registry=r
-        ).labels(model, "0")
-        self.prefix_queries = Counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", labels, registry=r
-        ).labels(model, "0")
-        self.prefix_hits = Counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", labels, registry=r
-        ).labels(model, "0")
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=r).labels(
-            model, "0"
-        )
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=r
-        ).labels(model, "0")
-        self.preemptions = Counter("vllm:num_preemptions", "Preemptions.", labels, registry=r).labels(model, "0")
+        series = (model, "0")  # one engine, index 0
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r).labels(*series)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=r).labels(*series)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(*series)
+
+        self.running = gauge("vllm:num_requests_running", "Requests in the running batch.")
+        self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.")
+        self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV cache usage, 1 means 100 percent.")
+        self.prefix_queries = counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.")
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Generation tokens processed.")
+        self.preemptions = counter("vllm:num_preemptions", "Preemptions.")
         success = Counter("vllm:request_success", "Finished requests.", labels + ["finished_reason"], registry=r)
-        self.success = {reason: success.labels(model, "0", reason) for reason in ("stop", "length", "abort")}
-        self.ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "Time to first token.", labels, buckets=_TTFT_BUCKETS, registry=r
-        ).labels(model, "0")
-        self.itl = Histogram(
-            "vllm:inter_token_latency_seconds", "Inter-token latency.", labels, buckets=_ITL_BUCKETS, registry=r
-        ).labels(model, "0")
-        self.e2e = Histogram(
-            "vllm:e2e_request_latency_seconds", "End to end request latency.", labels, buckets=_E2E_BUCKETS, registry=r
-        ).labels(model, "0")
+        self.success = {reason: success.labels(*series, reason) for reason in ("stop", "length", "abort")}
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS)
+        self.itl = histogram("vllm:inter_token_latency_seconds", "Inter-token latency.", _ITL_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end request latency.", _E2E_BUCKETS)
