@@ -11,7 +11,8 @@ Until the first byte of an answer reaches the client, a failed attempt (connecti
 or a stream that ends before its first chunk) is retried on another replica; after it, a failure
 ends the stream with an error event, since the client already holds part of an answer.
 Stream chunks are forwarded as they arrive, without decoding, except the one event that carries
-`usage`, which is parsed to charge tokens and dropped when the client did not ask for it.
+`usage`, which is parsed to charge tokens and dropped when the client did not ask for it
+(stream_filter.py).
 
 A replica the health checks find hung (upstreams.py) ends the attempts it holds the same way:
 retried elsewhere before the first byte, an error event after it.
@@ -24,16 +25,15 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import aiohttp
-import orjson
 from starlette.types import Receive, Scope, Send
 
 from .accounting import prompt_tokens_estimate
 from .context import GatewayContext
 from .errors import JSON, OpenAIError, error_body
 from .keyfile import ApiKey
+from .stream_filter import StreamFilter
 from .upstreams import Upstream
 
 log = logging.getLogger("gateway.access")
@@ -41,7 +41,6 @@ log = logging.getLogger("gateway.access")
 # Upstream headers worth passing to the client; hop-by-hop and server details stay behind.
 _PASS_HEADERS = frozenset({b"content-type"})
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-_MAX_TAIL = 1 << 16
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
@@ -87,10 +86,7 @@ class ProxyResponse:
         self._finished = False
         self._client_gone = False
         self._sent_start = False
-        self._tail = b""
-        self._events = 0
-        self._done_sent = False  # the stream's final `data: [DONE]` event went to the client
-        self.usage: dict[str, Any] | None = None
+        self._stream = StreamFilter(keep_usage=plan.client_wants_usage)
         self.upstream: str | None = None
         self.attempts = 0
         self.first_byte_at: float | None = None
@@ -126,7 +122,7 @@ class ProxyResponse:
             elif self._client_gone:
                 task.uncancel()
                 # A client that hangs up once it has the stream's last event got the whole answer.
-                if not self._done_sent:
+                if not self._stream.done:
                     self.status_code = 499
                     m.disconnects.labels(p.model_label).inc()
             else:
@@ -303,7 +299,7 @@ class ProxyResponse:
                     ctx.metrics.upstream_requests.labels(label, "broken_response").inc()
                     return Outcome.RETRY
                 if resp.status == 200:
-                    self._read_usage(body)
+                    self._stream.read_body(body)
                 self._first_byte()
                 verdict = True
                 ctx.metrics.upstream_requests.labels(label, "ok").inc()
@@ -336,7 +332,6 @@ class ProxyResponse:
             log.warning("upstream hung", extra={"request_id": p.request_id, "upstream": label})
             if not self._sent_start:
                 return Outcome.RETRY
-            self._tail = b""
             self.status_code = 502
             event = (
                 b"data: "
@@ -364,15 +359,15 @@ class ProxyResponse:
 
     async def _pump(self, send: Send, resp: aiohttp.ClientResponse, first: bytes, label: str) -> bool:
         """Forwards the stream; returns whether the upstream finished it cleanly."""
-        chunk = self._filter(first)
+        feed = self._stream.feed
+        chunk = feed(first)
         if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         # readany() by hand rather than `async for ... in iter_any()`: one coroutine less per chunk.
         read = resp.content.readany
-        filter_ = self._filter
         try:
             while data := await read():
-                chunk = filter_(data)
+                chunk = feed(data)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _TRANSPORT_ERRORS as exc:
@@ -389,58 +384,9 @@ class ProxyResponse:
             )
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return False
-        tail, self._tail = self._tail, b""
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await send({"type": "http.response.body", "body": self._stream.finish(), "more_body": False})
         self.ctx.metrics.upstream_requests.labels(label, "ok").inc()
         return True
-
-    # -- stream filtering ----------------------------------------------------------------------
-
-    def _filter(self, data: bytes) -> bytes:
-        """Returns the complete SSE events in hand; an event cut across reads waits for its end."""
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            if len(data) > _MAX_TAIL:
-                return data
-            self._tail = data
-            return b""
-        if cut + 2 < len(data):
-            self._tail = data[cut + 2 :]
-            data = data[: cut + 2]
-        self._events += data.count(b"\n\n")
-        if data.endswith(b"data: [DONE]\n\n"):
-            self._done_sent = True
-        if b'"usage":{' in data or b'"usage": {' in data:
-            data = self._take_usage(data)
-        return data
-
-    def _take_usage(self, data: bytes) -> bytes:
-        kept: list[bytes] = []
-        for event in data.split(b"\n\n"):
-            if not event:
-                continue
-            if b'"usage"' in event and event.startswith(b"data:"):
-                try:
-                    obj = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    obj = None
-                if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-                    self.usage = obj["usage"]
-                    if not self.plan.client_wants_usage and obj.get("choices") == []:
-                        continue
-            kept.append(event + b"\n\n")
-        return b"".join(kept)
-
-    def _read_usage(self, body: bytes) -> None:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-            self.usage = obj["usage"]
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -526,7 +472,7 @@ class ProxyResponse:
 
     def _tokens(self, now: float) -> tuple[int, int, bool]:
         """Prompt and output tokens to charge, and whether they are estimated (see accounting.py)."""
-        p, usage = self.plan, self.usage
+        p, usage = self.plan, self._stream.usage
         if usage is not None:
             try:
                 prompt, output = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -543,6 +489,6 @@ class ProxyResponse:
             return 0, 0, False
         prompt = prompt_tokens_estimate(p.prompt_chars)
         if p.stream and self.first_byte_at is not None:
-            return prompt, max(0, self._events - 1), True  # one token per stream event
+            return prompt, max(0, self._stream.events - 1), True  # one token per stream event
         ran = now - (self._sent_at or now)
         return prompt, self.ctx.decode_rates.estimate(p.model, ran, p.output_cap), True
