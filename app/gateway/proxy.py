@@ -30,6 +30,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from .accounting import prompt_tokens_estimate
+from .attempt import Attempt, Failure, Outcome
 from .context import GatewayContext
 from .errors import JSON, OpenAIError, error_body
 from .keyfile import ApiKey
@@ -52,9 +53,14 @@ class Refused(Exception):
         self.error = error
 
 
-class Outcome(Enum):
-    DONE = "done"
-    RETRY = "retry"
+class Cancelled(Enum):
+    """Why the request's work stopped before its end. The first reason wins."""
+
+    CLIENT_LEFT = "client_left"  # the client hung up: nobody to answer
+    REFUSED = "refused"  # the limit check said no: the client gets its error instead
+    # The pool found the replica of the attempt under way hung: that attempt ends, not the
+    # request, and the reason is cleared once the attempt has handled it.
+    REPLICA_HUNG = "replica_hung"
 
 
 @dataclass(slots=True)
@@ -83,21 +89,14 @@ class ProxyResponse:
         self.ctx = ctx
         self.plan = plan
         self._limits = limits
-        self._finished = False
-        self._client_gone = False
-        self._sent_start = False
-        self._stream = StreamFilter(keep_usage=plan.client_wants_usage)
-        self.upstream: str | None = None
-        self.attempts = 0
-        self.first_byte_at: float | None = None
-        self._waiting = True
-        self._last_failure: tuple[int, bytes, bytes] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._checking = False
-        self._refusal: OpenAIError | None = None
-        self._replica: Upstream | None = None  # the replica of the attempt under way
-        self._replica_hung = False
-        self._sent_at: float | None = None  # when the request last went upstream
+        self._checking = False  # awaiting the limit check, which then raises its refusal itself
+        self._sent_start = False
+        self._waiting = True  # counted in gateway_requests_waiting: no first byte yet
+        self._finished = False
+        self._cancelled: Cancelled | None = None
+        self._attempts: list[Attempt] = []  # in order; the last one may be under way
+        self._stream = StreamFilter(keep_usage=plan.client_wants_usage)
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -105,7 +104,7 @@ class ProxyResponse:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        watcher = asyncio.ensure_future(self._watch(receive, task))
+        watcher = asyncio.ensure_future(self._watch(receive))
         if self._limits is not None:
             self._limits.add_done_callback(self._limits_decided)
         m, p = self.ctx.metrics, self.plan
@@ -116,10 +115,10 @@ class ProxyResponse:
         except Refused as refused:
             await self._refuse(send, refused.error)
         except asyncio.CancelledError:
-            if self._refusal is not None:
+            if self._cancelled is Cancelled.REFUSED:
                 task.uncancel()
-                await self._refuse(send, self._refusal)
-            elif self._client_gone:
+                await self._refuse(send, self._refusal())
+            elif self._cancelled is Cancelled.CLIENT_LEFT:
                 task.uncancel()
                 # A client that hangs up once it has the stream's last event got the whole answer.
                 if not self._stream.done:
@@ -136,6 +135,24 @@ class ProxyResponse:
     def started(self) -> bool:
         """Whether the response has begun, after which an error can no longer be sent as a status."""
         return self._sent_start
+
+    # -- cancellation --------------------------------------------------------------------------
+
+    def _cancel(self, reason: Cancelled) -> None:
+        """Stops the request's work, cancelling its task, unless it is over or stopping already."""
+        if self._cancelled is None and not self._finished and self._task is not None:
+            self._cancelled = reason
+            self._task.cancel()
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._cancel(Cancelled.CLIENT_LEFT)
+
+    def replica_hung(self, up: Upstream) -> None:
+        """Called by the pool when `up` stops answering: ends this request's attempt on it."""
+        if self in up.attempts:  # an attempt is in `up.attempts` while it is under way on `up`
+            self._cancel(Cancelled.REPLICA_HUNG)
 
     # -- the limit check -----------------------------------------------------------------------
 
@@ -156,42 +173,22 @@ class ProxyResponse:
         if future.cancelled():
             return
         err = future.exception()  # also marks it seen when nobody awaits it (the client left)
-        if (
-            isinstance(err, OpenAIError)
-            and not self._checking
-            and not self._sent_start
-            and not self._finished
-            and self._task is not None
-        ):
-            self._refusal = err
-            self._task.cancel()
+        if isinstance(err, OpenAIError) and not self._checking and not self._sent_start:
+            self._cancel(Cancelled.REFUSED)
+
+    def _refusal(self) -> OpenAIError:
+        """The limit check's error, once it has refused."""
+        err = self._limits.exception() if self._limits is not None else None
+        assert isinstance(err, OpenAIError)
+        return err
 
     async def _refuse(self, send: Send, err: OpenAIError) -> None:
         # Nothing reached the client, and the upstream attempt was closed, so nothing is charged.
-        self.first_byte_at = None
+        if self._cancelled is None:  # refused while the check was awaited, not by a cancellation
+            self._cancelled = Cancelled.REFUSED
         self._sent_start = True
         self.status_code = err.status
         await err.send(send, self.plan.request_id)
-
-    def replica_hung(self, up: Upstream) -> None:
-        """Called by the pool when `up` stops answering: ends this request's attempt on it."""
-        if (
-            up is self._replica
-            and not self._finished
-            and not self._client_gone
-            and self._refusal is None
-            and not self._replica_hung
-            and self._task is not None
-        ):
-            self._replica_hung = True
-            self._task.cancel()
-
-    async def _watch(self, receive: Receive, task: asyncio.Task[None]) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not self._finished:
-            self._client_gone = True
-            task.cancel()
 
     # -- attempts ------------------------------------------------------------------------------
 
@@ -201,27 +198,30 @@ class ProxyResponse:
             await self._check_limits()
         ctx.metrics.overhead.observe(time.perf_counter() - p.started)
         tried: set[str] = set()
+        failure: Failure | None = None  # the last 5xx answer, for want of a better one
         fallback = ctx.settings.fallback_base_url
-        while self.attempts < ctx.settings.max_attempts:
+        while len(tried) < ctx.settings.max_attempts:
             up = ctx.pool.choose(p.model, p.prefix, tried)
             if up is None and not tried and not fallback and p.model in ctx.settings.scale_from_zero_models:
                 await self._check_limits()  # a refused request must not wait for a scale-up
                 up = await self._hold(tried)
             if up is None:
                 break
-            if self.attempts:
+            if tried:
                 ctx.metrics.retries.inc()
-            self.attempts += 1
             tried.add(up.url)
-            if await self._attempt(send, up.url, up, ctx.upstream_headers) is Outcome.DONE:
+            attempt = await self._attempt(send, up.url, up, ctx.upstream_headers)
+            if attempt.outcome is Outcome.DONE:
                 return
+            failure = attempt.failure or failure
         if fallback:
             # The fallback base URL already ends in /v1, like OpenAI's.
-            outcome = await self._attempt(send, fallback.removesuffix("/v1"), None, ctx.fallback_headers)
-            ctx.metrics.fallback.labels("ok" if outcome is Outcome.DONE else "error").inc()
-            if outcome is Outcome.DONE:
+            attempt = await self._attempt(send, fallback.removesuffix("/v1"), None, ctx.fallback_headers)
+            ctx.metrics.fallback.labels("ok" if attempt.outcome is Outcome.DONE else "error").inc()
+            if attempt.outcome is Outcome.DONE:
                 return
-        await self._give_up(send, tried)
+            failure = attempt.failure or failure
+        await self._give_up(send, tried, failure)
 
     async def _hold(self, tried: set[str]) -> Upstream | None:
         """Waits, counted in gateway_requests_waiting, for a replica of a model that has none up.
@@ -240,10 +240,9 @@ class ProxyResponse:
 
     _HOLD_POLL_S = 0.25
 
-    async def _give_up(self, send: Send, tried: set[str]) -> None:
-        if self._last_failure is not None:
-            status, ctype, body = self._last_failure
-            await self._send_whole(send, status, body, ctype)
+    async def _give_up(self, send: Send, tried: set[str], failure: Failure | None) -> None:
+        if failure is not None:
+            await self._send_whole(send, failure.status, failure.body, failure.content_type)
             return
         if tried:
             await self._send_error(send, 502, "No replica could be reached for this request.", "upstream_unreachable")
@@ -256,109 +255,109 @@ class ProxyResponse:
                 retry_after="1",
             )
 
-    async def _attempt(self, send: Send, base: str, up: Upstream | None, headers: dict[str, str]) -> Outcome:
+    async def _attempt(self, send: Send, base: str, up: Upstream | None, headers: dict[str, str]) -> Attempt:
         ctx, p = self.ctx, self.plan
-        label = up.url if up is not None else "fallback"
+        attempt = Attempt(up.url if up is not None else "fallback", up, time.perf_counter())
+        self._attempts.append(attempt)
         if up is not None:
             up.in_flight += 1
             up.attempts.add(self)
-            self._replica = up
-            ctx.metrics.upstream_in_flight.labels(label).inc()
+            ctx.metrics.upstream_in_flight.labels(attempt.label).inc()
         resp: aiohttp.ClientResponse | None = None
-        verdict: bool | None = None
-        clean = False
-        self._sent_at = time.perf_counter()
         try:
             try:
                 resp = await ctx.session.post(
                     base + p.endpoint, data=p.body, headers={**headers, "x-request-id": p.request_id}
                 )
             except _TRANSPORT_ERRORS as exc:
-                verdict = False
-                ctx.metrics.upstream_requests.labels(label, "connect_error").inc()
+                attempt.error = type(exc).__name__
+                self._judge(attempt, "connect_error")
                 log.warning(
                     "upstream unreachable",
-                    extra={"request_id": p.request_id, "upstream": label, "error": type(exc).__name__},
+                    extra={"request_id": p.request_id, "upstream": attempt.label, "error": attempt.error},
                 )
-                return Outcome.RETRY
-            self.upstream = label
-            if resp.status >= 500:
-                verdict = False
-                ctx.metrics.upstream_requests.labels(label, "http_5xx").inc()
-                try:
-                    body = await resp.read()
-                except _TRANSPORT_ERRORS:
-                    body = error_body("Upstream failed.", "server_error")
-                self._last_failure = (resp.status, resp.headers.get("content-type", JSON).encode(), body)
-                return Outcome.RETRY
-            if not p.stream or resp.status != 200:
-                try:
-                    body = await resp.read()
-                except _TRANSPORT_ERRORS:
-                    verdict = False
-                    ctx.metrics.upstream_requests.labels(label, "broken_response").inc()
-                    return Outcome.RETRY
-                if resp.status == 200:
-                    self._stream.read_body(body)
-                self._first_byte()
-                verdict = True
-                ctx.metrics.upstream_requests.labels(label, "ok").inc()
-                await self._send_whole(send, resp.status, body, resp.headers.get("content-type", JSON).encode())
-                clean = True
-                return Outcome.DONE
-            try:
-                first = await resp.content.readany()
-            except _TRANSPORT_ERRORS:
-                first = b""
-            if not first:
-                verdict = False
-                ctx.metrics.upstream_requests.labels(label, "broken_response").inc()
-                return Outcome.RETRY
-            self._first_byte()
-            await self._start(send, 200, resp.headers.get("content-type", "text/event-stream").encode(), stream=True)
-            verdict = await self._pump(send, resp, first, label)
-            clean = verdict
-            return Outcome.DONE
+                attempt.outcome = Outcome.RETRY
+            else:
+                attempt.status = resp.status
+                attempt.outcome = await self._answer(send, attempt, resp)
         except asyncio.CancelledError:
-            if not self._replica_hung:
+            if self._cancelled is not Cancelled.REPLICA_HUNG:
                 raise
-            # The pool found this replica hung (see replica_hung): not a cancellation of the request.
-            self._replica_hung = False
-            task = asyncio.current_task()
-            if task is not None:  # always, inside a task; the check is for the type checker
-                task.uncancel()
-            verdict = False
-            ctx.metrics.upstream_requests.labels(label, "hung").inc()
-            log.warning("upstream hung", extra={"request_id": p.request_id, "upstream": label})
-            if not self._sent_start:
-                return Outcome.RETRY
-            self.status_code = 502
-            event = (
-                b"data: "
-                + error_body("The upstream replica stopped answering mid-stream.", "server_error", code="upstream_hung")
-                + b"\n\n"
-            )
-            await send({"type": "http.response.body", "body": event, "more_body": False})
-            return Outcome.DONE
+            attempt.outcome = await self._end_on_hung_replica(send, attempt)
         finally:
-            self._replica = None
             if up is not None:
                 up.attempts.discard(self)
                 up.in_flight -= 1
-                ctx.metrics.upstream_in_flight.labels(label).dec()
-                if verdict is None:
+                ctx.metrics.upstream_in_flight.labels(attempt.label).dec()
+                if attempt.verdict is None:
                     up.breaker.release_trial()
                 else:
-                    ctx.pool.record(up, verdict)
+                    ctx.pool.record(up, attempt.verdict)
             if resp is not None:
-                if clean:
+                if attempt.reusable:
                     resp.release()
                 else:
                     # Closing, not releasing, drops the connection: vLLM sees the client leave and aborts.
                     resp.close()
+        return attempt
 
-    async def _pump(self, send: Send, resp: aiohttp.ClientResponse, first: bytes, label: str) -> bool:
-        """Forwards the stream; returns whether the upstream finished it cleanly."""
+    async def _answer(self, send: Send, attempt: Attempt, resp: aiohttp.ClientResponse) -> Outcome:
+        """Passes the upstream's answer on to the client, unless another replica should try instead."""
+        if resp.status >= 500:
+            self._judge(attempt, "http_5xx")
+            try:
+                body = await resp.read()
+            except _TRANSPORT_ERRORS:
+                body = error_body("Upstream failed.", "server_error")
+            attempt.failure = Failure(resp.status, resp.headers.get("content-type", JSON).encode(), body)
+            return Outcome.RETRY
+        if not self.plan.stream or resp.status != 200:
+            try:
+                body = await resp.read()
+            except _TRANSPORT_ERRORS as exc:
+                attempt.error = type(exc).__name__
+                self._judge(attempt, "broken_response")
+                return Outcome.RETRY
+            if resp.status == 200:
+                self._stream.read_body(body)
+            self._first_byte(attempt)
+            self._judge(attempt, "ok")
+            await self._send_whole(send, resp.status, body, resp.headers.get("content-type", JSON).encode())
+            return Outcome.DONE
+        try:
+            first = await resp.content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            attempt.error = type(exc).__name__
+            first = b""
+        if not first:
+            self._judge(attempt, "broken_response")
+            return Outcome.RETRY
+        self._first_byte(attempt)
+        await self._start(send, 200, resp.headers.get("content-type", "text/event-stream").encode(), stream=True)
+        await self._pump(send, resp, first, attempt)
+        return Outcome.DONE
+
+    async def _end_on_hung_replica(self, send: Send, attempt: Attempt) -> Outcome:
+        """The pool found the attempt's replica hung (see replica_hung): not a cancellation of the request."""
+        self._cancelled = None
+        task = asyncio.current_task()
+        if task is not None:  # always, inside a task; the check is for the type checker
+            task.uncancel()
+        self._judge(attempt, "hung")
+        log.warning("upstream hung", extra={"request_id": self.plan.request_id, "upstream": attempt.label})
+        if not self._sent_start:
+            return Outcome.RETRY
+        self.status_code = 502
+        event = (
+            b"data: "
+            + error_body("The upstream replica stopped answering mid-stream.", "server_error", code="upstream_hung")
+            + b"\n\n"
+        )
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+        return Outcome.DONE
+
+    async def _pump(self, send: Send, resp: aiohttp.ClientResponse, first: bytes, attempt: Attempt) -> None:
+        """Forwards the stream to its end, or to an error event when the upstream breaks it."""
         feed = self._stream.feed
         chunk = feed(first)
         if chunk:
@@ -371,10 +370,11 @@ class ProxyResponse:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _TRANSPORT_ERRORS as exc:
-            self.ctx.metrics.upstream_requests.labels(label, "broken_stream").inc()
+            attempt.error = type(exc).__name__
+            self._judge(attempt, "broken_stream")
             log.warning(
                 "upstream stream broke",
-                extra={"request_id": self.plan.request_id, "upstream": label, "error": type(exc).__name__},
+                extra={"request_id": self.plan.request_id, "upstream": attempt.label, "error": attempt.error},
             )
             self.status_code = 502
             event = (
@@ -383,15 +383,19 @@ class ProxyResponse:
                 + b"\n\n"
             )
             await send({"type": "http.response.body", "body": event, "more_body": False})
-            return False
+            return
         await send({"type": "http.response.body", "body": self._stream.finish(), "more_body": False})
-        self.ctx.metrics.upstream_requests.labels(label, "ok").inc()
-        return True
+        self._judge(attempt, "ok")
+
+    def _judge(self, attempt: Attempt, result: str) -> None:
+        """Counts the attempt in gateway_upstream_requests; its verdict goes to the replica's circuit."""
+        attempt.result = result
+        self.ctx.metrics.upstream_requests.labels(attempt.label, result).inc()
 
     # -- sending -------------------------------------------------------------------------------
 
-    def _first_byte(self) -> None:
-        self.first_byte_at = time.perf_counter()
+    def _first_byte(self, attempt: Attempt) -> None:
+        attempt.first_byte_at = time.perf_counter()
         if self._waiting:
             self._waiting = False
             self.ctx.metrics.waiting.labels(self.plan.model_label).dec()
@@ -439,13 +443,15 @@ class ProxyResponse:
             self._waiting = False
             m.waiting.labels(p.model_label).dec()
         m.in_flight.labels(p.model_label).dec()
+        first_byte_at = self._first_byte_at()
+        upstream = next((a.label for a in reversed(self._attempts) if a.status is not None), None)
         status = str(self.status_code)
         stream = "true" if p.stream else "false"
         m.requests.labels(p.model_label, p.key.key_id, p.endpoint, status).inc()
         m.latency.labels(p.model_label, p.endpoint, stream).observe(now - p.started)
-        if self.first_byte_at is not None:
-            m.ttft.labels(p.model_label, p.endpoint, stream).observe(self.first_byte_at - p.started)
-        prompt_tokens, completion_tokens, estimated = self._tokens(now)
+        if first_byte_at is not None:
+            m.ttft.labels(p.model_label, p.endpoint, stream).observe(first_byte_at - p.started)
+        prompt_tokens, completion_tokens, estimated = self._tokens(now, first_byte_at, upstream)
         if prompt_tokens or completion_tokens:
             m.prompt_tokens.labels(p.model_label, p.key.key_id).inc(prompt_tokens)
             m.completion_tokens.labels(p.model_label, p.key.key_id).inc(completion_tokens)
@@ -459,36 +465,43 @@ class ProxyResponse:
                 "endpoint": p.endpoint,
                 "stream": p.stream,
                 "status": self.status_code,
-                "upstream": self.upstream,
-                "attempts": self.attempts,
+                "upstream": upstream,
+                "attempts": sum(1 for a in self._attempts if a.replica is not None),
                 "duration_ms": round((now - p.started) * 1000, 2),
-                "ttft_ms": round((self.first_byte_at - p.started) * 1000, 2) if self.first_byte_at else None,
+                "ttft_ms": round((first_byte_at - p.started) * 1000, 2) if first_byte_at else None,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "tokens_estimated": estimated,
-                "client_disconnected": self._client_gone,
+                "client_disconnected": self._cancelled is Cancelled.CLIENT_LEFT,
             },
         )
 
-    def _tokens(self, now: float) -> tuple[int, int, bool]:
+    def _first_byte_at(self) -> float | None:
+        """When the first byte of an upstream's answer was ready for the client; None when it got a refusal."""
+        if self._cancelled is Cancelled.REFUSED:
+            return None
+        return next((a.first_byte_at for a in reversed(self._attempts) if a.first_byte_at is not None), None)
+
+    def _tokens(self, now: float, first_byte_at: float | None, upstream: str | None) -> tuple[int, int, bool]:
         """Prompt and output tokens to charge, and whether they are estimated (see accounting.py)."""
         p, usage = self.plan, self._stream.usage
+        sent_at = self._attempts[-1].started if self._attempts else None  # when the request last went upstream
         if usage is not None:
             try:
                 prompt, output = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             except (TypeError, ValueError):
                 pass
             else:
-                if self.first_byte_at is not None and self._sent_at is not None and self.upstream != "fallback":
+                if first_byte_at is not None and sent_at is not None and upstream != "fallback":
                     # Decoding time: from the first chunk on a stream; the whole wait otherwise.
-                    began = self.first_byte_at if p.stream else self._sent_at
+                    began = first_byte_at if p.stream else sent_at
                     self.ctx.decode_rates.observe(p.model, output, now - began)
                 return prompt, output, False
-        if self.first_byte_at is None and not (self._client_gone and self._sent_at is not None):
+        if first_byte_at is None and not (self._cancelled is Cancelled.CLIENT_LEFT and sent_at is not None):
             # Nothing was answered and the client did not leave: the replicas failed it, no charge.
             return 0, 0, False
         prompt = prompt_tokens_estimate(p.prompt_chars)
-        if p.stream and self.first_byte_at is not None:
+        if p.stream and first_byte_at is not None:
             return prompt, max(0, self._stream.events - 1), True  # one token per stream event
-        ran = now - (self._sent_at or now)
+        ran = now - (sent_at or now)
         return prompt, self.ctx.decode_rates.estimate(p.model, ran, p.output_cap), True
