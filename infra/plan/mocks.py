@@ -178,6 +178,9 @@ class PlanMocks(sdk_mocks.Mocks):
                 "zoneIds": [f"use1-az{i}" for i in range(1, 4)],
                 "groupNames": names,
             }, []
+        if args.token == "aws:iam/getPolicyDocument:getPolicyDocument":
+            rendered = policy_document_json(args.args)
+            return {"id": _short(rendered, 10), "json": rendered, "minifiedJson": _minified(rendered)}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/plan", "userId": "PLAN"}, []
         if args.token == "aws:kms/getKey:getKey":
@@ -251,6 +254,80 @@ class PlanMocks(sdk_mocks.Mocks):
         raise NotImplementedError(
             f"the offline plan has no answer for invoke {args.token}; add one in infra/plan/mocks.py"
         )
+
+
+def policy_document_json(args: dict[str, Any]) -> str:
+    """The JSON the AWS provider's getPolicyDocument answers with, rendered by the same rules
+    (hashicorp/terraform-provider-aws internal/service/iam/policy_document_data_source.go and
+    policy_model.go, main at 084fd7b; read 2026-12-02): Version defaults to 2012-10-17 and
+    Effect to Allow; actions, resources and principal identifiers are sets, written as a string
+    when there is one and otherwise sorted in reverse; condition values keep their order and a
+    single one is written as a string; maps (Principal, Condition) have sorted keys, as Go
+    writes them; two-space indents from json.MarshalIndent, with Go's escaping of <, > and &."""
+
+    def strings(values: list[str]) -> str | list[str]:
+        unique = sorted(set(values), reverse=True)
+        return unique[0] if len(unique) == 1 else unique
+
+    def principals(items: list[dict[str, Any]]) -> str | dict[str, Any]:
+        if len(items) == 1 and items[0]["type"] == "*" and items[0]["identifiers"] == ["*"]:
+            return "*"
+        out: dict[str, Any] = {}
+        for item in items:
+            ids = strings(item["identifiers"])
+            if item["type"] in out:  # the same type twice: its identifiers become one list
+                held = out[item["type"]]
+                out[item["type"]] = [
+                    *([held] if isinstance(held, str) else held),
+                    *([ids] if isinstance(ids, str) else ids),
+                ]
+            else:
+                out[item["type"]] = ids
+        return dict(sorted(out.items()))
+
+    def conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, dict[str, list[str]]] = {}
+        for c in items:
+            out.setdefault(c["test"], {}).setdefault(c["variable"], []).extend(c.get("values") or [])
+        return {
+            test: {var: vals[0] if len(vals) == 1 else vals for var, vals in sorted(pairs.items())}
+            for test, pairs in sorted(out.items())
+        }
+
+    doc: dict[str, Any] = {"Version": args.get("version") or "2012-10-17"}
+    if args.get("policyId"):
+        doc["Id"] = args["policyId"]
+    statements = []
+    for st in args.get("statements") or []:
+        out: dict[str, Any] = {}
+        if st.get("sid"):
+            out["Sid"] = st["sid"]
+        out["Effect"] = st.get("effect") or "Allow"
+        for key, field in (
+            ("actions", "Action"),
+            ("notActions", "NotAction"),
+            ("resources", "Resource"),
+            ("notResources", "NotResource"),
+        ):
+            if st.get(key):
+                out[field] = strings(st[key])
+        for key, field in (("principals", "Principal"), ("notPrincipals", "NotPrincipal")):
+            if st.get(key):
+                out[field] = principals(st[key])
+        if st.get("conditions"):
+            out["Condition"] = conditions(st["conditions"])
+        statements.append(out)
+    if statements:
+        doc["Statement"] = statements
+    return _go_escape(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _minified(rendered: str) -> str:
+    return _go_escape(json.dumps(json.loads(rendered), separators=(",", ":"), ensure_ascii=False))
+
+
+def _go_escape(text: str) -> str:
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def mock_ecr_password(region: str) -> str:

@@ -10,16 +10,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.catalog import InstanceType
+from infra.catalog import InstanceType, instance
 from infra.config import ConfigError, GpuPool, Site, StackConfig
 from infra.labels import GPU_LABEL, POOL_LABEL, SITE_LABEL
+from infra.platform.allocatable import allocatable
 from infra.secrets import Secrets
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
+
+
+# A taint effect as the EKS and GKE APIs spell it (eks.NodeGroup taints[].effect,
+# container.NodePool nodeConfig.taints[].effect); AKS writes Kubernetes' own spelling.
+API_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,10 @@ class Taint:
     key: str
     value: str
     effect: str  # Kubernetes spelling: NoSchedule, PreferNoSchedule, NoExecute
+
+    @property
+    def api_effect(self) -> str:
+        return API_EFFECTS[self.effect]
 
 
 @dataclass(frozen=True)
@@ -91,14 +102,99 @@ class ImageRegistry:
 
 
 @dataclass(frozen=True)
-class CommonNodeGroupArgs:
-    """What every cloud's NodeGroupArgs starts with; each cloud module extends it with its own
-    cluster and network handles (one contract, the cloud's differences added at the end)."""
+class DockerHubLogin:
+    """The Docker Hub account a site's pull-through cache signs in with."""
 
+    user: str
+    token: pulumi.Output[str]  # a Pulumi secret
+
+
+# The component contract every cloud module follows: each component takes (name, args, opts)
+# with one of these args types (a cloud adds the fields its API needs at the end), and
+# exposes the same attributes per concept, which the site skeleton below reads.
+NetworkT = TypeVar("NetworkT")
+ClusterT = TypeVar("ClusterT")
+
+
+@dataclass(frozen=True)
+class ComponentArgs:
     site: Site
+    tags: dict[str, str]  # cost tags (labels on GCP)
+
+
+@dataclass(frozen=True)
+class NetworkArgs(ComponentArgs):
+    pass
+
+
+@dataclass(frozen=True)
+class ClusterArgs(ComponentArgs, Generic[NetworkT]):
+    network: NetworkT
+
+
+@dataclass(frozen=True)
+class NodeGroupArgs(ComponentArgs, Generic[ClusterT, NetworkT]):
+    cluster: ClusterT
+    network: NetworkT
     pool: NodePool
     disk_gb: int
-    tags: dict[str, str]  # cost tags (labels on GCP)
+
+
+@dataclass(frozen=True)
+class RedisArgs(ComponentArgs, Generic[ClusterT, NetworkT]):
+    cluster: ClusterT
+    network: NetworkT
+
+
+@dataclass(frozen=True)
+class RegistryArgs(ComponentArgs, Generic[ClusterT]):
+    cluster: ClusterT
+    docker_hub: DockerHubLogin | None
+
+
+class ClusterPart(Protocol):
+    cluster: pulumi.CustomResource  # the managed cluster; its `name` is the cluster's name
+    kubeconfig: pulumi.Output[str]  # a Pulumi secret
+    # What the Kubernetes API needs before it answers the program (access grants, their
+    # propagation), beyond the cluster itself.
+    api_ready: tuple[pulumi.Resource, ...]
+
+
+class NodeGroupPart(Protocol):
+    nodes: pulumi.CustomResource  # the cloud's node pool resource
+
+
+class RedisPart(Protocol):
+    endpoint: RedisEndpoint
+
+
+class RegistryPart(Protocol):
+    images: ImageRegistry
+
+
+@dataclass(frozen=True)
+class SiteArgs:
+    """What the site skeleton hands a cloud module's `build_site`."""
+
+    cfg: StackConfig
+    site: Site
+    tags: dict[str, str]
+    system_pool: NodePool
+    gpu_pools: tuple[NodePool, ...]
+    docker_hub: DockerHubLogin | None
+
+
+@dataclass(frozen=True)
+class SiteParts:
+    """What a cloud module's `build_site` hands back: the same components on every cloud."""
+
+    network: pulumi.ComponentResource
+    cluster: ClusterPart
+    # The system pool's own node group; None where the cluster carries it inline (AKS).
+    system: NodeGroupPart | None
+    gpu_groups: tuple[NodeGroupPart, ...]
+    redis: RedisPart
+    registry: RegistryPart
 
 
 @dataclass(frozen=True)
@@ -154,9 +250,6 @@ def exec_kubeconfig(name: str, server: str, ca_data: str, exec_spec: dict) -> st
 
 def gpu_node_pool(site: Site, pool: GpuPool, taints: tuple[Taint, ...]) -> NodePool:
     """A GPU pool as the workloads see it; each cloud passes the taints its nodes carry."""
-    from infra.catalog import instance  # noqa: PLC0415
-    from infra.platform.allocatable import allocatable  # noqa: PLC0415
-
     spec = instance(site.cloud, pool.instance_type)
     cpu, mem = allocatable(spec.vcpu, spec.memory_gib)
     return NodePool(
@@ -176,8 +269,6 @@ def gpu_node_pool(site: Site, pool: GpuPool, taints: tuple[Taint, ...]) -> NodeP
 def system_node_pool(site: Site) -> NodePool:
     """The CPU pool. Its instance types are not in the GPU catalog, so it is sized as the
     smallest type we allow (2 vCPU, 8 GiB): conservative for scheduling checks."""
-    from infra.platform.allocatable import allocatable  # noqa: PLC0415
-
     cpu, mem = allocatable(2, 8)
     return NodePool(
         name="system",
@@ -205,7 +296,36 @@ def resource_tags(cfg: StackConfig, site: Site | None) -> dict[str, str]:
     }
 
 
-def _cloud_module(cfg: StackConfig, site: Site):
+class CloudModule(Protocol):
+    """What `infra/platform/aws.py`, `gcp.py` and `azure.py` each provide, so that the site
+    skeleton below is written once and the modules hold only what their cloud's API differs in."""
+
+    PROVIDER_KEY: str  # the package name a component's `providers` map is keyed by
+    DOCKER_HUB_LOGIN_REQUIRED: bool  # the cloud's cache cannot pull Docker Hub anonymously
+    NEEDS_DEVICE_PLUGIN: bool  # False where the cloud installs NVIDIA's device plugin itself
+    STORAGE: StorageClasses
+    GPU_DRIVER_HOST_DIR: str | None
+
+    def provider(
+        self, name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions
+    ) -> pulumi.ProviderResource: ...
+
+    def gpu_taints(self, pool: GpuPool) -> tuple[Taint, ...]: ...
+
+    def build_site(self, args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts: ...
+
+    def lb_annotations(self, tags: dict[str, str]) -> dict[str, str]: ...
+
+    def build_addons(
+        self, args: SiteArgs, parts: SiteParts, kubernetes: k8s.Provider, opts: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Resource, ...]: ...
+
+    def build_budget(
+        self, cfg: StackConfig, amount: float, site: Site, opts: pulumi.ResourceOptions
+    ) -> pulumi.CustomResource: ...
+
+
+def _cloud_module(cfg: StackConfig, site: Site) -> CloudModule:
     # Imported on use, so a stack on one cloud never loads another cloud's SDK.
     if site.cloud == "aws":
         from infra.platform import aws
@@ -222,14 +342,12 @@ def _cloud_module(cfg: StackConfig, site: Site):
     raise ConfigError(f"sites[{cfg.sites.index(site)}].cloud", f"unknown cloud {site.cloud!r}; use aws, gcp or azure")
 
 
-def docker_hub_login(
-    cfg: StackConfig, secrets: Secrets, site: Site, required: bool
-) -> tuple[str, pulumi.Output[str]] | None:
+def docker_hub_login(cfg: StackConfig, secrets: Secrets, site: Site, required: bool) -> DockerHubLogin | None:
     """The Docker Hub user and token a site's cache signs in with: both or neither, and both
     where the cloud's cache cannot pull Docker Hub anonymously (`required`)."""
     user, token = cfg.images.docker_hub_user, secrets.docker_hub_token
     if user is not None and token is not None:
-        return user, token
+        return DockerHubLogin(user, token)
     if user is None and (required or token is not None):
         raise ConfigError(
             "images.dockerHubUser",
@@ -253,8 +371,51 @@ def check_clouds(cfg: StackConfig, secrets: Secrets) -> None:
 
 
 def build_platform(cfg: StackConfig, site: Site, secrets: Secrets) -> Platform:
-    """Build one site on its cloud and hand back what the workloads need."""
-    return _cloud_module(cfg, site).build(cfg, site, secrets, pulumi.ResourceOptions())
+    """Build one site on its cloud and hand back what the workloads need. Every cloud goes
+    through the same steps in the same order: its provider; network, cluster, node groups,
+    Redis and registry (the cloud module's `build_site`); the Kubernetes provider; the
+    cluster add-ons the cloud does not build in."""
+    cloud = _cloud_module(cfg, site)
+    tags = resource_tags(cfg, site)
+    component = pulumi.ComponentResource(f"llm-platform:{site.cloud}:Site", site.name, None, pulumi.ResourceOptions())
+    provider = cloud.provider(f"{site.name}-{site.cloud}", site, tags, pulumi.ResourceOptions(parent=component))
+    child = pulumi.ResourceOptions(parent=component, providers={cloud.PROVIDER_KEY: provider})
+    args = SiteArgs(
+        cfg=cfg,
+        site=site,
+        tags=tags,
+        system_pool=system_node_pool(site),
+        gpu_pools=tuple(gpu_node_pool(site, p, cloud.gpu_taints(p)) for p in site.gpu_pools),
+        docker_hub=docker_hub_login(cfg, secrets, site, cloud.DOCKER_HUB_LOGIN_REQUIRED),
+    )
+    parts = cloud.build_site(args, child)
+    cluster = parts.cluster
+    kubernetes = k8s.Provider(
+        f"{site.name}-k8s",
+        kubeconfig=cluster.kubeconfig,
+        # Workloads need somewhere to run: the system pool's nodes, where it is a group of its own.
+        opts=pulumi.ResourceOptions(
+            parent=component,
+            depends_on=[*cluster.api_ready, *([parts.system.nodes] if parts.system else [])],
+        ),
+    )
+    addons = cloud.build_addons(args, parts, kubernetes, child)
+    component.register_outputs({"cluster": cluster.cluster.name})
+    return Platform(
+        site=site,
+        provider=kubernetes,
+        cluster_name=cluster.cluster.name,
+        kubeconfig=cluster.kubeconfig,
+        system_pool=args.system_pool,
+        gpu_pools=args.gpu_pools,
+        redis=parts.redis.endpoint,
+        lb_annotations=cloud.lb_annotations(tags),
+        storage=cloud.STORAGE,
+        images=parts.registry.images,
+        needs_device_plugin=cloud.NEEDS_DEVICE_PLUGIN,
+        ready=(*addons, *(g.nodes for g in parts.gpu_groups)),
+        gpu_driver_host_dir=cloud.GPU_DRIVER_HOST_DIR,
+    )
 
 
 def build_budget(cfg: StackConfig, amount: float, site: Site) -> pulumi.Resource:

@@ -6,7 +6,9 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -15,25 +17,27 @@ import pulumi_random as random
 
 from infra.catalog import catalog
 from infra.charts import AWS_LOAD_BALANCER_CONTROLLER, CLUSTER_AUTOSCALER
-from infra.config import Site, StackConfig
+from infra.config import GpuPool, Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
     POOL_LABEL,
-    CommonNodeGroupArgs,
+    ClusterArgs,
+    ComponentArgs,
     ImageRegistry,
+    NetworkArgs,
+    NodeGroupArgs,
     NodePool,
-    Platform,
+    RedisArgs,
     RedisEndpoint,
+    RegistryArgs,
     RegistryLogin,
+    SiteArgs,
+    SiteParts,
     StorageClasses,
     Taint,
-    docker_hub_login,
     exec_kubeconfig,
-    gpu_node_pool,
     resource_tags,
-    system_node_pool,
 )
-from infra.secrets import Secrets
 
 ZONES = 3
 # ECR's pull-through cache signs in to Docker Hub; it has no anonymous mode for it
@@ -42,6 +46,7 @@ DOCKER_HUB_LOGIN_REQUIRED = True
 REDIS_NODE_TYPES = {"small": "cache.t4g.small", "medium": "cache.m7g.large", "large": "cache.r7g.xlarge"}
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 _MANAGED = "arn:aws:iam::aws:policy/"
+POD_IDENTITY = "pods.eks.amazonaws.com"
 
 # The label cluster-autoscaler's AWS provider reads as "this node has GPUs" (GPULabel in
 # kubernetes/autoscaler cluster-autoscaler/cloudprovider/aws/aws_cloud_provider.go; README
@@ -81,19 +86,66 @@ _KEEP_NEWEST_50 = json.dumps(
 )
 
 
-def _assume_role(service: str, actions: tuple[str, ...] = ("sts:AssumeRole",)) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": list(actions)}],
-        }
-    )
+def allow(
+    actions: Sequence[str],
+    resources: Sequence[pulumi.Input[str]] = ("*",),
+    conditions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One Allow statement in `get_policy_document`'s shape; `conditions` as IAM writes them,
+    {test: {variable: value or values}}."""
+    statement: dict[str, Any] = {"effect": "Allow", "actions": list(actions), "resources": list(resources)}
+    if conditions:
+        statement["conditions"] = [
+            {"test": test, "variable": variable, "values": values if isinstance(values, list) else [values]}
+            for test, pairs in conditions.items()
+            for variable, values in pairs.items()
+        ]
+    return statement
+
+
+def policy_document(statements: Sequence[dict[str, Any]], parent: pulumi.Resource) -> pulumi.Output[str]:
+    """An IAM policy as the AWS provider renders it (aws.iam.getPolicyDocument, through the
+    parent's provider) rather than JSON written by hand."""
+    return aws.iam.get_policy_document_output(
+        statements=list(statements), opts=pulumi.InvokeOutputOptions(parent=parent)
+    ).json
 
 
 @dataclass(frozen=True)
-class NetworkArgs:
-    site: Site
-    tags: dict[str, str]
+class ServiceRole:
+    role: aws.iam.Role
+    grants: tuple[pulumi.Resource, ...]  # its policy attachments and inline policy
+
+
+def service_role(
+    name: str,
+    service: str,
+    tags: dict[str, str],
+    parent: pulumi.Resource,
+    *,
+    attach: Mapping[str, pulumi.Input[str]] | None = None,
+    inline: pulumi.Output[str] | None = None,
+) -> ServiceRole:
+    """The one way this module makes a role: assumed by an AWS service, with policies attached
+    (resource name -> policy ARN) and an optional inline policy named like the role. EKS Pod
+    Identity also tags the session, so its trust allows sts:TagSession
+    (docs.aws.amazon.com/eks/latest/userguide/pod-id-role.html; read 2026-12-01)."""
+    child = pulumi.ResourceOptions(parent=parent)
+    actions = ["sts:AssumeRole", "sts:TagSession"] if service == POD_IDENTITY else ["sts:AssumeRole"]
+    trust = aws.iam.get_policy_document_output(
+        statements=[
+            {"effect": "Allow", "actions": actions, "principals": [{"type": "Service", "identifiers": [service]}]}
+        ],
+        opts=pulumi.InvokeOutputOptions(parent=parent),
+    ).json
+    role = aws.iam.Role(name, assume_role_policy=trust, tags=tags, opts=child)
+    grants: list[pulumi.Resource] = [
+        aws.iam.RolePolicyAttachment(attachment, role=role.name, policy_arn=arn, opts=child)
+        for attachment, arn in (attach or {}).items()
+    ]
+    if inline is not None:
+        grants.append(aws.iam.RolePolicy(name, role=role.id, policy=inline, opts=child))
+    return ServiceRole(role, tuple(grants))
 
 
 class Network(pulumi.ComponentResource):
@@ -173,19 +225,12 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"vpcId": self.vpc.id})
 
 
-@dataclass(frozen=True)
-class ClusterArgs:
-    site: Site
-    network: Network
-    tags: dict[str, str]
-
-
 class Cluster(pulumi.ComponentResource):
     """EKS with envelope-encrypted secrets, all control-plane logs, an API endpoint that is
     private unless the config lists CIDRs allowed to reach it, and cluster admin through
     access entries for the principals the site lists beside the one that creates it."""
 
-    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: ClusterArgs[Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Cluster", name, None, opts)
         site, network, tags = args.site, args.network, args.tags
         child = pulumi.ResourceOptions(parent=self)
@@ -198,11 +243,12 @@ class Cluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        role = aws.iam.Role(
-            f"{name}-cluster", assume_role_policy=_assume_role("eks.amazonaws.com"), tags=tags, opts=child
-        )
-        attach = aws.iam.RolePolicyAttachment(
-            f"{name}-cluster", role=role.name, policy_arn=_MANAGED + "AmazonEKSClusterPolicy", opts=child
+        role = service_role(
+            f"{name}-cluster",
+            "eks.amazonaws.com",
+            tags,
+            self,
+            attach={f"{name}-cluster": _MANAGED + "AmazonEKSClusterPolicy"},
         )
         # Created ahead of the cluster so the retention is ours, not "never expire".
         logs = aws.cloudwatch.LogGroup(
@@ -217,7 +263,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-eks",
             name=self.cluster_name,
             version=site.kubernetes_version,
-            role_arn=role.arn,
+            role_arn=role.role.arn,
             vpc_config={
                 "subnet_ids": [s.id for s in network.private_subnets + network.public_subnets],
                 "endpoint_private_access": True,
@@ -231,22 +277,24 @@ class Cluster(pulumi.ComponentResource):
             bootstrap_self_managed_addons=False,
             upgrade_policy={"support_type": "STANDARD"},
             tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attach, logs]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*role.grants, logs]),
         )
-        self.node_role = aws.iam.Role(
-            f"{name}-node", assume_role_policy=_assume_role("ec2.amazonaws.com"), tags=tags, opts=child
+        nodes = service_role(
+            f"{name}-node",
+            "ec2.amazonaws.com",
+            tags,
+            self,
+            attach={
+                f"{name}-node-{p}": _MANAGED + p
+                for p in (
+                    "AmazonEKSWorkerNodePolicy",
+                    "AmazonEKS_CNI_Policy",
+                    "AmazonEC2ContainerRegistryReadOnly",
+                    "AmazonSSMManagedInstanceCore",
+                )
+            },
         )
-        self.node_policies = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-node-{p}", role=self.node_role.name, policy_arn=_MANAGED + p, opts=child
-            )
-            for p in (
-                "AmazonEKSWorkerNodePolicy",
-                "AmazonEKS_CNI_Policy",
-                "AmazonEC2ContainerRegistryReadOnly",
-                "AmazonSSMManagedInstanceCore",
-            )
-        ]
+        self.node_role, self.node_policies = nodes.role, list(nodes.grants)
         # Node root volumes use the AWS managed EBS key: Auto Scaling's service-linked role may
         # use it without any key policy ("Amazon EC2 Auto Scaling does not need additional
         # authorization to use the default AWS managed key", docs.aws.amazon.com/autoscaling/ec2/
@@ -258,6 +306,8 @@ class Cluster(pulumi.ComponentResource):
         self.volume_key_arn = aws.kms.get_key_output(key_id="alias/aws/ebs", opts=pulumi.InvokeOptions(parent=self)).arn
         admins = site.aws.admin_principal_arns if site.aws else []
         self.admins = [self._admin(name, arn, tags) for arn in admins]
+        self.kubeconfig = self._kubeconfig(site.region)
+        self.api_ready: tuple[pulumi.Resource, ...] = ()
         self.register_outputs({"name": self.cluster.name, "endpoint": self.cluster.endpoint})
 
     def _admin(self, name: str, principal_arn: str, tags: dict[str, str]) -> aws.eks.AccessPolicyAssociation:
@@ -283,7 +333,7 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
-    def kubeconfig(self, region: str) -> pulumi.Output[str]:
+    def _kubeconfig(self, region: str) -> pulumi.Output[str]:
         c = self.cluster
         return pulumi.Output.secret(
             pulumi.Output.all(c.name, c.endpoint, c.certificate_authority.data).apply(
@@ -297,24 +347,15 @@ class Cluster(pulumi.ComponentResource):
         )
 
 
-@dataclass(frozen=True)
-class NodeGroupArgs(CommonNodeGroupArgs):
-    cluster: Cluster
-    network: Network
-    # The pool's instance type first, then same-shape alternatives for spot capacity.
-    instance_types: list[str]
-    gpu: bool
-
-
 class NodeGroup(pulumi.ComponentResource):
     """A managed node group with a launch template that requires IMDSv2 with hop limit 1
     (pods cannot borrow the node's role) and encrypts the root volume, and the node-template
     tags on its Auto Scaling group that let the cluster autoscaler scale it up from zero."""
 
-    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NodeGroupArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:NodeGroup", name, None, opts)
-        cluster, network, pool, tags = args.cluster, args.network, args.pool, args.tags
-        instance_types, disk_gb, gpu = args.instance_types, args.disk_gb, args.gpu
+        cluster, network, pool, tags, disk_gb = args.cluster, args.network, args.pool, args.tags, args.disk_gb
+        gpu = pool.instance is not None
         child = pulumi.ResourceOptions(parent=self)
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
@@ -347,10 +388,10 @@ class NodeGroup(pulumi.ComponentResource):
             ami_type="AL2023_x86_64_NVIDIA" if gpu else "AL2023_x86_64_STANDARD",
             capacity_type="SPOT" if pool.spot else "ON_DEMAND",
             # The primary type first: the autoscaler sizes the group's node template from it.
-            instance_types=instance_types,
+            instance_types=instance_types(pool),
             scaling_config={"min_size": pool.min_nodes, "max_size": pool.max_nodes, "desired_size": pool.min_nodes},
             labels=node_labels(pool),
-            taints=[{"key": t.key, "value": t.value, "effect": _EKS_EFFECT[t.effect]} for t in pool.taints],
+            taints=[{"key": t.key, "value": t.value, "effect": t.api_effect} for t in pool.taints],
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
             update_config={"max_unavailable": 1},
             tags=tags,
@@ -419,22 +460,11 @@ def instance_types(pool: NodePool) -> list[str]:
     return [primary.name, *(t.name for t in matches[: SPOT_INSTANCE_TYPES - 1])]
 
 
-_EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
-
-
-@dataclass(frozen=True)
-class RedisArgs:
-    site: Site
-    tags: dict[str, str]
-    network: Network
-    cluster: Cluster
-
-
 class Redis(pulumi.ComponentResource):
     """ElastiCache Redis in the private subnets: TLS in transit, encrypted at rest, an
     AUTH token kept as a Pulumi secret, reachable only from the cluster's security group."""
 
-    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RedisArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Redis", name, None, opts)
         site, network, cluster, tags = args.site, args.network, args.cluster, args.tags
         child = pulumi.ResourceOptions(parent=self)
@@ -493,15 +523,6 @@ class Redis(pulumi.ComponentResource):
         self.register_outputs({"host": self.group.primary_endpoint_address})
 
 
-@dataclass(frozen=True)
-class RegistryArgs:
-    site: Site
-    cluster: Cluster
-    docker_hub_user: str
-    docker_hub_token: pulumi.Output[str]
-    tags: dict[str, str]
-
-
 class Registry(pulumi.ComponentResource):
     """ECR repositories for the images this project builds, immutable and scanned, and a
     pull-through cache of Docker Hub, so nodes pull upstream images (vLLM) from inside AWS:
@@ -509,15 +530,10 @@ class Registry(pulumi.ComponentResource):
 
     IMAGES = ("gateway", "vllm")
 
-    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RegistryArgs[Cluster], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:Registry", name, None, opts)
-        site, cluster, docker_hub_user, docker_hub_token, tags = (
-            args.site,
-            args.cluster,
-            args.docker_hub_user,
-            args.docker_hub_token,
-            args.tags,
-        )
+        site, cluster, docker_hub, tags = args.site, args.cluster, args.docker_hub, args.tags
+        assert docker_hub is not None  # DOCKER_HUB_LOGIN_REQUIRED: the skeleton refuses a site without it
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
         prefix = f"llm-platform-{stack}"
@@ -536,7 +552,7 @@ class Registry(pulumi.ComponentResource):
             self.repositories[image] = repo
         gateway = self.repositories["gateway"]
         gateway_url = gateway.repository_url
-        self.prefix = gateway_url.apply(lambda url: url.rsplit("/", 1)[0])
+        prefix_url = gateway_url.apply(lambda url: url.rsplit("/", 1)[0])
         host = gateway_url.apply(lambda url: url.split("/", 1)[0])
         registry_id = gateway.registry_id
 
@@ -562,50 +578,38 @@ class Registry(pulumi.ComponentResource):
             f"{name}-docker-hub",
             secret_id=secret.id,
             secret_string=pulumi.Output.secret(
-                pulumi.Output.json_dumps({"username": docker_hub_user, "accessToken": docker_hub_token})
+                pulumi.Output.json_dumps({"username": docker_hub.user, "accessToken": docker_hub.token})
             ),
             opts=child,
         )
         # Repositories the cache creates take our key and tags from a creation template, which ECR
         # applies through a role of ours (docs.aws.amazon.com/AmazonECR/latest/userguide/
         # repository-creation-templates-create.html; read 2026-12-01).
-        template_role = aws.iam.Role(
-            f"{name}-cache-repos", assume_role_policy=_assume_role("ecr.amazonaws.com"), tags=tags, opts=child
-        )
-        template_policy = aws.iam.RolePolicy(
+        template_role = service_role(
             f"{name}-cache-repos",
-            role=template_role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": ["ecr:CreateRepository", "ecr:ReplicateImage", "ecr:TagResource"],
-                            "Resource": [cached_repos],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": ["kms:CreateGrant", "kms:RetireGrant", "kms:DescribeKey"],
-                            "Resource": [cluster.key.arn],
-                        },
-                    ],
-                }
+            "ecr.amazonaws.com",
+            tags,
+            self,
+            inline=policy_document(
+                [
+                    allow(["ecr:CreateRepository", "ecr:ReplicateImage", "ecr:TagResource"], [cached_repos]),
+                    allow(["kms:CreateGrant", "kms:RetireGrant", "kms:DescribeKey"], [cluster.key.arn]),
+                ],
+                self,
             ),
-            opts=child,
         )
         self.cache_template = aws.ecr.RepositoryCreationTemplate(
             f"{name}-docker-hub",
             prefix=cache_prefix,
             applied_fors=["PULL_THROUGH_CACHE"],
             description=f"Docker Hub images cached for {stack}/{site.name}",
-            custom_role_arn=template_role.arn,
+            custom_role_arn=template_role.role.arn,
             encryption_configurations=[{"encryption_type": "KMS", "kms_key": cluster.key.arn}],
             # The cache refreshes a tag when upstream moves it, so cached tags stay mutable.
             image_tag_mutability="MUTABLE",
             lifecycle_policy=_KEEP_NEWEST_50,
             resource_tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[template_policy]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(template_role.grants)),
         )
         self.cache_rule = aws.ecr.PullThroughCacheRule(
             f"{name}-docker-hub",
@@ -621,33 +625,20 @@ class Registry(pulumi.ComponentResource):
         self.node_pull = aws.iam.RolePolicy(
             f"{name}-pull-through",
             role=cluster.node_role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": ["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
-                            "Resource": [cached_repos],
-                        }
-                    ],
-                }
+            policy=policy_document(
+                [allow(["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"], [cached_repos])], self
             ),
             opts=child,
         )
-        self.docker_hub = pulumi.Output.concat(host, "/", cache_prefix)
+        docker_hub_prefix = pulumi.Output.concat(host, "/", cache_prefix)
         token = aws.ecr.get_authorization_token_output(registry_id=registry_id, opts=pulumi.InvokeOptions(parent=self))
-        self.login = RegistryLogin(
-            address=host, username=token.user_name, password=pulumi.Output.secret(token.password)
+        self.images = ImageRegistry(
+            own=prefix_url,
+            docker_hub=docker_hub_prefix,
+            login=RegistryLogin(address=host, username=token.user_name, password=pulumi.Output.secret(token.password)),
+            ready=(*self.repositories.values(), credential, self.cache_template, self.cache_rule, self.node_pull),
         )
-        self.ready: tuple[pulumi.Resource, ...] = (
-            *self.repositories.values(),
-            credential,
-            self.cache_template,
-            self.cache_rule,
-            self.node_pull,
-        )
-        self.register_outputs({"prefix": self.prefix, "dockerHub": self.docker_hub})
+        self.register_outputs({"prefix": prefix_url, "dockerHub": docker_hub_prefix})
 
 
 def docker_hub_cache_prefix(stack: str, site: str) -> str:
@@ -661,27 +652,32 @@ def docker_hub_cache_prefix(stack: str, site: str) -> str:
     return "docker-hub-" + hashlib.sha256(f"{stack}/{site}".encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class ClusterAddonsArgs(ComponentArgs):
+    network: Network
+    cluster: Cluster
+    system: NodeGroup
+    kubernetes: k8s.Provider
+
+
 class ClusterAddons(pulumi.ComponentResource):
     """Managed EKS add-ons (the VPC CNI enforcing NetworkPolicy, metrics-server for CPU-based
     scaling), the EBS CSI driver's identity, the default storage class, and what EKS, unlike
     GKE and AKS, does not build in: the cluster autoscaler and the AWS Load Balancer
     Controller that serves LoadBalancer Services."""
 
-    def __init__(
-        self,
-        name: str,
-        site: Site,
-        network: Network,
-        cluster: Cluster,
-        system: NodeGroup,
-        provider: k8s.Provider,
-        tags: dict[str, str],
-        opts: pulumi.ResourceOptions,
-    ):
+    def __init__(self, name: str, args: ClusterAddonsArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:aws:ClusterAddons", name, None, opts)
+        site, network, cluster, system, provider, tags = (
+            args.site,
+            args.network,
+            args.cluster,
+            args.system,
+            args.kubernetes,
+            args.tags,
+        )
         child = pulumi.ResourceOptions(parent=self)
         eks_name = cluster.cluster.name
-        pod_trust = _assume_role("pods.eks.amazonaws.com", ("sts:AssumeRole", "sts:TagSession"))
 
         def addon(addon_name: str, after: list[pulumi.Resource], **kwargs) -> aws.eks.Addon:
             # Pinned to the version EKS names the default for the cluster's Kubernetes minor,
@@ -714,13 +710,13 @@ class ClusterAddons(pulumi.ComponentResource):
             addon("kube-proxy", []),
             addon("eks-pod-identity-agent", []),
         ]
-        ebs_role = aws.iam.Role(f"{name}-ebs-csi", assume_role_policy=pod_trust, tags=tags, opts=child)
-        aws.iam.RolePolicyAttachment(
+        ebs_role = service_role(
             f"{name}-ebs-csi",
-            role=ebs_role.name,
-            policy_arn=_MANAGED + "service-role/AmazonEBSCSIDriverPolicy",
-            opts=child,
-        )
+            POD_IDENTITY,
+            tags,
+            self,
+            attach={f"{name}-ebs-csi": _MANAGED + "service-role/AmazonEBSCSIDriverPolicy"},
+        ).role
         self.addons = network_addons + [
             addon("coredns", [system.nodes]),
             addon(
@@ -746,13 +742,9 @@ class ClusterAddons(pulumi.ComponentResource):
             opts=k8s_child,
         )
 
-        autoscaler_role = aws.iam.Role(f"{name}-autoscaler", assume_role_policy=pod_trust, tags=tags, opts=child)
-        aws.iam.RolePolicy(
-            f"{name}-autoscaler",
-            role=autoscaler_role.id,
-            policy=eks_name.apply(_autoscaler_policy),
-            opts=child,
-        )
+        autoscaler_role = service_role(
+            f"{name}-autoscaler", POD_IDENTITY, tags, self, inline=policy_document(_autoscaler_policy(eks_name), self)
+        ).role
         aws.eks.PodIdentityAssociation(
             f"{name}-autoscaler",
             cluster_name=eks_name,
@@ -790,20 +782,19 @@ class ClusterAddons(pulumi.ComponentResource):
         lb_policy = aws.iam.Policy(
             f"{name}-lb-controller",
             description=f"AWS Load Balancer Controller {controller.app_version}: NLBs for this cluster's Services",
-            policy=eks_name.apply(_lb_controller_policy),
+            policy=policy_document(_lb_controller_policy(eks_name), self),
             tags=tags,
             opts=child,
         )
-        lb_role = aws.iam.Role(f"{name}-lb-controller", assume_role_policy=pod_trust, tags=tags, opts=child)
-        lb_attach = aws.iam.RolePolicyAttachment(
-            f"{name}-lb-controller", role=lb_role.name, policy_arn=lb_policy.arn, opts=child
+        lb_role = service_role(
+            f"{name}-lb-controller", POD_IDENTITY, tags, self, attach={f"{name}-lb-controller": lb_policy.arn}
         )
         lb_identity = aws.eks.PodIdentityAssociation(
             f"{name}-lb-controller",
             cluster_name=eks_name,
             namespace="kube-system",
             service_account=LB_CONTROLLER_SERVICE_ACCOUNT,
-            role_arn=lb_role.arn,
+            role_arn=lb_role.role.arn,
             tags=tags,
             opts=child,
         )
@@ -828,13 +819,13 @@ class ClusterAddons(pulumi.ComponentResource):
             # Its webhooks must answer before any LoadBalancer Service is created; the Release
             # waits for the Deployment to be ready.
             opts=pulumi.ResourceOptions(
-                parent=self, provider=provider, depends_on=[*self.addons, lb_attach, lb_identity]
+                parent=self, provider=provider, depends_on=[*self.addons, *lb_role.grants, lb_identity]
             ),
         )
         self.register_outputs({})
 
 
-def _lb_controller_policy(cluster_name: str) -> str:
+def _lb_controller_policy(cluster_name: pulumi.Input[str]) -> list[dict[str, Any]]:
     """What the AWS Load Balancer Controller needs to run NLBs for Services: the statements of its
     own policy (kubernetes-sigs/aws-load-balancer-controller v3.5.0, docs/install/iam_policy.json,
     read 2026-12-01) without the ALB-only integrations (Cognito, ACM, WAF, Shield), and with every
@@ -843,7 +834,7 @@ def _lb_controller_policy(cluster_name: str) -> str:
     tagging_new = {"StringEquals": {"aws:RequestTag/elbv2.k8s.aws/cluster": cluster_name}}
     elb = "arn:aws:elasticloadbalancing:*:*:"
     balancers = [f"{elb}targetgroup/*/*", f"{elb}loadbalancer/net/*/*", f"{elb}loadbalancer/app/*/*"]
-    statements = [
+    statements: list[tuple[str, list[str], str | list[str], dict[str, Any] | None]] = [
         (
             "Allow",
             ["iam:CreateServiceLinkedRole"],
@@ -953,133 +944,106 @@ def _lb_controller_policy(cluster_name: str) -> str:
         ),
         ("Allow", ["elasticloadbalancing:ModifyListener"], "*", None),
     ]
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": effect, "Action": actions, "Resource": resource, **({"Condition": cond} if cond else {})}
-                for effect, actions, resource, cond in statements
-            ],
-        }
-    )
+    assert all(effect == "Allow" for effect, *_ in statements)
+    return [allow(actions, [res] if isinstance(res, str) else res, cond) for _, actions, res, cond in statements]
 
 
-def _autoscaler_policy(cluster_name: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": [
-                        "autoscaling:DescribeAutoScalingGroups",
-                        "autoscaling:DescribeAutoScalingInstances",
-                        "autoscaling:DescribeLaunchConfigurations",
-                        "autoscaling:DescribeScalingActivities",
-                        "autoscaling:DescribeTags",
-                        "ec2:DescribeImages",
-                        "ec2:DescribeInstanceTypes",
-                        "ec2:DescribeLaunchTemplateVersions",
-                        "ec2:GetInstanceTypesFromInstanceRequirements",
-                        "eks:DescribeNodegroup",
-                    ],
-                    "Resource": ["*"],
-                },
-                {
-                    "Effect": "Allow",
-                    "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
-                    "Resource": ["*"],
-                    "Condition": {
-                        "StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
-                    },
-                },
-            ],
-        }
-    )
-
-
-def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
-    docker_hub_user, docker_hub_token = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
-    tags = resource_tags(cfg, site)
-    site_component = pulumi.ComponentResource("llm-platform:aws:Site", site.name, None, opts)
-    provider = aws.Provider(
-        f"{site.name}-aws",
-        region=site.region,
-        default_tags={"tags": tags},
-        opts=pulumi.ResourceOptions(parent=site_component),
-    )
-    child = pulumi.ResourceOptions(parent=site_component, providers={"aws": provider})
-
-    network = Network(f"{site.name}-net", NetworkArgs(site, tags), child)
-    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, network, tags), child)
-    system_pool = system_node_pool(site)
-    system = NodeGroup(
-        f"{site.name}-system",
-        NodeGroupArgs(
-            site, system_pool, site.system_pool.disk_gb, tags, cluster, network, instance_types(system_pool), False
+def _autoscaler_policy(cluster_name: pulumi.Output[str]) -> list[dict[str, Any]]:
+    """Reads everywhere; scaling only on groups tagged as this cluster's (the autoscaler's
+    auto-discovery tag)."""
+    return [
+        allow(
+            [
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "autoscaling:DescribeLaunchConfigurations",
+                "autoscaling:DescribeScalingActivities",
+                "autoscaling:DescribeTags",
+                "ec2:DescribeImages",
+                "ec2:DescribeInstanceTypes",
+                "ec2:DescribeLaunchTemplateVersions",
+                "ec2:GetInstanceTypesFromInstanceRequirements",
+                "eks:DescribeNodegroup",
+            ]
         ),
-        child,
-    )
-    gpu_pools = tuple(gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)) for p in site.gpu_pools)
-    groups = [
-        NodeGroup(
-            f"{site.name}-{pool.name}",
-            NodeGroupArgs(site, pool, spec.disk_gb, tags, cluster, network, instance_types(pool), True),
-            child,
-        )
-        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
-    ]
-    kubeconfig = cluster.kubeconfig(site.region)
-    k8s_provider = k8s.Provider(
-        f"{site.name}-k8s",
-        kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.nodes]),
-    )
-    addons = ClusterAddons(f"{site.name}-addons", site, network, cluster, system, k8s_provider, tags, child)
-    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, network, cluster), child)
-    registry = Registry(
-        f"{site.name}-registry", RegistryArgs(site, cluster, docker_hub_user, docker_hub_token, tags), child
-    )
-    site_component.register_outputs({"cluster": cluster.cluster.name})
-
-    tag_list = ",".join(f"{k}={v}" for k, v in tags.items())
-    return Platform(
-        site=site,
-        provider=k8s_provider,
-        cluster_name=cluster.cluster.name,
-        kubeconfig=kubeconfig,
-        system_pool=system_pool,
-        gpu_pools=gpu_pools,
-        redis=redis.endpoint,
-        # The AWS Load Balancer Controller's annotations (kubernetes-sigs/aws-load-balancer-controller
-        # v3.5.0 docs/guide/service/annotations.md and nlb.md; read 2026-12-01): type `external` hands
-        # the Service to the controller, `ip` targets send traffic straight to pod IPs on the VPC CNI,
-        # the scheme defaults to internal, and cross-zone is a load-balancer attribute (the
-        # cross-zone-load-balancing-enabled annotation is deprecated).
-        lb_annotations={
-            "service.beta.kubernetes.io/aws-load-balancer-type": "external",
-            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
-            "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
-            "service.beta.kubernetes.io/aws-load-balancer-attributes": "load_balancing.cross_zone.enabled=true",
-            "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags": tag_list,
+        {
+            **allow(["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]),
+            "conditions": [
+                {
+                    "test": "StringEquals",
+                    "variable": cluster_name.apply(lambda n: f"aws:ResourceTag/k8s.io/cluster-autoscaler/{n}"),
+                    "values": ["owned"],
+                }
+            ],
         },
-        storage=StorageClasses(rwo="gp3", rwx=None),
-        images=ImageRegistry(
-            own=registry.prefix,
-            docker_hub=registry.docker_hub,
-            login=registry.login,
-            ready=registry.ready,
-        ),
-        needs_device_plugin=True,
-        ready=(addons.storage_class, addons.load_balancer_controller, *(g.nodes for g in groups)),
+    ]
+
+
+PROVIDER_KEY = "aws"
+NEEDS_DEVICE_PLUGIN = True
+STORAGE = StorageClasses(rwo="gp3", rwx=None)
+GPU_DRIVER_HOST_DIR = None  # the EKS GPU AMI's container runtime injects the driver
+
+
+def provider(name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.Provider:
+    return aws.Provider(name, region=site.region, default_tags={"tags": tags}, opts=opts)
+
+
+def gpu_taints(pool: GpuPool) -> tuple[Taint, ...]:
+    return (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),)
+
+
+def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
+    site, tags = args.site, args.tags
+    network = Network(f"{site.name}-net", NetworkArgs(site, tags), opts)
+    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, tags, network), opts)
+    system, *gpu_groups = (
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, tags, cluster, network, pool, disk_gb), opts)
+        for pool, disk_gb in (
+            (args.system_pool, site.system_pool.disk_gb),
+            *zip(args.gpu_pools, (p.disk_gb for p in site.gpu_pools), strict=True),
+        )
     )
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, cluster, network), opts)
+    registry = Registry(f"{site.name}-registry", RegistryArgs(site, tags, cluster, args.docker_hub), opts)
+    return SiteParts(network, cluster, system, tuple(gpu_groups), redis, registry)
+
+
+def lb_annotations(tags: dict[str, str]) -> dict[str, str]:
+    # The AWS Load Balancer Controller's annotations (kubernetes-sigs/aws-load-balancer-controller
+    # v3.5.0 docs/guide/service/annotations.md and nlb.md; read 2026-12-01): type `external` hands
+    # the Service to the controller, `ip` targets send traffic straight to pod IPs on the VPC CNI,
+    # the scheme defaults to internal, and cross-zone is a load-balancer attribute (the
+    # cross-zone-load-balancing-enabled annotation is deprecated).
+    return {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+        "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+        "service.beta.kubernetes.io/aws-load-balancer-attributes": "load_balancing.cross_zone.enabled=true",
+        "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags": ",".join(
+            f"{k}={v}" for k, v in tags.items()
+        ),
+    }
+
+
+def build_addons(
+    args: SiteArgs, parts: SiteParts, kubernetes: k8s.Provider, opts: pulumi.ResourceOptions
+) -> tuple[pulumi.Resource, ...]:
+    assert isinstance(parts.network, Network) and isinstance(parts.cluster, Cluster)
+    assert isinstance(parts.system, NodeGroup)
+    addons = ClusterAddons(
+        f"{args.site.name}-addons",
+        ClusterAddonsArgs(args.site, args.tags, parts.network, parts.cluster, parts.system, kubernetes),
+        opts,
+    )
+    return (addons.storage_class, addons.load_balancer_controller)
 
 
 def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.ResourceOptions) -> aws.budgets.Budget:
     """A monthly cost budget over this stack's tagged spend, alerting on actual and forecast."""
     stack = pulumi.get_stack()
     tags = resource_tags(cfg, None)
-    provider = aws.Provider("budget-aws", region=site.region, default_tags={"tags": tags}, opts=opts)
+    budget_provider = provider("budget-aws", site, tags, opts)
     notifications = [
         {
             "comparison_operator": "GREATER_THAN",
@@ -1105,5 +1069,5 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
         cost_filters=[{"name": "TagKeyValue", "values": [f"user:stack${stack}"]}],
         notifications=notifications,
         tags=tags,
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider)),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=budget_provider)),
     )

@@ -35,24 +35,25 @@ import pulumiverse_time as pulumi_time
 import yaml
 from pulumi.runtime.mocks import MockMonitor
 
-from infra.config import Site, StackConfig, azure_pool_name
+from infra.config import GpuPool, Site, StackConfig, azure_pool_name
 from infra.platform import (
     GPU_TAINT_KEY,
-    CommonNodeGroupArgs,
+    ClusterArgs,
+    DockerHubLogin,
     ImageRegistry,
+    NetworkArgs,
+    NodeGroupArgs,
     NodePool,
-    Platform,
+    RedisArgs,
     RedisEndpoint,
+    RegistryArgs,
     RegistryLogin,
+    SiteArgs,
+    SiteParts,
     StorageClasses,
     Taint,
-    docker_hub_login,
     exec_kubeconfig,
-    gpu_node_pool,
-    resource_tags,
-    system_node_pool,
 )
-from infra.secrets import Secrets
 
 # Resource providers the site's resources live in, for `az provider register` before the first deploy.
 RESOURCE_PROVIDERS = (
@@ -153,12 +154,6 @@ def _role(subscription: pulumi.Output[str], role_id: str) -> pulumi.Output[str]:
     return subscription.apply(
         lambda s: f"/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
     )
-
-
-@dataclass(frozen=True)
-class NetworkArgs:
-    site: Site
-    tags: dict[str, str]
 
 
 class Network(pulumi.ComponentResource):
@@ -271,12 +266,8 @@ def _agent_pool(site: Site, pool: NodePool, subnet_id: pulumi.Input[str], disk_g
 
 
 @dataclass(frozen=True)
-class ClusterArgs:
-    site: Site
-    net: Network
-    system_pool: NodePool
-    client: pulumi.Output[authorization.GetClientConfigResult]
-    tags: dict[str, str]
+class AksClusterArgs(ClusterArgs["Network"]):
+    system_pool: NodePool  # AKS needs its system pool inline in the cluster
 
 
 class Cluster(pulumi.ComponentResource):
@@ -284,10 +275,12 @@ class Cluster(pulumi.ComponentResource):
     and no local accounts, OIDC issuer and workload identity, Azure CNI overlay with
     Cilium network policy, and an API server that is private unless the config lists CIDRs."""
 
-    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: AksClusterArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Cluster", name, None, opts)
-        site, net, system_pool, client, tags = args.site, args.net, args.system_pool, args.client, args.tags
+        site, net, system_pool, tags = args.site, args.network, args.system_pool, args.tags
         child = pulumi.ResourceOptions(parent=self)
+        # Who runs the program, in which tenant and subscription.
+        self.client = client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
         self.cluster_name = f"aks-llm-{_stack_site(site)}"
         rg = net.resource_group.name
         subscription = client.subscription_id
@@ -377,15 +370,18 @@ class Cluster(pulumi.ComponentResource):
         )
         self.kubelet_object_id = self.cluster.identity_profile.apply(_kubelet_object_id)
         self.resource_group = rg
+        self.kubeconfig = self._kubeconfig()
+        # The Kubernetes API answers the deployer once its admin grant has propagated.
+        self.api_ready: tuple[pulumi.Resource, ...] = (self.cluster, self.deployer_admin, self.admin_propagated)
         self.register_outputs({"name": self.cluster.name, "fqdn": self.cluster.fqdn})
 
-    def kubeconfig(self, provider: azure_provider.Provider) -> pulumi.Output[str]:
+    def _kubeconfig(self) -> pulumi.Output[str]:
         """A kubeconfig that signs in through kubelogin (Entra ID); only the server and CA come
         from AKS, which publishes its CA in no other cluster property."""
         creds = containerservice.list_managed_cluster_user_credentials_output(
             resource_group_name=self.resource_group,
             resource_name=self.cluster.name,
-            opts=pulumi.InvokeOutputOptions(provider=provider),
+            opts=pulumi.InvokeOutputOptions(parent=self),
         )
         return pulumi.Output.secret(
             pulumi.Output.all(self.cluster.name, creds.kubeconfigs).apply(lambda a: _kubelogin_config(a[0], a[1]))
@@ -415,16 +411,10 @@ def _kubelogin_config(name: str, kubeconfigs) -> str:
     )
 
 
-@dataclass(frozen=True)
-class NodeGroupArgs(CommonNodeGroupArgs):
-    cluster: Cluster
-    network: Network
-
-
 class NodeGroup(pulumi.ComponentResource):
     """An AKS user agent pool for one GPU pool."""
 
-    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NodeGroupArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:NodeGroup", name, None, opts)
         site, cluster, net, pool, disk_gb, tags = (
             args.site,
@@ -445,19 +435,12 @@ class NodeGroup(pulumi.ComponentResource):
         self.register_outputs({"name": self.nodes.name})
 
 
-@dataclass(frozen=True)
-class RedisArgs:
-    site: Site
-    tags: dict[str, str]
-    network: Network
-
-
 class Redis(pulumi.ComponentResource):
     """Azure Managed Redis reachable only through a private endpoint in the VNet: TLS 1.2+ only,
     public network access off, one non-clustered-looking endpoint for the gateway's plain client,
     signed in with the database's access key."""
 
-    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RedisArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Redis", name, None, opts)
         site, net, tags = args.site, args.network, args.tags
         child = pulumi.ResourceOptions(parent=self)
@@ -570,15 +553,6 @@ def acr_refresh_token(login_server: str, tenant: str, aad_token: str) -> str:
         ) from None
 
 
-@dataclass(frozen=True)
-class RegistryArgs:
-    site: Site
-    cluster: Cluster
-    client: pulumi.Output[authorization.GetClientConfigResult]
-    docker_hub_login: tuple[str, pulumi.Output[str]]
-    tags: dict[str, str]
-
-
 class Registry(pulumi.ComponentResource):
     """An Azure Container Registry without an admin user: the program pushes what it builds with
     the deployer's own Entra identity (AcrPush), the kubelet identity pulls (AcrPull), and Docker
@@ -586,15 +560,11 @@ class Registry(pulumi.ComponentResource):
     themselves. The cache signs in to Docker Hub with credentials kept in a Key Vault, which the
     cache's credential set reads with its own identity."""
 
-    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RegistryArgs[Cluster], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:azure:Registry", name, None, opts)
-        site, cluster, client, docker_hub_login, tags = (
-            args.site,
-            args.cluster,
-            args.client,
-            args.docker_hub_login,
-            args.tags,
-        )
+        site, cluster, docker_hub, tags = args.site, args.cluster, args.docker_hub, args.tags
+        assert docker_hub is not None  # DOCKER_HUB_LOGIN_REQUIRED: the skeleton refuses a site without it
+        client = cluster.client
         child = pulumi.ResourceOptions(parent=self)
         rg = cluster.resource_group
         # Registry and vault names are global, letters and digits only (vaults: 24 at most).
@@ -627,9 +597,7 @@ class Registry(pulumi.ComponentResource):
             scope=self.registry.id,
             opts=child,
         )
-        self.docker_hub, secrets_grant = self._docker_hub_cache(
-            name, site, rg, stem, suffix, client, docker_hub_login, tags
-        )
+        cache_rule, secrets_grant = self._docker_hub_cache(name, site, rg, stem, suffix, client, docker_hub, tags)
         readers = [pull, secrets_grant]
         # Nodes pull, and the cache reads Key Vault, once their grants have reached ARM.
         pulls_allowed = pulumi_time.Sleep(
@@ -644,9 +612,7 @@ class Registry(pulumi.ComponentResource):
             triggers={"grant": push.id},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[push]),
         )
-        self.ready: tuple[pulumi.Resource, ...] = (self.registry, self.docker_hub, pulls_allowed)
-        self.prefix = self.registry.login_server
-        self.docker_hub_prefix = pulumi.Output.concat(self.registry.login_server, "/", DOCKER_HUB_CACHE_PREFIX)
+        docker_hub_prefix = pulumi.Output.concat(self.registry.login_server, "/", DOCKER_HUB_CACHE_PREFIX)
         # Asked for after the push grant has propagated, and exchanged only when deploying.
         token = authorization.get_client_token_output(
             opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[push_allowed])
@@ -654,12 +620,17 @@ class Registry(pulumi.ComponentResource):
         password = pulumi.Output.all(self.registry.login_server, client.tenant_id, token.token, push_allowed.id).apply(
             lambda a: "" if _offline() else acr_refresh_token(a[0], a[1], a[2])
         )
-        self.login = RegistryLogin(
-            address=self.registry.login_server,
-            username=pulumi.Output.from_input(ACR_REFRESH_TOKEN_USER),
-            password=pulumi.Output.secret(password),
+        self.images = ImageRegistry(
+            own=self.registry.login_server,
+            docker_hub=docker_hub_prefix,
+            login=RegistryLogin(
+                address=self.registry.login_server,
+                username=pulumi.Output.from_input(ACR_REFRESH_TOKEN_USER),
+                password=pulumi.Output.secret(password),
+            ),
+            ready=(self.registry, cache_rule, pulls_allowed),
         )
-        self.register_outputs({"prefix": self.prefix, "dockerHubPrefix": self.docker_hub_prefix})
+        self.register_outputs({"prefix": self.registry.login_server, "dockerHubPrefix": docker_hub_prefix})
 
     def _docker_hub_cache(
         self,
@@ -669,12 +640,12 @@ class Registry(pulumi.ComponentResource):
         stem: str,
         suffix: random.RandomString,
         client: pulumi.Output[authorization.GetClientConfigResult],
-        login: tuple[str, pulumi.Output[str]],
+        login: DockerHubLogin,
         tags: dict[str, str],
     ) -> tuple[containerregistry.CacheRule, authorization.RoleAssignment]:
         """The Docker Hub cache rule and its credential set's grant on the Key Vault."""
         child = pulumi.ResourceOptions(parent=self)
-        user, token = login
+        user, token = login.user, login.token
         vault = keyvault.Vault(
             f"{name}-kv",
             resource_group_name=rg,
@@ -739,66 +710,47 @@ class Registry(pulumi.ComponentResource):
         return rule, grant
 
 
-def _provider(name: str, site: Site, opts: pulumi.ResourceOptions) -> azure_provider.Provider:
+PROVIDER_KEY = "azure-native"
+# AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
+NEEDS_DEVICE_PLUGIN = True
+# Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
+# to load weights, so replicas of a model download them once.
+STORAGE = StorageClasses(rwo="managed-csi", rwx="azurefile-csi-premium")
+GPU_DRIVER_HOST_DIR = None  # the AKS GPU node image's container runtime injects the driver
+
+
+def provider(name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions) -> azure_provider.Provider:
+    # azure-native has no default tags: every resource here passes `tags` itself.
     subscription = site.azure.subscription_id if site.azure else None
     return azure_provider.Provider(name, location=site.region, subscription_id=subscription, opts=opts)
 
 
-def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
-    tags = resource_tags(cfg, site)
-    site_component = pulumi.ComponentResource("llm-platform:azure:Site", site.name, None, opts)
-    provider = _provider(f"{site.name}-azure", site, pulumi.ResourceOptions(parent=site_component))
-    child = pulumi.ResourceOptions(parent=site_component, providers={"azure-native": provider})
-    client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+def gpu_taints(pool: GpuPool) -> tuple[Taint, ...]:
+    return (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if pool.spot else ())
 
-    net = Network(f"{site.name}-net", NetworkArgs(site, tags), child)
-    system_pool = system_node_pool(site)
-    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, net, system_pool, client, tags), child)
-    gpu_pools = tuple(
-        gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, "true", "NoSchedule"),) + ((SPOT_TAINT,) if p.spot else ()))
-        for p in site.gpu_pools
-    )
-    groups = [
-        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, pool, spec.disk_gb, tags, cluster, net), child)
-        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
-    ]
-    kubeconfig = cluster.kubeconfig(provider)
-    k8s_provider = k8s.Provider(
-        f"{site.name}-k8s",
-        kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(
-            parent=site_component, depends_on=[cluster.cluster, cluster.deployer_admin, cluster.admin_propagated]
-        ),
-    )
-    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, net), child)
-    login = docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED)
-    assert login is not None  # required on Azure
-    registry = Registry(f"{site.name}-registry", RegistryArgs(site, cluster, client, login, tags), child)
-    site_component.register_outputs({"cluster": cluster.cluster.name})
 
-    return Platform(
-        site=site,
-        provider=k8s_provider,
-        cluster_name=cluster.cluster.name,
-        kubeconfig=kubeconfig,
-        system_pool=system_pool,
-        gpu_pools=gpu_pools,
-        redis=redis.endpoint,
-        # The load balancer's public IP carries the cost tags like everything else.
-        lb_annotations={"service.beta.kubernetes.io/azure-pip-tags": ",".join(f"{k}={v}" for k, v in tags.items())},
-        # Both classes ship with AKS; premium Azure Files gives a shared cache the throughput
-        # to load weights, so replicas of a model download them once.
-        storage=StorageClasses(rwo="managed-csi", rwx="azurefile-csi-premium"),
-        images=ImageRegistry(
-            own=registry.prefix,
-            docker_hub=registry.docker_hub_prefix,
-            login=registry.login,
-            ready=registry.ready,
-        ),
-        # AKS installs the GPU driver (gpu_profile) but not NVIDIA's device plugin.
-        needs_device_plugin=True,
-        ready=(*(g.nodes for g in groups),),
+def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
+    site, tags = args.site, args.tags
+    network = Network(f"{site.name}-net", NetworkArgs(site, tags), opts)
+    cluster = Cluster(f"{site.name}-cluster", AksClusterArgs(site, tags, network, args.system_pool), opts)
+    gpu_groups = tuple(
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, tags, cluster, network, pool, spec.disk_gb), opts)
+        for pool, spec in zip(args.gpu_pools, site.gpu_pools, strict=True)
     )
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, cluster, network), opts)
+    registry = Registry(f"{site.name}-registry", RegistryArgs(site, tags, cluster, args.docker_hub), opts)
+    return SiteParts(network, cluster, None, gpu_groups, redis, registry)
+
+
+def lb_annotations(tags: dict[str, str]) -> dict[str, str]:
+    # The load balancer's public IP carries the cost tags like everything else.
+    return {"service.beta.kubernetes.io/azure-pip-tags": ",".join(f"{k}={v}" for k, v in tags.items())}
+
+
+def build_addons(
+    args: SiteArgs, parts: SiteParts, kubernetes: k8s.Provider, opts: pulumi.ResourceOptions
+) -> tuple[pulumi.Resource, ...]:
+    return ()  # AKS builds in what EKS needs add-ons for: autoscaling, load balancers, the CSI drivers
 
 
 def _month_start() -> str:
@@ -812,8 +764,8 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
     site's resource group: AKS puts the VMs (most of the spend) in its own node resource
     group, which carries the cluster's tags but sits outside ours."""
     stack = pulumi.get_stack()
-    provider = _provider("budget-azure", site, opts)
-    client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+    budget_provider = provider("budget-azure", site, {}, opts)
+    client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=budget_provider))
     notifications = {
         f"{kind.lower()}-{pct:g}".replace(".", "-"): {
             "enabled": True,
@@ -840,6 +792,6 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
         notifications=notifications,
         # Azure keeps the start date; a later month's run must not try to move it.
         opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(provider=provider, ignore_changes=["timePeriod"])
+            opts, pulumi.ResourceOptions(provider=budget_provider, ignore_changes=["timePeriod"])
         ),
     )

@@ -13,23 +13,24 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.config import ConfigError, Site, StackConfig
+from infra.config import ConfigError, GpuPool, Site, StackConfig
 from infra.platform import (
     GPU_TAINT_KEY,
-    CommonNodeGroupArgs,
+    ClusterArgs,
     ImageRegistry,
-    Platform,
+    NetworkArgs,
+    NodeGroupArgs,
+    RedisArgs,
     RedisEndpoint,
+    RegistryArgs,
     RegistryLogin,
+    SiteArgs,
+    SiteParts,
     StorageClasses,
     Taint,
-    docker_hub_login,
     exec_kubeconfig,
-    gpu_node_pool,
     resource_tags,
-    system_node_pool,
 )
-from infra.secrets import Secrets
 
 # Artifact Registry's Docker Hub remote repository pulls anonymously unless given credentials
 # (cloud.google.com/artifact-registry/docs/docker/configure-remote-auth-docker-hub, read 2026-12-01).
@@ -77,7 +78,6 @@ REGISTRY_USER = "oauth2accesstoken"
 # GKE taints GPU nodes with nvidia.com/gpu=present:NoSchedule itself; declaring the same
 # taint keeps one taint per key and effect, and lets the scheduling checks see it.
 GPU_TAINT_VALUE = "present"
-_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 # The one role Google recommends for a node service account: logs, metrics, and nothing else.
 NODE_ROLES = ("roles/container.defaultNodeServiceAccount",)
 
@@ -112,12 +112,6 @@ def channel_version(minor: str, channel: str, offered: gcp.container.GetEngineVe
         f"GKE's {channel} channel has no {minor} version in this location ({hint}; the channel's "
         f"default is {default}); set a minor the channel offers (gcloud container get-server-config)",
     )
-
-
-@dataclass(frozen=True)
-class NetworkArgs:
-    site: Site
-    tags: dict[str, str]  # as GCP labels
 
 
 class Network(pulumi.ComponentResource):
@@ -192,12 +186,8 @@ class Network(pulumi.ComponentResource):
 
 
 @dataclass(frozen=True)
-class ClusterArgs:
-    site: Site
-    site_index: int
-    network: Network
-    project: pulumi.Output[gcp.organizations.GetProjectResult]
-    tags: dict[str, str]  # as GCP labels
+class GkeClusterArgs(ClusterArgs["Network"]):
+    site_index: int  # where in the config a refused Kubernetes version points
 
 
 class Cluster(pulumi.ComponentResource):
@@ -206,10 +196,11 @@ class Cluster(pulumi.ComponentResource):
     policy built in), secrets encrypted with our KMS key, and a node service account that
     may only write logs and metrics."""
 
-    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Cluster", name, None, opts)
-        site, site_index, network, project, labels = args.site, args.site_index, args.network, args.project, args.tags
+        site, site_index, network, labels = args.site, args.site_index, args.network, args.tags
         child = pulumi.ResourceOptions(parent=self)
+        project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(parent=self))
         self.cluster_name = _stack_site(site)
         ring = gcp.kms.KeyRing(f"{name}-keys", name=f"llm-{self.cluster_name}", location=site.region, opts=child)
         self.key = gcp.kms.CryptoKey(
@@ -319,9 +310,11 @@ class Cluster(pulumi.ComponentResource):
                 ignore_changes=list(DEFAULT_POOL_INPUTS),
             ),
         )
+        self.kubeconfig = self._kubeconfig()
+        self.api_ready: tuple[pulumi.Resource, ...] = ()
         self.register_outputs({"name": self.cluster.name, "endpoint": self.cluster.endpoint})
 
-    def kubeconfig(self) -> pulumi.Output[str]:
+    def _kubeconfig(self) -> pulumi.Output[str]:
         c = self.cluster
         return pulumi.Output.secret(
             pulumi.Output.all(c.name, c.endpoint, c.master_auth.cluster_ca_certificate).apply(
@@ -365,7 +358,7 @@ def _node_config(
         "metadata": {"disable-legacy-endpoints": "true"},
         "labels": k8s_labels,
         "resource_labels": labels,
-        "taints": [{"key": t.key, "value": t.value, "effect": _EFFECT[t.effect]} for t in taints],
+        "taints": [{"key": t.key, "value": t.value, "effect": t.api_effect} for t in taints],
     }
     if accelerator:
         config["guest_accelerators"] = [accelerator]
@@ -374,17 +367,12 @@ def _node_config(
     return config
 
 
-@dataclass(frozen=True)
-class NodeGroupArgs(CommonNodeGroupArgs):
-    cluster: Cluster
-
-
 class NodeGroup(pulumi.ComponentResource):
     """A GKE node pool autoscaled between the pool's total min and max over the region's
     zones, auto-repaired and auto-upgraded; GPU pools get their accelerators with the
     driver installed by GKE."""
 
-    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: NodeGroupArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:NodeGroup", name, None, opts)
         site, cluster, pool, disk_gb, labels = args.site, args.cluster, args.pool, args.disk_gb, args.tags
         accelerator = None
@@ -420,18 +408,11 @@ class NodeGroup(pulumi.ComponentResource):
         self.register_outputs({"name": self.nodes.name})
 
 
-@dataclass(frozen=True)
-class RedisArgs:
-    site: Site
-    tags: dict[str, str]  # as GCP labels
-    network: Network
-
-
 class Redis(pulumi.ComponentResource):
     """Memorystore for Redis on private service access: AUTH on, TLS with the instance's
     own CA, no public address, standard tier (a replica in another zone) when replicas are asked for."""
 
-    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RedisArgs[Cluster, Network], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Redis", name, None, opts)
         site, network, labels = args.site, args.network, args.tags
         self.instance = gcp.redis.Instance(
@@ -463,14 +444,6 @@ class Redis(pulumi.ComponentResource):
         self.register_outputs({"host": self.instance.host})
 
 
-@dataclass(frozen=True)
-class RegistryArgs:
-    site: Site
-    cluster: Cluster
-    docker_hub_login: tuple[str, pulumi.Output[str]] | None
-    tags: dict[str, str]  # as GCP labels
-
-
 class Registry(pulumi.ComponentResource):
     """Two Artifact Registry Docker repositories in the site's region: ours, where the program
     pushes what it builds (immutable tags, the newest 50 versions kept), and a remote
@@ -483,9 +456,9 @@ class Registry(pulumi.ComponentResource):
     where Artifact Registry's service agent reads it
     (https://cloud.google.com/artifact-registry/docs/docker/configure-remote-auth-docker-hub, read 2026-12-01)."""
 
-    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, args: RegistryArgs[Cluster], opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:gcp:Registry", name, None, opts)
-        site, cluster, docker_hub_login, labels = args.site, args.cluster, args.docker_hub_login, args.tags
+        site, cluster, docker_hub, labels = args.site, args.cluster, args.docker_hub, args.tags
         child = pulumi.ResourceOptions(parent=self)
         self.repository = gcp.artifactregistry.Repository(
             f"{name}-docker",
@@ -503,8 +476,8 @@ class Registry(pulumi.ComponentResource):
         )
         upstream: dict = {}
         upstream_ready: list[pulumi.Resource] = []
-        if docker_hub_login is not None:
-            user, token = docker_hub_login
+        if docker_hub is not None:
+            user, token = docker_hub.user, docker_hub.token
             secret = gcp.secretmanager.Secret(
                 f"{name}-docker-hub-token",
                 secret_id=f"llm-{_stack_site(site)}-docker-hub-token",
@@ -530,7 +503,7 @@ class Registry(pulumi.ComponentResource):
                 )
             )
             upstream = {"username_password_credentials": {"username": user, "password_secret_version": version.name}}
-        self.docker_hub = gcp.artifactregistry.Repository(
+        self.docker_hub_repository = gcp.artifactregistry.Repository(
             f"{name}-docker-hub",
             repository_id=f"llm-platform-{_stack_site(site)}-docker-hub",
             location=site.region,
@@ -545,9 +518,9 @@ class Registry(pulumi.ComponentResource):
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=upstream_ready),
         )
-        self.ready: tuple[pulumi.Resource, ...] = (
+        ready: tuple[pulumi.Resource, ...] = (
             self.repository,
-            self.docker_hub,
+            self.docker_hub_repository,
             *(
                 gcp.artifactregistry.RepositoryIamMember(
                     f"{name}-{suffix}",
@@ -557,26 +530,48 @@ class Registry(pulumi.ComponentResource):
                     member=cluster.node_account.member,
                     opts=child,
                 )
-                for suffix, repo in (("node-pull", self.repository), ("node-pull-docker-hub", self.docker_hub))
+                for suffix, repo in (
+                    ("node-pull", self.repository),
+                    ("node-pull-docker-hub", self.docker_hub_repository),
+                )
             ),
         )
-        self.host = f"{site.region}-docker.pkg.dev"
-        self.prefix = pulumi.Output.format(
-            "{0}/{1}/{2}", self.host, self.repository.project, self.repository.repository_id
+        host = f"{site.region}-docker.pkg.dev"
+        own = pulumi.Output.format("{0}/{1}/{2}", host, self.repository.project, self.repository.repository_id)
+        docker_hub_prefix = pulumi.Output.format(
+            "{0}/{1}/{2}", host, self.docker_hub_repository.project, self.docker_hub_repository.repository_id
         )
-        self.docker_hub_prefix = pulumi.Output.format(
-            "{0}/{1}/{2}", self.host, self.docker_hub.project, self.docker_hub.repository_id
+        client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        self.images = ImageRegistry(
+            own=own,
+            docker_hub=docker_hub_prefix,
+            # A short-lived token of whoever runs `pulumi up`, who needs
+            # roles/artifactregistry.writer on the project (or the repository).
+            login=RegistryLogin(
+                address=pulumi.Output.from_input(host),
+                username=pulumi.Output.from_input(REGISTRY_USER),
+                password=pulumi.Output.secret(client.access_token),
+            ),
+            ready=ready,
         )
-        self.register_outputs({"prefix": self.prefix, "dockerHubPrefix": self.docker_hub_prefix})
+        self.register_outputs({"prefix": own, "dockerHubPrefix": docker_hub_prefix})
 
 
-def _provider(name: str, site: Site, labels: dict[str, str], opts: pulumi.ResourceOptions) -> gcp.Provider:
+PROVIDER_KEY = "gcp"
+# GKE installs the driver (gpu_driver_installation_config) and runs its own device plugin.
+NEEDS_DEVICE_PLUGIN = False
+# GKE ships both classes; pd-balanced (standard-rwo) works on every GPU machine series.
+STORAGE = StorageClasses(rwo="standard-rwo", rwx=None)
+GPU_DRIVER_HOST_DIR = GKE_DRIVER_DIR
+
+
+def provider(name: str, site: Site, tags: dict[str, str], opts: pulumi.ResourceOptions) -> gcp.Provider:
     assert site.gcp is not None  # config validation requires the block on gcp sites
     return gcp.Provider(
         name,
         project=site.gcp.project,
         region=site.region,
-        default_labels=labels,
+        default_labels=tags,
         # Budgets and other billing calls need a quota project when run with user credentials.
         billing_project=site.gcp.project,
         user_project_override=True,
@@ -584,71 +579,36 @@ def _provider(name: str, site: Site, labels: dict[str, str], opts: pulumi.Resour
     )
 
 
-def build(cfg: StackConfig, site: Site, secrets: Secrets, opts: pulumi.ResourceOptions) -> Platform:
-    labels = resource_tags(cfg, site)
-    site_component = pulumi.ComponentResource("llm-platform:gcp:Site", site.name, None, opts)
-    provider = _provider(f"{site.name}-gcp", site, labels, pulumi.ResourceOptions(parent=site_component))
-    child = pulumi.ResourceOptions(parent=site_component, providers={"gcp": provider})
-    project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+def gpu_taints(pool: GpuPool) -> tuple[Taint, ...]:
+    return (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)
 
-    network = Network(f"{site.name}-net", NetworkArgs(site, labels), child)
-    cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, cfg.sites.index(site), network, project, labels), child)
-    system_pool = system_node_pool(site)
-    system = NodeGroup(
-        f"{site.name}-system", NodeGroupArgs(site, system_pool, site.system_pool.disk_gb, labels, cluster), child
-    )
-    gpu_pools = tuple(
-        gpu_node_pool(site, p, (Taint(GPU_TAINT_KEY, GPU_TAINT_VALUE, "NoSchedule"),)) for p in site.gpu_pools
-    )
-    groups = [
-        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, pool, spec.disk_gb, labels, cluster), child)
-        for pool, spec in zip(gpu_pools, site.gpu_pools, strict=True)
-    ]
-    kubeconfig = cluster.kubeconfig()
-    k8s_provider = k8s.Provider(
-        f"{site.name}-k8s",
-        kubeconfig=kubeconfig,
-        opts=pulumi.ResourceOptions(parent=site_component, depends_on=[system.nodes]),
-    )
-    redis = Redis(f"{site.name}-redis", RedisArgs(site, labels, network), child)
-    registry = Registry(
-        f"{site.name}-registry",
-        RegistryArgs(site, cluster, docker_hub_login(cfg, secrets, site, DOCKER_HUB_LOGIN_REQUIRED), labels),
-        child,
-    )
-    client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
-    site_component.register_outputs({"cluster": cluster.cluster.name})
 
-    return Platform(
-        site=site,
-        provider=k8s_provider,
-        cluster_name=cluster.cluster.name,
-        kubeconfig=kubeconfig,
-        system_pool=system_pool,
-        gpu_pools=gpu_pools,
-        redis=redis.endpoint,
-        # A backend-service-based external passthrough load balancer (GKE's current default
-        # for new Services), which keeps client source addresses with externalTrafficPolicy Local.
-        lb_annotations={"cloud.google.com/l4-rbs": "enabled"},
-        # GKE ships both classes; pd-balanced (standard-rwo) works on every GPU machine series.
-        storage=StorageClasses(rwo="standard-rwo", rwx=None),
-        images=ImageRegistry(
-            own=registry.prefix,
-            docker_hub=registry.docker_hub_prefix,
-            # A short-lived token of whoever runs `pulumi up`, who needs
-            # roles/artifactregistry.writer on the project (or the repository).
-            login=RegistryLogin(
-                address=pulumi.Output.from_input(registry.host),
-                username=pulumi.Output.from_input(REGISTRY_USER),
-                password=pulumi.Output.secret(client.access_token),
-            ),
-            ready=registry.ready,
-        ),
-        # GKE installs the driver (gpu_driver_installation_config) and runs its own device plugin.
-        needs_device_plugin=False,
-        ready=(*(g.nodes for g in groups),),
-        gpu_driver_host_dir=GKE_DRIVER_DIR,
+def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
+    site, labels = args.site, args.tags
+    network = Network(f"{site.name}-net", NetworkArgs(site, labels), opts)
+    cluster = Cluster(f"{site.name}-cluster", GkeClusterArgs(site, labels, network, args.cfg.sites.index(site)), opts)
+    system, *gpu_groups = (
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, labels, cluster, network, pool, disk_gb), opts)
+        for pool, disk_gb in (
+            (args.system_pool, site.system_pool.disk_gb),
+            *zip(args.gpu_pools, (p.disk_gb for p in site.gpu_pools), strict=True),
+        )
     )
+    redis = Redis(f"{site.name}-redis", RedisArgs(site, labels, cluster, network), opts)
+    registry = Registry(f"{site.name}-registry", RegistryArgs(site, labels, cluster, args.docker_hub), opts)
+    return SiteParts(network, cluster, system, tuple(gpu_groups), redis, registry)
+
+
+def lb_annotations(tags: dict[str, str]) -> dict[str, str]:
+    # A backend-service-based external passthrough load balancer (GKE's current default
+    # for new Services), which keeps client source addresses with externalTrafficPolicy Local.
+    return {"cloud.google.com/l4-rbs": "enabled"}
+
+
+def build_addons(
+    args: SiteArgs, parts: SiteParts, kubernetes: k8s.Provider, opts: pulumi.ResourceOptions
+) -> tuple[pulumi.Resource, ...]:
+    return ()  # GKE builds in what EKS needs add-ons for: autoscaling, load balancers, the CSI driver
 
 
 def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.ResourceOptions) -> gcp.billing.Budget:
@@ -657,9 +617,9 @@ def build_budget(cfg: StackConfig, amount: float, site: Site, opts: pulumi.Resou
     assert site.gcp is not None
     stack = pulumi.get_stack()
     labels = resource_tags(cfg, None)
-    provider = _provider("budget-gcp", site, labels, opts)
-    child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider))
-    project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+    budget_provider = provider("budget-gcp", site, labels, opts)
+    child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=budget_provider))
+    project = gcp.organizations.get_project_output(opts=pulumi.InvokeOutputOptions(provider=budget_provider))
     # Budgets mail billing admins by default; the config's addresses need channels of their own.
     channels = [
         gcp.monitoring.NotificationChannel(

@@ -17,6 +17,7 @@ import pytest
 
 from infra.catalog import catalog
 from infra.config import ConfigError
+from infra.plan import kinds
 from infra.plan.graph import SECRET, Graph, Resource
 from infra.plan.mocks import mock_ecr_password
 from infra.plan.run import record, to_engine_config
@@ -80,7 +81,6 @@ LBC_DESTRUCTIVE = {
 }
 # EKS access policy for cluster admin (docs.aws.amazon.com/eks/latest/userguide/access-policy-permissions.html).
 EKS_CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
-_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
 def _aws_sites(graph: Graph) -> list[str]:
@@ -324,12 +324,8 @@ def test_node_groups_describe_their_nodes_to_the_autoscaler(aws_graphs, stack):
         if len(asgs) != 1:
             problems.append(f"{group.name}: node-template tags on {len(asgs)} Auto Scaling groups")
         want = {f"{CA_TEMPLATE}label/{k}": v for k, v in labels.items()}
-        want.update(
-            {
-                f"{CA_TEMPLATE}taint/{t['key']}": f"{t.get('value', '')}:{_EFFECTS[t['effect']]}"
-                for t in inputs.get("taints") or []
-            }
-        )
+        (pool,) = kinds.pools([group])
+        want.update({f"{CA_TEMPLATE}taint/{key}": f"{value}:{effect}" for key, value, effect in pool.taints})
         if gpu:
             want[f"{CA_TEMPLATE}resources/{GPU_RESOURCE}"] = str(
                 catalog("aws").instances[inputs["instanceTypes"][0]].gpus
@@ -415,10 +411,10 @@ def test_load_balancer_annotations_have_their_controller(aws_graphs, stack):
             if a.inputs["role"] == role and a.inputs["policyArn"] in policies
         ]
         statements = [st for doc in attached for st in doc["Statement"] if st["Effect"] == "Allow"]
-        allowed = {a for st in statements for a in st["Action"]}
+        allowed = {a for st in statements for a in _listed(st["Action"])}
         assert LBC_NLB_ACTIONS <= allowed, f"{site}: the controller may not {sorted(LBC_NLB_ACTIONS - allowed)}"
         for st in statements:
-            for action in LBC_DESTRUCTIVE & set(st["Action"]):
+            for action in LBC_DESTRUCTIVE & set(_listed(st["Action"])):
                 assert cluster.inputs["name"] in json.dumps(st.get("Condition", {})), (
                     f"{site}: {action} is not limited to resources tagged for cluster {cluster.inputs['name']}"
                 )

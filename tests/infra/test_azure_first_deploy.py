@@ -20,7 +20,7 @@ from infra.plan import policy_run
 from infra.plan.graph import SECRET, Graph, Resource, duration_seconds
 from infra.plan.mocks import mock_public_ip
 from infra.plan.run import read_stack_file, record
-from infra.platform import azure
+from infra.platform import azure, build_platform
 from infra.secrets import from_pulumi as read_secrets
 from policy.rules import POLICIES
 from tests.infra.invariants import closure, image_build, vllm_upstream
@@ -356,7 +356,7 @@ def _platform_outputs(raw_overrides=None) -> dict:
     def program():
         cfg = stack_config.from_pulumi()
         site = next(s for s in cfg.sites if s.cloud == "azure")
-        platform = azure.build(cfg, site, read_secrets(), pulumi.ResourceOptions())
+        platform = build_platform(cfg, site, read_secrets())
         login = platform.images.login
         pulumi.export("address", login.address)
         pulumi.export("username", login.username)
