@@ -1,7 +1,4 @@
-"""Admission: who is calling (the API key) and whether their limits let the request in.
-
-Both raise OpenAIError, so the completions endpoint and FastAPI's /v1/models answer alike.
-"""
+"""Admission: whether the caller's limits let the request in (who is calling: auth.py)."""
 
 from __future__ import annotations
 
@@ -9,33 +6,6 @@ from .context import GatewayContext
 from .errors import OpenAIError
 from .keyfile import ApiKey
 from .ratelimit import retry_after_header
-
-
-async def authenticate(ctx: GatewayContext, authorization: list[str]) -> ApiKey:
-    """The key for the request's Authorization header values (as ASGI gives them, latin-1);
-    401 in OpenAI's shape when it is missing or wrong, 400 when there is more than one."""
-    if len(authorization) > 1:
-        # Which one counts would depend on who reads them; HTTP allows one (RFC 9110, 11.6.2).
-        ctx.metrics.auth_failures.labels("ambiguous").inc()
-        raise OpenAIError(400, "Send one Authorization header, not several.", code="invalid_api_key")
-    scheme, _, token = (authorization[0] if authorization else "").partition(" ")
-    try:
-        # Header bytes arrive as latin-1; a key is text sent as UTF-8, so a non-ASCII key matches too.
-        token = token.strip().encode("latin-1").decode("utf-8")
-    except UnicodeDecodeError:
-        token = ""
-    if scheme.lower() != "bearer" or not token:
-        ctx.metrics.auth_failures.labels("missing").inc()
-        raise OpenAIError(
-            401,
-            "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
-            code="invalid_api_key",
-        )
-    key = await ctx.keys.lookup(token)
-    if key is None:
-        ctx.metrics.auth_failures.labels("invalid").inc()
-        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return key
 
 
 async def enforce_limits(ctx: GatewayContext, key: ApiKey) -> None:

@@ -1,4 +1,9 @@
-"""API key lookup: digests from a mounted Secret file (see keyfile.py) and/or a Redis hash."""
+"""Who is calling: the API key of a request's Authorization header, looked up by digest in a
+mounted Secret file (see keyfile.py) and/or a Redis hash.
+
+`authenticate` is the one check, for the completion routes (raw ASGI, completions.py) and the
+FastAPI routes (`Depends(caller)`, main.py) alike; it raises OpenAIError, so both answer alike.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,18 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .errors import OpenAIError
 from .keyfile import ApiKey, KeyFileError, digest_of, load_key_file, parse_entry
+
+if TYPE_CHECKING:  # the context holds a KeyStore
+    from .context import GatewayContext
 
 log = logging.getLogger("gateway")
 
@@ -85,3 +96,31 @@ class KeyStore:
         while len(self._cache) > self._CACHE_MAX:
             self._cache.popitem(last=False)
         return entry
+
+
+async def authenticate(ctx: GatewayContext, headers: Iterable[tuple[bytes, bytes]]) -> ApiKey:
+    """The key for a request's headers (ASGI's, lower-case names); 401 in OpenAI's shape when
+    the Authorization header is missing or wrong, 400 when there is more than one."""
+    authorization = [value.decode("latin-1") for name, value in headers if name == b"authorization"]
+    if len(authorization) > 1:
+        # Which one counts would depend on who reads them; HTTP allows one (RFC 9110, 11.6.2).
+        ctx.metrics.auth_failures.labels("ambiguous").inc()
+        raise OpenAIError(400, "Send one Authorization header, not several.", code="invalid_api_key")
+    scheme, _, token = (authorization[0] if authorization else "").partition(" ")
+    try:
+        # Header bytes arrive as latin-1; a key is text sent as UTF-8, so a non-ASCII key matches too.
+        token = token.strip().encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        token = ""
+    if scheme.lower() != "bearer" or not token:
+        ctx.metrics.auth_failures.labels("missing").inc()
+        raise OpenAIError(
+            401,
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
+            code="invalid_api_key",
+        )
+    key = await ctx.keys.lookup(token)
+    if key is None:
+        ctx.metrics.auth_failures.labels("invalid").inc()
+        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return key

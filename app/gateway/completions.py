@@ -27,7 +27,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from .admission import authenticate, enforce_limits
+from .admission import enforce_limits
+from .auth import authenticate
 from .context import GatewayContext
 from .errors import OpenAIError, log_refusal, validation_message
 from .proxy import ProxyPlan, ProxyResponse
@@ -49,19 +50,16 @@ class CompletionsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        authorization: list[str] = []
         given_id = length = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization.append(value.decode("latin-1"))
-            elif name == b"content-length":
+            if name == b"content-length":
                 length = value
             elif name == b"x-request-id":
                 given_id = value.decode("latin-1")
         rid = pick(given_id)
         response: ProxyResponse | None = None
         try:
-            plan, limits = await self._admit(scope["path"], receive, authorization, length, rid, started)
+            plan, limits = await self._admit(scope, receive, length, rid, started)
             response = ProxyResponse(self.ctx, plan, limits)
             await response(scope, receive, send)
         except _ClientGone:
@@ -75,13 +73,13 @@ class CompletionsEndpoint:
                 await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)
 
     async def _admit(
-        self, path: str, receive: Receive, authorization: list[str], length: bytes | None, rid: str, started: float
+        self, scope: Scope, receive: Receive, length: bytes | None, rid: str, started: float
     ) -> tuple[ProxyPlan, asyncio.Future[None]]:
-        ctx = self.ctx
+        ctx, path = self.ctx, scope["path"]
         limit = ctx.settings.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise _too_large(limit)
-        key = await authenticate(ctx, authorization)
+        key = await authenticate(ctx, scope["headers"])
         try:
             raw = await _read_body(receive, limit)
             body, forwarded = _parse(ROUTES[path], raw)

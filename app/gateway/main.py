@@ -22,8 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .accounting import DecodeRates
-from .admission import authenticate
-from .auth import KeyStore
+from .auth import KeyStore, authenticate
 from .completions import ROUTES, CompletionsEndpoint
 from .context import GatewayContext
 from .errors import JSON, install
@@ -175,7 +174,8 @@ def get_context(request: Request) -> GatewayContext:
 
 
 async def caller(request: Request) -> ApiKey:
-    return await authenticate(get_context(request), request.headers.getlist("authorization"))
+    """The FastAPI routes' API key check, the same as the completion routes' (auth.py)."""
+    return await authenticate(get_context(request), request.headers.raw)
 
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:

@@ -63,3 +63,28 @@ def test_logs_are_json_with_request_ids_and_no_prompts_or_keys(gateway, keys):
     assert all(line.startswith("{") for line in log.splitlines() if line.strip())
     for secret in [secret_prompt, "sk-leaky-wrong-key", *keys.by_id.values()]:
         assert secret not in log
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "message"),
+    [
+        ([], 401, "You didn't provide an API key."),
+        ([("authorization", "Basic dXNlcjpwYXNz")], 401, "You didn't provide an API key."),
+        ([("authorization", "Bearer sk-not-a-real-key")], 401, "Incorrect API key provided."),
+        ([("authorization", b"Bearer \xff\xfe")], 401, "You didn't provide an API key."),  # not UTF-8
+        ([("authorization", "Bearer a"), ("authorization", "Bearer b")], 400, "Send one Authorization header"),
+    ],
+)
+def test_the_completion_and_fastapi_routes_refuse_a_key_alike(gateway, headers, status, message):
+    chat = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=headers,
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}]},
+    )
+    models = httpx.get(gateway.url + "/v1/models", headers=headers)
+    for r in (chat, models):
+        assert r.status_code == status
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert r.json()["error"]["message"].startswith(message)
+        assert r.headers["x-request-id"]
+    assert chat.json() == models.json()
