@@ -12,7 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
-from infra.labels import COMPONENT, GATEWAY_SELECTOR, PART_OF
+from infra.labels import COMPONENT, GATEWAY_SELECTOR
 from infra.platform import Platform
 from infra.secrets import Secrets
 from infra.workloads.autoscaling import Autoscaling
@@ -29,6 +29,7 @@ from infra.workloads.images import gateway_image, vllm_image
 from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.monitoring import Monitoring
+from infra.workloads.namespaces import namespace
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 NAMESPACE = "llm"
@@ -49,17 +50,7 @@ class Workloads(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: StackConfig, platform: Platform, secrets: Secrets, opts: pulumi.ResourceOptions):
         super().__init__("llm-platform:workloads:Site", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=platform.provider)
-        ns = k8s.core.v1.Namespace(
-            f"{name}-ns",
-            metadata={
-                "name": NAMESPACE,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                    PART_OF: "llm-platform",
-                },
-            },
-            opts=k8s_opts,
-        )
+        ns = namespace(f"{name}-ns", NAMESPACE, "baseline", k8s_opts)
         in_ns = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns])
         plumbing = GpuPlumbing(f"{name}-gpu", platform, k8s_opts)
 

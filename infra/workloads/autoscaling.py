@@ -14,8 +14,9 @@ import pulumi_kubernetes as k8s
 from infra.charts import KEDA
 from infra.config import Gateway as GatewayConfig
 from infra.config import ModelSpec
-from infra.labels import PART_OF, vllm_name
+from infra.labels import vllm_name
 from infra.platform import Platform
+from infra.workloads.namespaces import namespace
 
 NAMESPACE = "keda"
 # Requests waiting in vLLM per replica before KEDA adds one.
@@ -59,16 +60,8 @@ class Autoscaling(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ):
         super().__init__("llm-platform:workloads:Autoscaling", name, None, opts)
-        ns = k8s.core.v1.Namespace(
-            f"{name}-ns",
-            metadata={
-                "name": NAMESPACE,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                    PART_OF: "llm-platform",
-                },
-            },
-            opts=pulumi.ResourceOptions(parent=self, provider=platform.provider),
+        ns = namespace(
+            f"{name}-ns", NAMESPACE, "baseline", pulumi.ResourceOptions(parent=self, provider=platform.provider)
         )
         system = dict(platform.system_pool.labels)
         self.release = KEDA.release(

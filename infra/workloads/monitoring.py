@@ -17,8 +17,9 @@ from infra.catalog import cpu_node_hourly
 from infra.charts import DCGM_EXPORTER, KUBE_PROMETHEUS_STACK
 from infra.config import Monitoring as MonitoringConfig
 from infra.config import StackConfig
-from infra.labels import COMPONENT, GATEWAY_SELECTOR, PART_OF, POOL_LABEL, SITE_LABEL
+from infra.labels import COMPONENT, GATEWAY_SELECTOR, POOL_LABEL, SITE_LABEL
 from infra.platform import Platform
+from infra.workloads.namespaces import namespace
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "monitoring" / "rules"
@@ -193,18 +194,8 @@ class Monitoring(pulumi.ComponentResource):
         super().__init__("llm-platform:workloads:Monitoring", name, None, opts)
         mon = cfg.monitoring
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=platform.provider)
-        ns = k8s.core.v1.Namespace(
-            f"{name}-ns",
-            metadata={
-                "name": NAMESPACE,
-                # node-exporter and the DCGM exporter read host paths and the host network.
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "privileged",
-                    PART_OF: "llm-platform",
-                },
-            },
-            opts=k8s_opts,
-        )
+        # node-exporter and the DCGM exporter read host paths and the host network.
+        ns = namespace(f"{name}-ns", NAMESPACE, "privileged", k8s_opts)
         in_ns = pulumi.ResourceOptions(parent=self, provider=platform.provider, depends_on=[ns])
         password = random.RandomPassword(
             f"{name}-grafana-admin", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
