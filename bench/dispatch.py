@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.gateway.completions import ROUTES  # noqa: E402
-from app.gateway.main import create_app  # noqa: E402
-from app.gateway.settings import GatewaySettings  # noqa: E402
+from app.gateway.completions import ROUTES
+from app.gateway.main import create_app
+from app.gateway.settings import GatewaySettings
 
 BODY = b'{"model":"m","prompt":"hi","max_tokens":1}'
 
@@ -79,7 +79,7 @@ async def run(app, n: int, bypass: bool) -> float:
 async def main(requests: int, rounds: int) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".keys") as keys:
         app = create_app(GatewaySettings(upstreams=("http://127.0.0.1:1",), api_keys_file=Path(keys.name)))
-        app.completions = stub  # type: ignore[assignment]
+        app.completions = stub
         await run(app, 500, False)  # builds the middleware stack, warms caches
         results: dict[str, list[float]] = {"starlette route (kept)": [], "bypass before routing": []}
         for _ in range(rounds):

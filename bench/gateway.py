@@ -38,7 +38,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devstack import Proc, free_port, make_key, start_gateway, start_redis, start_simulator  # noqa: E402
+from app.devstack import Proc, free_port, make_key, start_gateway, start_redis, start_simulator
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -96,7 +96,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: di
                 if first is None and chunk:
                     first = time.perf_counter()
             end = time.perf_counter()
-    except Exception as exc:  # counted, and the first few shown: a bench must say why it failed
+    except Exception as exc:  # noqa: BLE001 - counted, and the first few shown: a bench must say why it failed
         if out is not None:
             out.errors += 1
             if out.errors <= 3:

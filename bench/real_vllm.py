@@ -23,7 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devstack import TINY_MODEL_NAME, make_key, start_gateway, start_redis, start_vllm  # noqa: E402
+from app.devstack import TINY_MODEL_NAME, make_key, start_gateway, start_redis, start_vllm
 
 
 def pct(values: list[float], q: float) -> float:

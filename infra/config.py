@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -515,8 +516,6 @@ def parse(raw: Mapping[str, Any]) -> StackConfig:
 def from_pulumi() -> StackConfig:
     """Read the project's keys from the running Pulumi program's config."""
     # The engine hands config over either as the runtime's config map or as PULUMI_CONFIG.
-    from pulumi.runtime.config import CONFIG, get_config_env  # noqa: PLC0415
-
     raw: dict[str, Any] = {}
     for full_key, value in {**get_config_env(), **CONFIG.get()}.items():
         namespace, _, key = full_key.partition(":")

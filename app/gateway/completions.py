@@ -67,7 +67,7 @@ class CompletionsEndpoint:
         except OpenAIError as err:
             log_refusal(err, rid, scope["path"], scope.get("client"))
             await err.send(send, rid)
-        except Exception as exc:  # never a traceback to the client: OpenAI's 500 with the request id
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client: OpenAI's 500 with the request id
             log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
             if response is None or not response.started:
                 await OpenAIError(500, f"Internal error; request id {rid}.", "server_error").send(send, rid)

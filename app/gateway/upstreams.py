@@ -201,7 +201,7 @@ class UpstreamPool:
             await asyncio.sleep(interval)
             try:
                 await work()
-            except Exception as exc:  # a background loop must outlive any one bad round
+            except Exception as exc:  # noqa: BLE001 - a background loop must outlive any one bad round
                 log.error("background refresh failed", extra={"error": type(exc).__name__})
 
     async def start(self) -> None:

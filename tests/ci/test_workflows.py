@@ -4,6 +4,7 @@ shellcheck the way actionlint would run it; and each lint is shown to catch a br
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.stacks import SHIPPED
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.y*ml"))
@@ -144,25 +147,120 @@ def test_least_privilege_and_pinned_actions(ci):
     assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text  # OIDC only
 
 
-def test_prod_waits_for_dev_and_approval(ci):
-    prod = ci["jobs"]["deploy-prod"]
-    assert "deploy-dev" in prod["needs"] and prod["environment"] == "production"
-    assert ci["jobs"]["deploy-dev"]["if"].startswith("github.event_name == 'push' && github.ref == 'refs/heads/main'")
-    for job in ("deploy-dev", "deploy-prod"):
-        up = next(s for s in steps(ci, job) if s.get("uses", "").startswith("pulumi/actions@"))
-        assert up["with"]["command"] == "up" and up["with"]["policyPacks"] == "policy"
+def _needs(job: dict) -> list[str]:
+    needs = job.get("needs") or []
+    return [needs] if isinstance(needs, str) else list(needs)
 
 
-def test_previews_run_the_policy_pack_per_stack(ci):
-    preview = ci["jobs"]["preview"]
-    assert preview["strategy"]["matrix"]["stack"] == ["dev", "prod"]
-    step = next(s for s in preview["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
-    assert step["with"]["command"] == "preview"
-    assert step["with"]["policyPackConfigs"] == "policy/config.${{ matrix.stack }}.json"
-    assert "secrets." not in preview["if"]  # secrets are not available in a job's if
+def _pulumi_steps(job: dict, command: str) -> list[dict]:
+    return [
+        s
+        for s in job.get("steps") or []
+        if s.get("uses", "").startswith("pulumi/actions@") and (s.get("with") or {}).get("command") == command
+    ]
 
 
-def test_offline_policy_and_cost_go_to_the_job_summary(ci):
-    script = "\n".join(s.get("run", "") for s in steps(ci, "offline"))
-    assert 'make -s policy STACK="$STACK"' in script and 'python -m infra cost "$STACK"' in script
-    assert '>> "$GITHUB_STEP_SUMMARY"' in script
+def deploy_problems(workflow: dict) -> list[str]:
+    """What lets a `pulumi up` run that the project's rules forbid: without the policy pack,
+    before the tests pass, or into production without an approving environment and a dev
+    deploy before it."""
+    jobs = workflow["jobs"]
+
+    def upstream(job_id: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        direct = set(_needs(jobs[job_id]))
+        return direct.union(*(upstream(j, seen | {job_id}) for j in direct if j not in seen))
+
+    out = []
+    for job_id, job in jobs.items():
+        for step in _pulumi_steps(job, "up") + _pulumi_steps(job, "preview"):
+            pack = step["with"].get("policyPacks")
+            if not pack or not (REPO / pack / "PulumiPolicy.yaml").is_file():
+                out.append(f"{job_id}: {step['with']['command']} without the policy pack (policyPacks: {pack!r})")
+        if not _pulumi_steps(job, "up"):
+            continue
+        if "tests" not in upstream(job_id):
+            out.append(f"{job_id}: pulumi up does not wait for the tests")
+        stack = (_pulumi_steps(job, "up")[0]["with"] or {}).get("stack-name")
+        if stack == "prod":
+            if job.get("environment") != "production":
+                out.append(f"{job_id}: prod deploys without the production environment's approval")
+            deploys_dev = [
+                j
+                for j in upstream(job_id)
+                if any((s["with"] or {}).get("stack-name") == "dev" for s in _pulumi_steps(jobs[j], "up"))
+            ]
+            if not deploys_dev:
+                out.append(f"{job_id}: prod deploys without a dev deploy before it")
+    return out
+
+
+def test_every_deploy_is_gated(ci):
+    assert deploy_problems(ci) == []
+
+
+def test_an_ungated_deploy_is_named(ci):
+    """Negative control: prod's deploy freed from dev, its approval and the policy pack."""
+    broken = copy.deepcopy(ci)
+    prod = broken["jobs"]["deploy-prod"]
+    prod["needs"] = [n for n in _needs(prod) if n != "deploy-dev"]
+    prod.pop("environment")
+    del _pulumi_steps(prod, "up")[0]["with"]["policyPacks"]
+    problems = deploy_problems(broken)
+    assert "deploy-prod: up without the policy pack (policyPacks: None)" in problems
+    assert "deploy-prod: prod deploys without the production environment's approval" in problems
+    assert "deploy-prod: prod deploys without a dev deploy before it" in problems
+
+
+def matrix_problems(workflow: dict, stacks: list[str]) -> list[str]:
+    """Every shipped stack gets its offline policy and cost and its preview, each with the
+    pack config of its own that exists."""
+    out = []
+    for job_id in ("offline", "preview"):
+        matrix = workflow["jobs"][job_id]["strategy"]["matrix"]["stack"]
+        if sorted(matrix) != sorted(stacks):
+            out.append(f"{job_id} runs for {sorted(matrix)}, the shipped stacks are {sorted(stacks)}")
+    for step in _pulumi_steps(workflow["jobs"]["preview"], "preview"):
+        template = step["with"].get("policyPackConfigs", "")
+        for stack in stacks:
+            path = template.replace("${{ matrix.stack }}", stack)
+            if not (REPO / path).is_file():
+                out.append(f"preview of {stack} reads the pack config {path!r}, which does not exist")
+    return out
+
+
+def test_every_shipped_stack_is_checked_on_pull_requests(ci):
+    assert matrix_problems(ci, SHIPPED) == []
+
+
+def test_a_stack_left_out_of_the_checks_is_named(ci):
+    problems = matrix_problems(ci, [*SHIPPED, "staging"])
+    assert any(p.startswith("offline runs for") for p in problems)
+    assert "preview of staging reads the pack config 'policy/config.staging.json', which does not exist" in problems
+
+
+MAKE_TARGET = re.compile(r"(?:^|[;&|(]\s*|\s)make\s+(?:-\S+\s+)*([a-z][\w-]*)", re.M)
+
+
+def missing_make_targets(workflow: dict, makefile: str) -> list[str]:
+    """`make <target>` in a run block for a target the Makefile does not define."""
+    defined = set(re.findall(r"^([a-z][\w-]*)\s*:", makefile, re.M))
+    out = []
+    for job_id, job in workflow["jobs"].items():
+        for step in job.get("steps") or []:
+            for target in MAKE_TARGET.findall(step.get("run", "")):
+                if target not in defined:
+                    out.append(f"{job_id}: make {target} is not a Makefile target")
+    return out
+
+
+def test_every_make_target_the_workflow_runs_exists(ci):
+    assert missing_make_targets(ci, (REPO / "Makefile").read_text()) == []
+
+
+def test_a_missing_make_target_is_named(ci):
+    broken = copy.deepcopy(ci)
+    broken["jobs"]["tests"]["steps"].append({"run": "sudo make toolz && make -s test-all"})
+    assert missing_make_targets(broken, (REPO / "Makefile").read_text()) == [
+        "tests: make toolz is not a Makefile target",
+        "tests: make test-all is not a Makefile target",
+    ]

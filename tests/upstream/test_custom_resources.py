@@ -11,6 +11,7 @@ import dataclasses
 import jsonschema
 import pytest
 
+from infra.charts import PINS
 from tests.stacks import SHIPPED
 from tests.upstream import checks, vendored
 
@@ -27,8 +28,6 @@ def test_every_custom_resource_matches_its_crd(graphs, stack):
 
 
 def test_every_vendored_crd_is_from_a_pinned_chart_at_its_pin():
-    from infra.charts import PINS  # noqa: PLC0415
-
     pinned = {p.chart: p.version for p in PINS}
     for _, source in vendored.crds().values():
         assert pinned.get(source["chart"]) == source["version"], source

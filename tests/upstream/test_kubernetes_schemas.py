@@ -15,6 +15,7 @@ import pytest
 from infra.plan.graph import SECRET, Graph
 from tests.infra.invariants import CLUSTER_TYPES
 from tests.stacks import SHIPPED
+from tests.upstream.test_custom_resources import CRD_KINDS
 
 # What each cloud's cluster resource calls its Kubernetes version.
 _VERSION_INPUT = {"aws": "version", "gcp": "minMasterVersion", "azure": "kubernetesVersion"}
@@ -80,8 +81,6 @@ def test_every_object_matches_the_schema_of_its_site_version(graphs, stack):
 
 def test_every_applied_kind_is_checked_here_or_against_a_crd(graphs):
     """No object slips past both checks by an apiVersion neither knows."""
-    from tests.upstream.test_custom_resources import CRD_KINDS  # noqa: PLC0415
-
     for graph in graphs.values():
         for r in graph:
             if r.is_kubernetes_object:
