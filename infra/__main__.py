@@ -10,13 +10,13 @@ from pathlib import Path
 # The engine runs this directory as a script, so make the package importable as `infra`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pulumi.runtime import settings  # noqa: E402
+from pulumi.runtime import settings
 
 if settings.SETTINGS.monitor is not None:
-    import pulumi  # noqa: E402
+    import pulumi
 
-    from infra.config import ConfigError  # noqa: E402
-    from infra.stack import run  # noqa: E402
+    from infra.config import ConfigError
+    from infra.stack import run
 
     try:
         run()
@@ -24,6 +24,6 @@ if settings.SETTINGS.monitor is not None:
         # RunError prints its message alone: one line naming the key, no traceback.
         raise pulumi.RunError(f"config error: {exc}") from None
 else:
-    from infra.cli import main  # noqa: E402
+    from infra.cli import main
 
     sys.exit(main())

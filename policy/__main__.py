@@ -6,9 +6,9 @@ from pathlib import Path
 # The analyzer runs this directory as a script; the rules import the repo's catalog.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+from pulumi_policy import EnforcementLevel, PolicyPack
 
-from policy.rules import POLICIES  # noqa: E402
+from policy.rules import POLICIES
 
 PolicyPack(
     name="llm-platform",
