@@ -39,8 +39,8 @@ from .upstreams import Upstream
 
 log = logging.getLogger("gateway.access")
 
-# Upstream headers worth passing to the client; hop-by-hop and server details stay behind.
-_PASS_HEADERS = frozenset({b"content-type"})
+# What a streamed answer goes out with: not cached, and not buffered by a proxy in between
+# (nginx reads X-Accel-Buffering).
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
