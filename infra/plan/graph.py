@@ -1,4 +1,7 @@
-"""The recorded graph: every resource the program registered, in registration order.
+"""The recorded graph: every resource the program registered, ordered by URN. Registration
+order differs from run to run (registrations are answered concurrently), so readers that
+iterate the graph (the cost lines, the diagram) would otherwise differ between two runs of
+the same program.
 
 One mechanism, many readers: the plan report, the manifests, the tests (and later the
 policy run and the cost estimate) all read this.
@@ -6,6 +9,7 @@ policy run and the cost estimate) all read this.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,7 +73,7 @@ class Graph:
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def add(self, resource: Resource) -> None:
-        self.resources.append(resource)
+        bisect.insort(self.resources, resource, key=lambda r: r.urn)
 
     def __iter__(self) -> Iterator[Resource]:
         return iter(self.resources)
@@ -101,8 +105,4 @@ class Graph:
         return chain[-1].name if chain else None
 
     def to_plan(self) -> dict[str, Any]:
-        # Sorted, so the same program gives the same file whatever order registrations took.
-        return {
-            "stack": self.stack,
-            "resources": [r.as_plan_entry() for r in sorted(self.resources, key=lambda r: r.urn)],
-        }
+        return {"stack": self.stack, "resources": [r.as_plan_entry() for r in self.resources]}
