@@ -18,6 +18,7 @@ from typing import Any
 
 from infra.catalog import catalog, cpu_node_hourly, list_prices
 from infra.labels import EXPECTED_REPLICAS, MAX_REPLICAS, POOL_LABEL
+from infra.plan import kinds
 
 SCALES = ("min", "expected", "max")
 
@@ -149,20 +150,22 @@ def _instance_hourly(cloud: str, itype: str, spot: bool) -> tuple[float, int, bo
     return hourly, 0, False
 
 
+# What each cloud's node disks are called, and where in the price list its Redis is.
+_DISK_WORDS = {"aws": "root volumes", "gcp": "boot disks", "azure": "OS disks"}
+_REDIS_PRICES = {"aws": "redis", "gcp": "redis_gb", "azure": "managed_redis"}
+
+
 def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
     items = list(items)
     p = list_prices()
     clouds = _cloud_of(items)
     demand = _replica_demand(items)
     est = Estimate(currency=currency, budget=None)
-    by_parent_disk: dict[str | None, float] = {}
     budgets = []
-
-    for item in items:
-        props = item.props
-        t = item.type
-        if t == "aws:ec2/launchTemplate:LaunchTemplate":
-            by_parent_disk[item.parent] = sum(b["ebs"]["volumeSize"] for b in props.get("blockDeviceMappings", []))
+    # Pools, clusters, Redis and budgets as infra/plan/kinds.py reads them, per item.
+    found: dict[int, list[kinds.Record]] = defaultdict(list)
+    for item, record in kinds.all_records(items):
+        found[id(item)].append(record)
 
     def add(component: str, what: str, monthly: dict[str, float]) -> None:
         est.lines.append(Line(site=item.site or "stack", component=component, what=what, monthly=monthly))
@@ -170,52 +173,66 @@ def estimate(items: Iterable[Item], currency: str = "USD") -> Estimate:
     for item in items:
         props, t = item.props, item.type
         cloud = clouds.get(item.site or "", "aws")
-        if t == "aws:budgets/budget:Budget":
-            budgets.append(float(props["limitAmount"]))
-        elif t == "aws:eks/cluster:Cluster":
-            add("control plane", f"EKS {props.get('name', item.name)}", _flat(p["aws"]["control_plane"]))
-        elif t == "aws:eks/nodeGroup:NodeGroup":
-            itype = props["instanceTypes"][0]
-            spot = props.get("capacityType") == "SPOT"
-            hourly, gpus, is_gpu = _instance_hourly("aws", itype, spot)
-            scaling = props["scalingConfig"]
-            pool = (props.get("labels") or {}).get(POOL_LABEL, item.name)
-            nodes = _pool_nodes(item.site or "", pool, scaling["minSize"], scaling["maxSize"], gpus, demand)
-            kind = "GPU nodes" if is_gpu else "system nodes"
-            add(
-                kind,
-                f"{pool}: {itype}{' spot' if spot else ''} x {nodes['min']}..{nodes['max']}",
-                _per_node(hourly, nodes),
-            )
-            disk = by_parent_disk.get(item.parent, 0)
-            if disk:
-                add(
-                    "disks",
-                    f"{pool} root volumes {disk} GB",
-                    {s: disk * p["aws"]["disk_gb_month"] * nodes[s] for s in SCALES},
-                )
-        elif t == "aws:ec2/natGateway:NatGateway":
+        for record in found.get(id(item), []):
+            if isinstance(record, kinds.BudgetRecord):
+                budgets.append(record.amount)
+            elif isinstance(record, kinds.ClusterRecord):
+                what = f"{kinds.product(record.cloud, 'cluster')} {record.name}"
+                add("control plane", what, _flat(p[record.cloud]["control_plane"]))
+            elif isinstance(record, kinds.PoolRecord):
+                _pool_lines(record, demand, add)
+            elif isinstance(record, kinds.RedisRecord):
+                _redis_line(record, add)
+        if id(item) in found:
+            continue
+        if t == "aws:ec2/natGateway:NatGateway":
             add("network", "NAT gateway", _flat(p["aws"]["nat_gateway"]))
         elif t == "aws:ec2/eip:Eip":
             add("network", "public IPv4", _flat(p["aws"]["public_ipv4"]))
         elif t == "aws:kms/key:Key":
             add("network", "KMS key", {s: p["aws"]["kms_key_month"] for s in SCALES})
-        elif t == "aws:elasticache/replicationGroup:ReplicationGroup":
-            node = props["nodeType"]
-            add(
-                "redis",
-                f"ElastiCache {node} x {props.get('numCacheClusters', 1)}",
-                _flat(p["aws"]["redis"][node], props.get("numCacheClusters", 1)),
-            )
         elif t == "kubernetes:core/v1:Service" and (props.get("spec") or {}).get("type") == "LoadBalancer":
             add("load balancers", f"{props['metadata']['name']} load balancer", _flat(p[cloud]["load_balancer"]))
         elif t == "kubernetes:apps/v1:Deployment":
             _volume_lines(item, props, cloud, add)
-        else:
-            _other_clouds(item, t, props, cloud, demand, add, budgets)
+        elif t == "gcp:compute/routerNat:RouterNat":
+            add("network", "Cloud NAT", _flat(p["gcp"]["nat_gateway"]))
+        elif t.startswith("azure-native:network:NatGateway"):
+            add("network", "NAT gateway", _flat(p["azure"]["nat_gateway"]))
 
     est.budget = round(sum(budgets), 2) if budgets else None
     return est
+
+
+def _pool_lines(pool: kinds.PoolRecord, demand, add) -> None:
+    """A node pool's nodes and their disks, at each scale."""
+    p = list_prices()
+    hourly, gpus, is_gpu = _instance_hourly(pool.cloud, pool.instance_type, pool.spot)
+    nodes = _pool_nodes(pool.site or "", pool.name, pool.min_nodes, pool.max_nodes, gpus, demand)
+    add(
+        "GPU nodes" if is_gpu else "system nodes",
+        f"{pool.name}: {pool.instance_type}{' spot' if pool.spot else ''} x {pool.min_nodes}..{pool.max_nodes}",
+        _per_node(hourly, nodes),
+    )
+    if pool.disk_gb:
+        price = p[pool.cloud]["disk_gb_month"]
+        add(
+            "disks",
+            f"{pool.name} {_DISK_WORDS[pool.cloud]} {pool.disk_gb} GB",
+            {s: pool.disk_gb * price * nodes[s] for s in SCALES},
+        )
+
+
+def _redis_line(redis: kinds.RedisRecord, add) -> None:
+    table = list_prices()[redis.cloud][_REDIS_PRICES[redis.cloud]]
+    name = kinds.product(redis.cloud, "redis")
+    if redis.sku not in table:
+        raise KeyError(f"no price for {name} SKU {redis.sku!r}; add it to infra/catalog/prices.yaml")
+    if redis.nodes is None:
+        # Memorystore is priced per GB of its tier.
+        add("redis", f"{name} {redis.sku} {redis.memory_gb} GB", _flat(table[redis.sku], redis.memory_gb))
+    else:
+        add("redis", f"{name} {redis.sku} x {redis.nodes}", _flat(table[redis.sku], redis.nodes))
 
 
 def _volume_lines(item: Item, props: dict[str, Any], cloud: str, add) -> None:
@@ -240,73 +257,3 @@ def _volume_lines(item: Item, props: dict[str, Any], cloud: str, add) -> None:
         f"{props['metadata']['name']} model cache {gib} GiB per replica",
         {s: gib * price * replicas[s] for s in SCALES},
     )
-
-
-def _other_clouds(item, t, props, cloud, demand, add, budgets) -> None:
-    """GKE and AKS resources: same components, their own property names."""
-    p = list_prices()
-    if t == "gcp:container/cluster:Cluster":
-        add("control plane", f"GKE {props.get('name', item.name)}", _flat(p["gcp"]["control_plane"]))
-    elif t == "gcp:container/nodePool:NodePool":
-        machine = props["nodeConfig"]["machineType"]
-        spot = bool(props["nodeConfig"].get("spot"))
-        hourly, gpus, is_gpu = _instance_hourly("gcp", machine, spot)
-        auto = props.get("autoscaling") or {}
-        low = auto.get("totalMinNodeCount", auto.get("minNodeCount", props.get("nodeCount", 1)))
-        high = auto.get("totalMaxNodeCount", auto.get("maxNodeCount", props.get("nodeCount", 1)))
-        pool = (props["nodeConfig"].get("labels") or {}).get(POOL_LABEL, item.name)
-        nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
-        add(
-            "GPU nodes" if is_gpu else "system nodes",
-            f"{pool}: {machine}{' spot' if spot else ''} x {low}..{high}",
-            _per_node(hourly, nodes),
-        )
-        disk = props["nodeConfig"].get("diskSizeGb", 100)
-        add("disks", f"{pool} boot disks {disk} GB", {s: disk * p["gcp"]["disk_gb_month"] * nodes[s] for s in SCALES})
-    elif t == "gcp:compute/routerNat:RouterNat":
-        add("network", "Cloud NAT", _flat(p["gcp"]["nat_gateway"]))
-    elif t == "gcp:redis/instance:Instance":
-        tier = props.get("tier", "BASIC")
-        add(
-            "redis",
-            f"Memorystore {tier} {props['memorySizeGb']} GB",
-            _flat(p["gcp"]["redis_gb"][tier], props["memorySizeGb"]),
-        )
-    elif t == "gcp:billing/budget:Budget":
-        budgets.append(float((props.get("amount") or {}).get("specifiedAmount", {}).get("units", 0)))
-    elif t.startswith("azure-native:containerservice:ManagedCluster"):
-        add("control plane", f"AKS {item.name}", _flat(p["azure"]["control_plane"]))
-        # The system pool is inline in the cluster; it costs like any agent pool.
-        for profile in props.get("agentPoolProfiles") or []:
-            _aks_pool(item, profile, demand, add)
-    elif t.startswith("azure-native:containerservice:AgentPool"):
-        _aks_pool(item, props, demand, add)
-    elif t.startswith("azure-native:network:NatGateway"):
-        add("network", "NAT gateway", _flat(p["azure"]["nat_gateway"]))
-    elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":RedisEnterprise"):
-        sku = (props.get("sku") or {}).get("name")
-        table = p["azure"]["managed_redis"]
-        if sku not in table:
-            raise KeyError(f"no price for Azure Managed Redis SKU {sku!r}; add it to infra/catalog/prices.yaml")
-        # Billed per node; high availability (the default) runs two.
-        nodes = 1 if props.get("highAvailability") == "Disabled" else 2
-        add("redis", f"Azure Managed Redis {sku} x {nodes}", _flat(table[sku], nodes))
-    elif t.startswith("azure-native:consumption:Budget"):
-        budgets.append(float(props.get("amount", 0)))
-
-
-def _aks_pool(item: Item, props: dict[str, Any], demand, add) -> None:
-    p = list_prices()
-    size = props["vmSize"]
-    spot = props.get("scaleSetPriority") == "Spot"
-    hourly, gpus, is_gpu = _instance_hourly("azure", size, spot)
-    low, high = props.get("minCount", props.get("count", 1)), props.get("maxCount", props.get("count", 1))
-    pool = (props.get("nodeLabels") or {}).get(POOL_LABEL, props.get("name", item.name))
-    nodes = _pool_nodes(item.site or "", pool, low, high, gpus, demand)
-    add(
-        "GPU nodes" if is_gpu else "system nodes",
-        f"{pool}: {size}{' spot' if spot else ''} x {low}..{high}",
-        _per_node(hourly, nodes),
-    )
-    disk = props.get("osDiskSizeGB", 128)
-    add("disks", f"{pool} OS disks {disk} GB", {s: disk * p["azure"]["disk_gb_month"] * nodes[s] for s in SCALES})

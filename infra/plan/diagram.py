@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from xml.sax.saxutils import escape
 
-from infra.labels import POOL_LABEL
+from infra.plan import kinds
 from infra.plan.graph import Graph, Resource
 
-_CLUSTERS = ("aws:eks/cluster:Cluster", "gcp:container/cluster:Cluster", "azure-native:containerservice:ManagedCluster")
-_POOLS = ("aws:eks/nodeGroup:NodeGroup", "gcp:container/nodePool:NodePool", "azure-native:containerservice:AgentPool")
 _SHOWN = ("Release", "PodMonitor", "ServiceMonitor", "PrometheusRule", "ScaledObject")
 _STORE_WORDS = ("redis", "elasticache", "registry", "ecr/repository", "artifactregistry", "filestore", "efs/")
 
@@ -39,22 +36,6 @@ class SiteView:
     dashboards: int = 0
 
 
-def _find_pool(value: Any) -> str | None:
-    if isinstance(value, dict):
-        if isinstance(value.get(POOL_LABEL), str):
-            return value[POOL_LABEL]
-        for v in value.values():
-            found = _find_pool(v)
-            if found:
-                return found
-    if isinstance(value, list):
-        for v in value:
-            found = _find_pool(v)
-            if found:
-                return found
-    return None
-
-
 def _k8s_name(r: Resource) -> str:
     meta = r.inputs.get("metadata") or {}
     return meta.get("name") or r.inputs.get("name") or r.name
@@ -71,18 +52,19 @@ def sites(graph: Graph) -> list[SiteView]:
         parts = top.type.split(":")
         if len(parts) == 3 and parts[1] in ("aws", "gcp", "azure"):
             view.cloud = parts[1]
-        kinds = {a.type.rsplit(":", 1)[-1] for a in graph.ancestors(r)}
+        components = {a.type.rsplit(":", 1)[-1] for a in graph.ancestors(r)}
         t = r.type
-        if t in _CLUSTERS:
+        record = kinds.read(t, r.inputs, r.name, site)
+        if isinstance(record, kinds.ClusterRecord):
             view.sections["cluster"].append(f"{t.split(':')[0]} {r.name}")
-        elif t in _POOLS:
-            pool = _find_pool(r.inputs) or r.name
-            if pool not in view.sections["pools"]:
-                view.sections["pools"].append(pool)
-        elif "Monitoring" in kinds or "Autoscaling" in kinds:
+        elif isinstance(record, kinds.PoolRecord):
+            # A pool resource's own pool; a cluster's inline pools are not drawn.
+            if record.name not in view.sections["pools"]:
+                view.sections["pools"].append(record.name)
+        elif "Monitoring" in components or "Autoscaling" in components:
             kind = t.rsplit(":", 1)[-1]
             if kind in _SHOWN:
-                section = "monitoring" if "Monitoring" in kinds else "autoscaling"
+                section = "monitoring" if "Monitoring" in components else "autoscaling"
                 view.sections[section].append(f"{kind} {_k8s_name(r)}")
             elif t == "kubernetes:core/v1:ConfigMap":
                 view.dashboards += 1

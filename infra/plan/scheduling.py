@@ -1,22 +1,22 @@
 """Can every GPU pod in the graph be scheduled? Read from the graph alone.
 
-Node pools come from the recorded node-group resources (labels, taints, instance type,
-sizes) and the catalog; pods from the recorded Deployments. Nothing here trusts the
-Python objects that produced them, so a mistake on either side shows up.
+Node pools come from the recorded node-group resources as infra/plan/kinds.py reads them
+(labels, taints, instance type, sizes) and the catalog; pods from the recorded Deployments.
+Nothing here trusts the Python objects that produced them, so a mistake on either side shows up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from infra.catalog import instance
-from infra.labels import POOL_LABEL
-from infra.plan.graph import Graph, Resource
+from infra.plan import kinds
+from infra.plan.graph import Graph
+from infra.plan.kinds import PoolRecord
 from infra.platform.allocatable import allocatable
 
-_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 WORKLOAD_KINDS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet")
 
 
@@ -54,117 +54,33 @@ class GraphPod:
         return int(self.requests().get("nvidia.com/gpu", 0))
 
 
-def _graph_pool(
-    graph: Graph,
-    r: Resource,
-    cloud: str,
-    instance_type: str,
-    labels: dict[str, str],
-    taints: tuple[tuple[str, str, str], ...],
-    min_nodes: int,
-    max_nodes: int,
-    spot: bool,
-) -> GraphPool:
+def _graph_pool(pool: PoolRecord) -> GraphPool:
     # Only GPU pools are in the catalog; system pools read as GPU-less with no figures.
-    spec = instance(cloud, instance_type) if labels.get("nvidia.com/gpu.present") else None
+    spec = instance(pool.cloud, pool.instance_type) if pool.labels.get("nvidia.com/gpu.present") else None
     cpu, mem = allocatable(spec.vcpu, spec.memory_gib) if spec else (0, 0)
+    gpus = spec.gpus if spec else 0
+    # Where the pool attaches its GPUs itself (GKE), those are what a node gets.
+    if gpus and pool.accelerator_count is not None:
+        gpus = pool.accelerator_count
     return GraphPool(
-        site=graph.site_of(r) or "",
-        name=labels.get(POOL_LABEL, r.name),
-        cloud=cloud,
-        instance_type=instance_type,
-        labels=labels,
-        taints=taints,
-        gpus=spec.gpus if spec else 0,
+        site=pool.site or "",
+        name=pool.name,
+        cloud=pool.cloud,
+        instance_type=pool.instance_type,
+        labels=pool.labels,
+        taints=pool.taints,
+        gpus=gpus,
         gpu_memory_gib=spec.gpu.memory_gib if spec else 0,
         cpu_millis=cpu,
         memory_mib=mem,
-        min_nodes=min_nodes,
-        max_nodes=max_nodes,
-        spot=spot,
+        min_nodes=pool.min_nodes,
+        max_nodes=pool.max_nodes,
+        spot=pool.spot,
     )
-
-
-def _aws_pools(graph: Graph, r: Resource) -> list[GraphPool]:
-    inputs = r.inputs
-    scaling = inputs["scalingConfig"]
-    return [
-        _graph_pool(
-            graph,
-            r,
-            "aws",
-            inputs["instanceTypes"][0],
-            inputs.get("labels") or {},
-            tuple((t["key"], t.get("value", ""), _EFFECTS[t["effect"]]) for t in inputs.get("taints") or []),
-            scaling["minSize"],
-            scaling["maxSize"],
-            inputs.get("capacityType") == "SPOT",
-        )
-    ]
-
-
-def _gke_pools(graph: Graph, r: Resource) -> list[GraphPool]:
-    node = r.inputs["nodeConfig"]
-    auto = r.inputs.get("autoscaling") or {}
-    accelerators = node.get("guestAccelerators") or []
-    pool = _graph_pool(
-        graph,
-        r,
-        "gcp",
-        node["machineType"],
-        node.get("labels") or {},
-        tuple((t["key"], t.get("value", ""), _EFFECTS[t["effect"]]) for t in node.get("taints") or []),
-        auto.get("totalMinNodeCount", 0),
-        auto.get("totalMaxNodeCount", 0),
-        bool(node.get("spot")),
-    )
-    # The GPUs a GKE node gets are the accelerators the pool asks for, not the machine name.
-    if pool.gpus and sum(a["count"] for a in accelerators) != pool.gpus:
-        return [replace(pool, gpus=sum(a["count"] for a in accelerators))]
-    return [pool]
-
-
-def _aks_taint(text: str) -> tuple[str, str, str]:
-    """`key=value:Effect` (AKS's spelling) as (key, value, effect)."""
-    kv, _, effect = text.rpartition(":")
-    key, _, value = kv.partition("=")
-    return key, value, effect
-
-
-def _aks_pool(graph: Graph, r: Resource, profile: dict[str, Any]) -> GraphPool:
-    autoscale = profile.get("enableAutoScaling")
-    return _graph_pool(
-        graph,
-        r,
-        "azure",
-        profile["vmSize"],
-        profile.get("nodeLabels") or {},
-        tuple(_aks_taint(t) for t in profile.get("nodeTaints") or []),
-        profile.get("minCount", 0) if autoscale else profile.get("count", 0),
-        profile.get("maxCount", 0) if autoscale else profile.get("count", 0),
-        profile.get("scaleSetPriority") == "Spot",
-    )
-
-
-def _aks_agent_pools(graph: Graph, r: Resource) -> list[GraphPool]:
-    return [_aks_pool(graph, r, r.inputs)]
-
-
-def _aks_cluster_pools(graph: Graph, r: Resource) -> list[GraphPool]:
-    # AKS needs its system pool inline in the cluster; the rest are AgentPool resources.
-    return [_aks_pool(graph, r, p) for p in r.inputs.get("agentPoolProfiles") or []]
-
-
-_POOL_READERS = {
-    "aws:eks/nodeGroup:NodeGroup": _aws_pools,
-    "gcp:container/nodePool:NodePool": _gke_pools,
-    "azure-native:containerservice:AgentPool": _aks_agent_pools,
-    "azure-native:containerservice:ManagedCluster": _aks_cluster_pools,
-}
 
 
 def node_pools(graph: Graph) -> list[GraphPool]:
-    return [pool for r in graph if r.type in _POOL_READERS for pool in _POOL_READERS[r.type](graph, r)]
+    return [_graph_pool(pool) for pool in kinds.pools(graph)]
 
 
 def gpu_pools(graph: Graph) -> list[GraphPool]:

@@ -13,41 +13,24 @@ from pulumi_policy import (
 )
 
 from infra.cost import Item, estimate
+from infra.plan import kinds
 from infra.plan.scheduling import gpu_pools
 from policy.rules.facts import COST_TAGS, camel, graph_of, takes_tags
 
 _CLOUD_PREFIX = {"aws": "aws:", "gcp": "gcp:", "azure": "azure-native:"}
 
 
-def _budget_kinds(r) -> set[str]:
-    """Which of actual/forecast a budget resource alerts on."""
-    p = r.inputs
-    if r.type == "aws:budgets/budget:Budget":
-        return {
-            {"ACTUAL": "actual", "FORECASTED": "forecast"}[n["notificationType"]] for n in p.get("notifications") or []
-        }
-    if r.type == "gcp:billing/budget:Budget":
-        basis = {t.get("spendBasis", "CURRENT_SPEND") for t in p.get("thresholdRules") or []}
-        return {"actual" for b in basis if b == "CURRENT_SPEND"} | {
-            "forecast" for b in basis if b == "FORECASTED_SPEND"
-        }
-    if r.type.startswith("azure-native:consumption:Budget"):
-        kinds = {str(n.get("thresholdType", "Actual")).lower() for n in (p.get("notifications") or {}).values()}
-        return {"actual" for k in kinds if k == "actual"} | {"forecast" for k in kinds if k == "forecasted"}
-    return set()
-
-
 def _budget_per_cloud(args: StackValidationArgs, report: ReportViolation) -> None:
     graph = graph_of(args.resources)
+    budgets = kinds.budgets(graph)
     for cloud, prefix in _CLOUD_PREFIX.items():
         if not any(r.type.startswith(prefix) and r.custom and not r.is_provider for r in graph):
             continue
-        budgets = [r for r in graph if r.type.startswith(prefix) and "budget" in r.type.lower()]
-        kinds = set().union(*(_budget_kinds(b) for b in budgets)) if budgets else set()
-        if {"actual", "forecast"} - kinds:
+        alerts = set().union(*(b.alerts for b in budgets if b.cloud == cloud))
+        if {"actual", "forecast"} - alerts:
             report(
                 f"{cloud}: no budget alerting on both actual and forecast spend "
-                f"(has: {', '.join(sorted(kinds)) or 'none'})"
+                f"(has: {', '.join(sorted(alerts)) or 'none'})"
             )
 
 

@@ -16,15 +16,11 @@ from typing import Any
 from pulumi_policy import PolicyResource
 
 from infra.plan.graph import Graph, Resource
+from infra.plan.kinds import is_open as is_open
 
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
 SECRETISH_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_?KEY|CREDENTIALS?)$|_KEY$|REDIS_URL$", re.IGNORECASE)
 COST_TAGS = ("project", "stack", "site", "managed-by")
-_OPEN = ("0.0.0.0/0", "::/0")
-
-
-def is_open(cidrs: Any) -> bool:
-    return any(c in _OPEN for c in (cidrs or []))
 
 
 def pod_spec(props: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -9,14 +9,10 @@ from pulumi_policy import EnforcementLevel, ReportViolation, Severity, StackVali
 
 from infra.catalog import kubernetes_support
 from infra.charts import PINS
+from infra.plan import kinds
+from infra.plan.kinds import ClusterRecord
 from policy.rules.facts import graph_of
 
-# What each cloud's cluster resource calls its Kubernetes version and release channel.
-CLUSTERS = {
-    "aws:eks/cluster:Cluster": ("aws", "version", None),
-    "gcp:container/cluster:Cluster": ("gcp", "minMasterVersion", "releaseChannel"),
-    "azure-native:containerservice:ManagedCluster": ("azure", "kubernetesVersion", None),
-}
 DEFAULT_MIN_DAYS = 60
 
 
@@ -30,13 +26,9 @@ def _versions_supported(args: StackValidationArgs, report: ReportViolation) -> N
     as_of = datetime.date.fromisoformat(config["asOf"]) if config.get("asOf") else datetime.date.today()
     graph = graph_of(args.resources)
     charts = {pin.chart: pin for pin in PINS}
-    for r in graph:
-        if r.type not in CLUSTERS:
-            continue
-        cloud, version_key, channel_key = CLUSTERS[r.type]
-        site, minor = graph.site_of(r), _minor(r.inputs.get(version_key, ""))
-        channel = (r.inputs.get(channel_key) or {}).get("channel") if channel_key else None
-        support = kubernetes_support(cloud, minor, channel)
+    for r, cluster in kinds.records(graph, ClusterRecord):
+        cloud, site, minor = cluster.cloud, cluster.site, _minor(cluster.version)
+        support = kubernetes_support(cloud, minor, cluster.channel)
         if support.not_offered:
             report(f"{site}: Kubernetes {minor}: {support.not_offered}", r.urn)
         elif support.end_of_standard_support is None:

@@ -13,6 +13,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from infra.plan import kinds
 from infra.plan.scheduling import gpu_pools, unschedulable_gpu_pods
 from infra.workloads.sizing import IMAGE_PULL_SECONDS, NODE_FROM_ZERO_SECONDS
 from policy.rules.facts import graph_of, pod_spec
@@ -59,10 +60,11 @@ def _subnets_multi_zone(args: StackValidationArgs, report: ReportViolation) -> N
     for site, names in zones.items():
         if len(names) < 2:
             report(f"{site}: subnets span {len(names)} zone(s); need >= 2")
-    for r in graph.of_type("gcp:container/cluster:Cluster"):
-        location = r.inputs.get("location", "")
-        if location.count("-") >= 2 and location[-2] == "-":
-            report(f"{graph.site_of(r)}: GKE cluster is zonal ({location}); use a region")
+    for cluster in kinds.clusters(graph):
+        # Only GKE's location can name a zone; EKS and AKS control planes are regional.
+        location = cluster.location or ""
+        if cluster.cloud == "gcp" and location.count("-") >= 2 and location[-2] == "-":
+            report(f"{cluster.site}: GKE cluster is zonal ({location}); use a region")
 
 
 def _vllm_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:

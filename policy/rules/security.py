@@ -6,56 +6,77 @@ import json
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy, Severity
 
+from infra.plan import kinds
+from infra.plan.kinds import ClusterRecord, RedisRecord
 from policy.rules.facts import SECRETISH_ENV, WORKLOADS, containers, is_open, pod_spec
+
+# What each rule tells a cluster of each cloud; a cloud without an entry is not checked for it.
+_PUBLIC_ENDPOINT = {
+    "aws": "EKS API endpoint is public to the internet; set sites[].apiAllowedCidrs or leave it empty for private only",
+    "gcp": "GKE control plane is reachable from anywhere; use a private endpoint or authorized networks",
+    "azure": "AKS API server is public to the internet; set authorized IP ranges or a private cluster",
+}
+_SECRETS_PLAIN = {
+    "aws": "EKS secrets are not envelope-encrypted with a KMS key (encryptionConfig.resources: [secrets])",
+    "gcp": "GKE application-layer secrets encryption is off (databaseEncryption.state: ENCRYPTED)",
+}
+_EKS_LOGS = {"api", "audit", "authenticator"}
+_GKE_LOGS = {"APISERVER", "SYSTEM_COMPONENTS"}  # either one logs the API server
+# Per cloud, in the order they are reported: (the Redis record's failing check, message).
+_REDIS_PROBLEMS = {
+    "aws": [
+        (lambda r: not r.tls, "ElastiCache without TLS in transit"),
+        (lambda r: not r.auth, "ElastiCache without an AUTH token or user group"),
+    ],
+    "gcp": [
+        (lambda r: not r.auth, "Memorystore AUTH is off"),
+        (lambda r: not r.tls, "Memorystore without TLS (transitEncryptionMode: SERVER_AUTHENTICATION)"),
+    ],
+    "azure": [(lambda r: r.public, "Azure Managed Redis allows public network access")],
+}
+
+
+def _cluster(args: ResourceValidationArgs) -> ClusterRecord | None:
+    if kinds.concept_of(args.resource_type) != "cluster":
+        return None
+    record = kinds.read(args.resource_type, args.props, args.name)
+    return record if isinstance(record, ClusterRecord) else None
+
+
+def _redis_of(args: ResourceValidationArgs) -> RedisRecord | None:
+    if kinds.concept_of(args.resource_type) != "redis":
+        return None
+    record = kinds.read(args.resource_type, args.props, args.name)
+    return record if isinstance(record, RedisRecord) else None
 
 
 def _cluster_endpoint(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    p = args.props
-    if args.resource_type == "aws:eks/cluster:Cluster":
-        vpc = p.get("vpcConfig") or {}
-        if vpc.get("endpointPublicAccess", True) and (
-            not vpc.get("publicAccessCidrs") or is_open(vpc.get("publicAccessCidrs"))
-        ):
-            report(
-                "EKS API endpoint is public to the internet; "
-                "set sites[].apiAllowedCidrs or leave it empty for private only"
-            )
-    elif args.resource_type == "gcp:container/cluster:Cluster":
-        private = (p.get("privateClusterConfig") or {}).get("enablePrivateEndpoint")
-        nets = ((p.get("masterAuthorizedNetworksConfig") or {}).get("cidrBlocks")) or []
-        if not private and (not nets or is_open([n.get("cidrBlock") for n in nets])):
-            report("GKE control plane is reachable from anywhere; use a private endpoint or authorized networks")
-    elif args.resource_type == "azure-native:containerservice:ManagedCluster":
-        access = p.get("apiServerAccessProfile") or {}
-        ranges = access.get("authorizedIPRanges") or []
-        if not access.get("enablePrivateCluster") and (not ranges or is_open(ranges)):
-            report("AKS API server is public to the internet; set authorized IP ranges or a private cluster")
+    cluster = _cluster(args)
+    if cluster and cluster.public_endpoint and cluster.cloud in _PUBLIC_ENDPOINT:
+        report(_PUBLIC_ENDPOINT[cluster.cloud])
 
 
 def _secrets_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    p = args.props
-    if args.resource_type == "aws:eks/cluster:Cluster":
-        if "secrets" not in [r for c in [p.get("encryptionConfig") or {}] for r in c.get("resources", [])]:
-            report("EKS secrets are not envelope-encrypted with a KMS key (encryptionConfig.resources: [secrets])")
-    elif args.resource_type == "gcp:container/cluster:Cluster":
-        if (p.get("databaseEncryption") or {}).get("state") != "ENCRYPTED":
-            report("GKE application-layer secrets encryption is off (databaseEncryption.state: ENCRYPTED)")
+    cluster = _cluster(args)
+    if cluster and not cluster.secrets_encrypted and cluster.cloud in _SECRETS_PLAIN:
+        report(_SECRETS_PLAIN[cluster.cloud])
 
 
 def _control_plane_logging(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    p = args.props
-    if args.resource_type == "aws:eks/cluster:Cluster":
-        missing = {"api", "audit", "authenticator"} - set(p.get("enabledClusterLogTypes") or [])
+    cluster = _cluster(args)
+    if cluster is None:
+        return
+    if cluster.cloud == "aws":
+        missing = _EKS_LOGS - set(cluster.log_types)
         if missing:
             report(f"EKS control-plane logs missing: {', '.join(sorted(missing))}")
-    elif args.resource_type == "gcp:container/cluster:Cluster":
-        components = set((p.get("loggingConfig") or {}).get("enableComponents") or [])
-        if "APISERVER" not in components and "SYSTEM_COMPONENTS" not in components:
-            report("GKE control-plane logging is off (loggingConfig.enableComponents)")
+    elif cluster.cloud == "gcp" and not _GKE_LOGS & set(cluster.log_types):
+        report("GKE control-plane logging is off (loggingConfig.enableComponents)")
 
 
 def _node_metadata(args: ResourceValidationArgs, report: ReportViolation) -> None:
     p = args.props
+    cluster = _cluster(args)
     if args.resource_type == "aws:ec2/launchTemplate:LaunchTemplate":
         meta = p.get("metadataOptions") or {}
         if meta.get("httpTokens") != "required" or meta.get("httpPutResponseHopLimit", 2) > 1:
@@ -63,37 +84,37 @@ def _node_metadata(args: ResourceValidationArgs, report: ReportViolation) -> Non
                 "node metadata must require IMDSv2 (httpTokens: required) with hop limit 1, "
                 "so pods cannot use the node role"
             )
-    elif args.resource_type == "gcp:container/nodePool:NodePool":
+    elif args.resource_type == kinds.type_of("gcp", "pool"):
         mode = ((p.get("nodeConfig") or {}).get("workloadMetadataConfig") or {}).get("mode")
         if mode != "GKE_METADATA":
             report("GKE node pool must use the GKE metadata server (workloadMetadataConfig.mode: GKE_METADATA)")
     elif args.resource_type == "aws:ec2/subnet:Subnet":
         if p.get("mapPublicIpOnLaunch"):
             report("subnet gives instances public IPs on launch; nodes must not have public addresses")
-    elif args.resource_type == "gcp:container/cluster:Cluster":
-        if not (p.get("privateClusterConfig") or {}).get("enablePrivateNodes"):
-            report("GKE nodes have public IPs (privateClusterConfig.enablePrivateNodes)")
+    elif cluster and cluster.private_nodes is False:
+        # Only GKE's cluster resource decides whether nodes get public IPs.
+        report("GKE nodes have public IPs (privateClusterConfig.enablePrivateNodes)")
 
 
 def _disks_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
     p = args.props
+    redis = _redis_of(args)
     if args.resource_type == "aws:ec2/launchTemplate:LaunchTemplate":
         for block in p.get("blockDeviceMappings") or []:
             if str((block.get("ebs") or {}).get("encrypted")).lower() != "true":
                 report(f"node volume {block.get('deviceName')} is not encrypted")
-    elif args.resource_type == "aws:elasticache/replicationGroup:ReplicationGroup":
-        if not p.get("atRestEncryptionEnabled"):
-            report("ElastiCache data at rest is not encrypted")
+    elif redis and not redis.at_rest_encrypted:
+        report(f"{kinds.product(redis.cloud, 'redis')} data at rest is not encrypted")
 
 
 def _redis(args: ResourceValidationArgs, report: ReportViolation) -> None:
     p = args.props
     t = args.resource_type
-    if t == "aws:elasticache/replicationGroup:ReplicationGroup":
-        if not p.get("transitEncryptionEnabled"):
-            report("ElastiCache without TLS in transit")
-        if not p.get("authToken") and not p.get("userGroupIds"):
-            report("ElastiCache without an AUTH token or user group")
+    redis = _redis_of(args)
+    if redis:
+        for failing, message in _REDIS_PROBLEMS[redis.cloud]:
+            if failing(redis):
+                report(message)
     elif t == "aws:ec2/securityGroup:SecurityGroup" or t == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
         rules = p.get("ingress") or [p]
         for rule in rules:
@@ -101,15 +122,6 @@ def _redis(args: ResourceValidationArgs, report: ReportViolation) -> None:
             cidrs = rule.get("cidrBlocks") or [rule.get("cidrIpv4"), rule.get("cidrIpv6")]
             if 6379 in ports and is_open(cidrs):
                 report("Redis port 6379 is open to the internet")
-    elif t == "gcp:redis/instance:Instance":
-        if not p.get("authEnabled"):
-            report("Memorystore AUTH is off")
-        if p.get("transitEncryptionMode") != "SERVER_AUTHENTICATION":
-            report("Memorystore without TLS (transitEncryptionMode: SERVER_AUTHENTICATION)")
-    elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":RedisEnterprise"):
-        # Azure Managed Redis; publicNetworkAccess has no default to rely on.
-        if p.get("publicNetworkAccess") != "Disabled":
-            report("Azure Managed Redis allows public network access")
     elif t.startswith(("azure-native:redisenterprise", "azure-native:cache")) and t.endswith(":Database"):
         if p.get("clientProtocol") == "Plaintext":
             report("Azure Managed Redis database takes plaintext connections")
@@ -129,7 +141,7 @@ def _least_privilege(args: ResourceValidationArgs, report: ReportViolation) -> N
     elif t == "aws:iam/rolePolicyAttachment:RolePolicyAttachment":
         if str(p.get("policyArn", "")).endswith(("/AdministratorAccess", "/PowerUserAccess")):
             report(f"role gets {p['policyArn']}; attach a narrower policy")
-    elif t == "gcp:container/nodePool:NodePool":
+    elif t == kinds.type_of("gcp", "pool"):
         sa = (p.get("nodeConfig") or {}).get("serviceAccount") or "default"
         if sa == "default" or sa.endswith("-compute@developer.gserviceaccount.com"):
             report("GKE nodes use the default compute service account; give them a dedicated one")

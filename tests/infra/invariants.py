@@ -11,7 +11,9 @@ import inspect
 import ipaddress
 from functools import cache
 
+from infra.plan import kinds
 from infra.plan.graph import SECRET, Graph, Resource
+from infra.plan.kinds import RedisRecord
 from infra.plan.mocks import MOCK_AZURE_ACCESS_TOKEN, azure_autoname, mock_auth_string, mock_redis_key
 from infra.workloads.monitoring import BUDGET_RECORD
 
@@ -20,26 +22,11 @@ _SDKS = {"aws": "pulumi_aws", "gcp": "pulumi_gcp", "azure-native": "pulumi_azure
 # Where a type's `labels` input is its configuration, not cost labels, and what carries them instead.
 _LABEL_INPUT_OVERRIDES = {"gcp:monitoring/notificationChannel:NotificationChannel": "userLabels"}
 
-REDIS_TYPES = {
-    "aws": "aws:elasticache/replicationGroup:ReplicationGroup",
-    "gcp": "gcp:redis/instance:Instance",
-    "azure": "azure-native:redisenterprise:RedisEnterprise",
-}
-CLUSTER_TYPES = {
-    "aws": "aws:eks/cluster:Cluster",
-    "gcp": "gcp:container/cluster:Cluster",
-    "azure": "azure-native:containerservice:ManagedCluster",
-}
-GPU_POOL_TYPES = {
-    "aws": "aws:eks/nodeGroup:NodeGroup",
-    "gcp": "gcp:container/nodePool:NodePool",
-    "azure": "azure-native:containerservice:AgentPool",
-}
-BUDGET_TYPES = {
-    "aws": "aws:budgets/budget:Budget",
-    "gcp": "gcp:billing/budget:Budget",
-    "azure": "azure-native:consumption:Budget",
-}
+# {cloud: type token} of each concept, from the one table (infra/plan/kinds.py).
+REDIS_TYPES = kinds.types_of("redis")
+CLUSTER_TYPES = kinds.types_of("cluster")
+GPU_POOL_TYPES = kinds.types_of("pool")
+BUDGET_TYPES = kinds.types_of("budget")
 
 
 def _camel(snake: str) -> str:
@@ -77,7 +64,7 @@ def untagged(graph: Graph) -> list[str]:
         carriers = []
         if key:
             carriers.append((key, r.inputs.get(key) or {}))
-        if r.type == "gcp:container/nodePool:NodePool":
+        if r.type == GPU_POOL_TYPES["gcp"]:
             carriers.append(("nodeConfig.resourceLabels", r.inputs["nodeConfig"].get("resourceLabels") or {}))
         for where, tags in carriers:
             missing = [t for t in COST_TAGS if t not in tags]
@@ -92,11 +79,11 @@ def _open(cidr: str) -> bool:
     return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
 
 
-def _aws_redis(graph: Graph, group: Resource) -> list[str]:
+def _aws_redis(graph: Graph, group: Resource, redis: RedisRecord) -> list[str]:
     ids = graph.by_id()
     out = []
     inputs = group.inputs
-    if not (inputs.get("transitEncryptionEnabled") and inputs.get("atRestEncryptionEnabled")):
+    if not (redis.tls and redis.at_rest_encrypted):
         out.append(f"{group.name}: TLS or encryption at rest is off")
     if inputs.get("authToken") != SECRET:
         out.append(f"{group.name}: the AUTH token is not a secret")
@@ -126,14 +113,14 @@ def _aws_redis(graph: Graph, group: Resource) -> list[str]:
     return out
 
 
-def _gcp_redis(graph: Graph, instance: Resource) -> list[str]:
+def _gcp_redis(graph: Graph, instance: Resource, redis: RedisRecord) -> list[str]:
     inputs = instance.inputs
     out = []
-    site = graph.site_of(instance)
+    site = redis.site
     networks = {r.id for r in graph.of_type("gcp:compute/network:Network") if graph.site_of(r) == site}
     if inputs.get("connectMode") != "PRIVATE_SERVICE_ACCESS" or inputs.get("authorizedNetwork") not in networks:
         out.append(f"{instance.name}: not on private service access to its site's VPC")
-    if not inputs.get("authEnabled") or inputs.get("transitEncryptionMode") != "SERVER_AUTHENTICATION":
+    if not (redis.auth and redis.tls):
         out.append(f"{instance.name}: AUTH or TLS is off")
     # Memorystore has no public address; only a firewall rule could widen who reaches the VPC.
     for fw in graph.of_type("gcp:compute/firewall:Firewall"):
@@ -142,12 +129,11 @@ def _gcp_redis(graph: Graph, instance: Resource) -> list[str]:
     return out
 
 
-def _azure_redis(graph: Graph, cache_: Resource) -> list[str]:
-    inputs = cache_.inputs
+def _azure_redis(graph: Graph, cache_: Resource, redis: RedisRecord) -> list[str]:
     out = []
-    if inputs.get("publicNetworkAccess") != "Disabled":
+    if redis.public:
         out.append(f"{cache_.name}: public network access is on")
-    if inputs.get("minimumTlsVersion") != "1.2":
+    if redis.min_tls_version != "1.2":
         out.append(f"{cache_.name}: TLS below 1.2 is allowed")
     cache_name = cache_.id.rsplit("/", 1)[-1]
     databases = [
@@ -158,8 +144,7 @@ def _azure_redis(graph: Graph, cache_: Resource) -> list[str]:
     for db in databases:
         if db.inputs.get("clientProtocol", "Encrypted") != "Encrypted":
             out.append(f"{cache_.name}: database {db.name} takes plaintext connections")
-    site = graph.site_of(cache_)
-    subnets = {r.id for r in graph.of_type("azure-native:network:Subnet") if graph.site_of(r) == site}
+    subnets = {r.id for r in graph.of_type("azure-native:network:Subnet") if graph.site_of(r) == redis.site}
     endpoints = [
         e
         for e in graph.of_type("azure-native:network:PrivateEndpoint")
@@ -176,9 +161,8 @@ _REDIS_CHECKS = {"aws": _aws_redis, "gcp": _gcp_redis, "azure": _azure_redis}
 def open_redis(graph: Graph) -> list[str]:
     """Managed Redis that the internet could reach, or that takes connections without TLS and AUTH."""
     problems = []
-    for cloud, typ in REDIS_TYPES.items():
-        for r in graph.of_type(typ):
-            problems += _REDIS_CHECKS[cloud](graph, r)
+    for r, redis in kinds.records(graph, RedisRecord):
+        problems += _REDIS_CHECKS[redis.cloud](graph, r, redis)
     return problems
 
 
@@ -195,7 +179,7 @@ def site_clouds(graph: Graph) -> dict[str, str]:
 
 
 def missing_redis(graph: Graph) -> list[str]:
-    have = {graph.site_of(r) for typ in REDIS_TYPES.values() for r in graph.of_type(typ)}
+    have = {redis.site for redis in kinds.redises(graph)}
     return [f"{site}: no managed Redis" for site in site_clouds(graph) if site not in have]
 
 
@@ -263,20 +247,11 @@ def vllm_upstream(graph: Graph, workload: Resource, container: dict) -> str:
     return build.inputs["buildArgs"]["VLLM_IMAGE"]
 
 
-def _budget_amount(r: Resource) -> float:
-    """A cloud budget's monthly amount, as each provider's inputs hold it."""
-    if r.type == BUDGET_TYPES["aws"]:
-        return float(r.inputs["limitAmount"])
-    if r.type == BUDGET_TYPES["gcp"]:
-        return float(r.inputs["amount"]["specifiedAmount"]["units"])
-    return float(r.inputs["amount"])
-
-
 def budget_mismatches(graph: Graph) -> list[str]:
     """Clouds whose budget resource's amount differs from the sum of the budget records
     (llm_platform:budget_monthly_usd) its monitored sites' Prometheus carries."""
     clouds = site_clouds(graph)
-    budgets = {cloud: _budget_amount(r) for cloud, typ in BUDGET_TYPES.items() for r in graph.of_type(typ)}
+    budgets = {budget.cloud: budget.amount for budget in kinds.budgets(graph)}
     records: dict[str, float] = {}
     for r in graph.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule"):
         for group in r.inputs["spec"]["groups"]:
