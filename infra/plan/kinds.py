@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 
 from infra.labels import POOL_LABEL
 from infra.plan.graph import Graph
+from infra.platform import API_EFFECTS
 
 CLOUDS = ("aws", "gcp", "azure")
 # An EKS node group's disks are in its launch template, a sibling under the same component.
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 _OPEN = ("0.0.0.0/0", "::/0")
-# EKS and GKE spell taint effects in capitals; Kubernetes (and AKS) as NoSchedule.
-_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+# EKS and GKE spell taint effects in capitals; Kubernetes (and AKS) as NoSchedule. Read back
+# through the map the platform writes them with.
+_EFFECTS = {api: kubernetes for kubernetes, api in API_EFFECTS.items()}
 
 Taint = tuple[str, str, str]  # (key, value, effect), the effect in Kubernetes spelling
 

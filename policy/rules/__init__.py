@@ -1,5 +1,12 @@
 """Every rule of the pack, by theme."""
 
-from policy.rules import cost, gpu_fit, lifecycle, reliability, security
+from policy.rules import cost, gpu_fit, hardening, lifecycle, reliability, security
 
-POLICIES = [*security.POLICIES, *reliability.POLICIES, *cost.POLICIES, *gpu_fit.POLICIES, *lifecycle.POLICIES]
+POLICIES = [
+    *security.POLICIES,
+    *hardening.POLICIES,
+    *reliability.POLICIES,
+    *cost.POLICIES,
+    *gpu_fit.POLICIES,
+    *lifecycle.POLICIES,
+]

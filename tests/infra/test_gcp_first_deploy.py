@@ -349,3 +349,34 @@ def test_checks_catch_the_old_behaviour(graphs):
     deployment = next(r for r in on(old, site, "kubernetes:apps/v1:Deployment"))
     deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.33.0"
     assert any("from outside" in p for p in image_problems(old))
+
+
+def gke_gpu_problems(graph: Graph) -> list[str]:
+    """GKE installs the NVIDIA driver only where a pool asks for it, and then runs its own
+    device plugin; a GKE site that installs NVIDIA's chart as well runs two plugins on one GPU,
+    and one that asks for no driver has GPUs no pod can use."""
+    out = []
+    gke_sites = {r.name for r in graph if r.type == "llm-platform:gcp:Site"}
+    for pool in graph.of_type("gcp:container/nodePool:NodePool"):
+        for accel in pool.inputs["nodeConfig"].get("guestAccelerators") or []:
+            version = (accel.get("gpuDriverInstallationConfig") or {}).get("gpuDriverVersion")
+            if version not in ("LATEST", "DEFAULT"):
+                out.append(f"{pool.name}: GKE installs no driver ({version!r})")
+    for r in graph.of_type("kubernetes:helm.sh/v3:Release"):
+        if r.inputs.get("chart") == "nvidia-device-plugin" and graph.site_of(r) in gke_sites:
+            out.append(f"{r.name}: a second device plugin on GKE")
+    return out
+
+
+@pytest.mark.parametrize("stack", GCP_STACKS)
+def test_gpu_nodes_get_a_driver_and_a_device_plugin_from_one_place(graphs, stack):
+    assert gke_gpu_problems(graphs[stack]) == []
+
+
+def test_a_gke_gpu_pool_without_a_driver_is_named(graphs):
+    graph = copy.deepcopy(graphs[GCP_STACKS[0]])
+    pool = next(
+        p for p in graph.of_type("gcp:container/nodePool:NodePool") if p.inputs["nodeConfig"].get("guestAccelerators")
+    )
+    pool.inputs["nodeConfig"]["guestAccelerators"][0].pop("gpuDriverInstallationConfig")
+    assert gke_gpu_problems(graph) == [f"{pool.name}: GKE installs no driver (None)"]
