@@ -183,6 +183,12 @@ class SiteArgs:
     gpu_pools: tuple[NodePool, ...]
     docker_hub: DockerHubLogin | None
 
+    def node_groups(self, with_system: bool) -> list[tuple[NodePool, int]]:
+        """The pools that get a node group of their own, each with its nodes' disk size: the
+        system pool first where the cluster does not carry it inline, then the GPU pools."""
+        gpu = list(zip(self.gpu_pools, (p.disk_gb for p in self.site.gpu_pools), strict=True))
+        return [(self.system_pool, self.site.system_pool.disk_gb), *gpu] if with_system else gpu
+
 
 @dataclass(frozen=True)
 class SiteParts:

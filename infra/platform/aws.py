@@ -999,10 +999,7 @@ def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
     cluster = Cluster(f"{site.name}-cluster", ClusterArgs(site, tags, network), opts)
     system, *gpu_groups = (
         NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, tags, cluster, network, pool, disk_gb), opts)
-        for pool, disk_gb in (
-            (args.system_pool, site.system_pool.disk_gb),
-            *zip(args.gpu_pools, (p.disk_gb for p in site.gpu_pools), strict=True),
-        )
+        for pool, disk_gb in args.node_groups(with_system=True)
     )
     redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, cluster, network), opts)
     registry = Registry(f"{site.name}-registry", RegistryArgs(site, tags, cluster, args.docker_hub), opts)

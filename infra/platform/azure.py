@@ -734,8 +734,8 @@ def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
     network = Network(f"{site.name}-net", NetworkArgs(site, tags), opts)
     cluster = Cluster(f"{site.name}-cluster", AksClusterArgs(site, tags, network, args.system_pool), opts)
     gpu_groups = tuple(
-        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, tags, cluster, network, pool, spec.disk_gb), opts)
-        for pool, spec in zip(args.gpu_pools, site.gpu_pools, strict=True)
+        NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, tags, cluster, network, pool, disk_gb), opts)
+        for pool, disk_gb in args.node_groups(with_system=False)
     )
     redis = Redis(f"{site.name}-redis", RedisArgs(site, tags, cluster, network), opts)
     registry = Registry(f"{site.name}-registry", RegistryArgs(site, tags, cluster, args.docker_hub), opts)

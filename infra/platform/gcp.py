@@ -589,10 +589,7 @@ def build_site(args: SiteArgs, opts: pulumi.ResourceOptions) -> SiteParts:
     cluster = Cluster(f"{site.name}-cluster", GkeClusterArgs(site, labels, network, args.cfg.sites.index(site)), opts)
     system, *gpu_groups = (
         NodeGroup(f"{site.name}-{pool.name}", NodeGroupArgs(site, labels, cluster, network, pool, disk_gb), opts)
-        for pool, disk_gb in (
-            (args.system_pool, site.system_pool.disk_gb),
-            *zip(args.gpu_pools, (p.disk_gb for p in site.gpu_pools), strict=True),
-        )
+        for pool, disk_gb in args.node_groups(with_system=True)
     )
     redis = Redis(f"{site.name}-redis", RedisArgs(site, labels, cluster, network), opts)
     registry = Registry(f"{site.name}-registry", RegistryArgs(site, labels, cluster, args.docker_hub), opts)

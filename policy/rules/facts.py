@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from pulumi_policy import PolicyResource
+from pulumi_policy import PolicyResource, ResourceValidationPolicy, Severity
 
 from infra.plan.graph import Graph, Resource
 from infra.plan.kinds import is_open as is_open
@@ -103,3 +103,12 @@ def _options(opts) -> dict:
     if timeouts:
         out["customTimeouts"] = timeouts
     return out
+
+
+def resource_rule(
+    name: str, description: str, validate: Callable[..., None], severity: Severity, remediation: str
+) -> ResourceValidationPolicy:
+    """A resource rule in the pack's one shape: every rule has a severity and a remediation."""
+    return ResourceValidationPolicy(
+        name=name, description=description, validate=validate, severity=severity, remediation_steps=remediation
+    )

@@ -6,12 +6,13 @@ upgrades. These are settings of one cloud's API each, so the rules read those fi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy, Severity
+from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
 
 from infra.plan import kinds
+from policy.rules.facts import resource_rule
 
 EKS_CLUSTER, GKE_CLUSTER, AKS_CLUSTER = (kinds.type_of(c, "cluster") for c in ("aws", "gcp", "azure"))
 GKE_POOL, AKS_POOL = kinds.type_of("gcp", "pool"), kinds.type_of("azure", "pool")
@@ -109,44 +110,36 @@ def _auto_upgrade(args: ResourceValidationArgs, report: ReportViolation) -> None
             report("AKS takes no automatic upgrades (autoUpgradeProfile.upgradeChannel: none)")
 
 
-def _rule(
-    name: str, description: str, validate: Callable[..., None], severity: Severity, remediation: str
-) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(
-        name=name, description=description, validate=validate, severity=severity, remediation_steps=remediation
-    )
-
-
 POLICIES = [
-    _rule(
+    resource_rule(
         "workload-identity",
         "Pods sign in to the cloud as their own identity (GKE Workload Identity, AKS workload identity).",
         _workload_identity,
         Severity.HIGH,
         "Enable the cluster's workload identity federation.",
     ),
-    _rule(
+    resource_rule(
         "network-policy-enforced",
         "The cluster's network plugin enforces the NetworkPolicies the stack ships.",
         _network_policy,
         Severity.HIGH,
         "Use GKE Dataplane V2, an AKS network policy engine, or the VPC CNI's network policy agent.",
     ),
-    _rule(
+    resource_rule(
         "central-sign-in",
         "People sign in to the cluster through the cloud's identity only: no local accounts or certificates.",
         _central_sign_in,
         Severity.HIGH,
         "EKS access entries (authenticationMode API), no GKE client certificate, AKS Entra ID with Azure RBAC.",
     ),
-    _rule(
+    resource_rule(
         "nodes-hardened",
         "Nodes boot verified, with disks encrypted by the cluster's key and no public IPs.",
         _nodes_hardened,
         Severity.MEDIUM,
         "GKE Shielded Nodes with Secure Boot and a CMEK boot disk; AKS encryption at host without node public IPs.",
     ),
-    _rule(
+    resource_rule(
         "cluster-auto-upgrade",
         "The cluster takes the cloud's automatic patch upgrades.",
         _auto_upgrade,

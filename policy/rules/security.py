@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy, Severity
+from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
 
 from infra.plan import kinds
 from infra.plan.kinds import ClusterRecord, RedisRecord
-from policy.rules.facts import SECRETISH_ENV, WORKLOADS, containers, is_open, pod_spec
+from policy.rules.facts import SECRETISH_ENV, WORKLOADS, containers, is_open, pod_spec, resource_rule
 
 # What each rule tells a cluster of each cloud; a cloud without an entry is not checked for it.
 _PUBLIC_ENDPOINT = {
@@ -190,77 +190,71 @@ def _images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> Non
             report(f"container {c['name']} image {image!r} is not pinned to a version tag or digest")
 
 
-def _rule(name, description, validate, severity, remediation) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(
-        name=name, description=description, validate=validate, severity=severity, remediation_steps=remediation
-    )
-
-
 POLICIES = [
-    _rule(
+    resource_rule(
         "cluster-endpoint-restricted",
         "The Kubernetes API endpoint is private or limited to listed CIDRs.",
         _cluster_endpoint,
         Severity.CRITICAL,
         "Set sites[].apiAllowedCidrs to your ranges, or [] for a private endpoint.",
     ),
-    _rule(
+    resource_rule(
         "kubernetes-secrets-encrypted",
         "Kubernetes Secrets are envelope-encrypted with a KMS key.",
         _secrets_encrypted,
         Severity.HIGH,
         "Enable secrets encryption with a customer-managed KMS key on the cluster.",
     ),
-    _rule(
+    resource_rule(
         "control-plane-logging",
         "Control-plane API, audit and authenticator logs are on.",
         _control_plane_logging,
         Severity.MEDIUM,
         "Enable the API server, audit and authenticator log types.",
     ),
-    _rule(
+    resource_rule(
         "node-metadata-protected",
         "Nodes protect their metadata and credentials and have no public IPs.",
         _node_metadata,
         Severity.HIGH,
         "Require IMDSv2 with hop limit 1 (AWS), the GKE metadata server, private nodes.",
     ),
-    _rule(
+    resource_rule(
         "disks-encrypted",
         "Node and cache disks are encrypted at rest.",
         _disks_encrypted,
         Severity.HIGH,
         "Set encrypted volumes in the launch template and at-rest encryption on Redis.",
     ),
-    _rule(
+    resource_rule(
         "redis-tls-auth-private",
         "Redis requires TLS and auth and is not reachable from the internet.",
         _redis,
         Severity.CRITICAL,
         "Enable TLS and AUTH; allow Redis only from the cluster's network.",
     ),
-    _rule(
+    resource_rule(
         "least-privilege-identities",
         "No wildcard IAM, no admin policies, no default service accounts.",
         _least_privilege,
         Severity.HIGH,
         "List the actions and resources each identity needs; use dedicated service accounts.",
     ),
-    _rule(
+    resource_rule(
         "containers-hardened",
         "Containers run as non-root, cannot escalate privileges, and request resources.",
         _containers_hardened,
         Severity.HIGH,
         "Set runAsNonRoot, allowPrivilegeEscalation: false and CPU/memory requests.",
     ),
-    _rule(
+    resource_rule(
         "no-secret-env-literal",
         "No secret is a plain environment value.",
         _no_secret_env,
         Severity.CRITICAL,
         "Put the value in a Kubernetes Secret and use valueFrom.secretKeyRef.",
     ),
-    _rule(
+    resource_rule(
         "images-pinned",
         "Container images are pinned to a version tag or digest, never latest.",
         _images_pinned,
