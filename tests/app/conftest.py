@@ -81,8 +81,9 @@ def gateway_b(log_dir: Path, procs, keys: Keys, redis_server: Proc, replicas: li
 @pytest.fixture(scope="session")
 def vllm_fleet(log_dir: Path, procs) -> list[Proc]:
     """Three real vLLM engines of the tiny local model, started side by side (most of a minute
-    each): two replicas of it, and one serving it under the name NEXT_MODEL."""
-    started = [procs(start_vllm(log_dir, wait=False)) for _ in range(2)]
+    each): two replicas of it, publishing their KV cache events, and one serving it under the
+    name NEXT_MODEL."""
+    started = [procs(start_vllm(log_dir, wait=False, kv_events=True)) for _ in range(2)]
     started.append(procs(start_vllm(log_dir, wait=False, served_name=NEXT_MODEL)))
     for proc in started:
         proc.wait_http("/health", timeout=300)
