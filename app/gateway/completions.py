@@ -101,6 +101,8 @@ class CompletionsEndpoint:
             raise
         limits = asyncio.ensure_future(enforce_limits(ctx, key))
         chars = ctx.settings.affinity_prefix_chars
+        # Only where some replica reports its cache: one /tokenize round trip buys exact routing.
+        token_ids = await _token_ids(ctx, model, forwarded) if ctx.pool.kv_ready(model) else None
         plan = ProxyPlan(
             endpoint=path,
             model=model,
@@ -111,6 +113,7 @@ class CompletionsEndpoint:
             stream=bool(body.stream),
             client_wants_usage=body.wants_usage(),
             prefix=body.prefix(chars) if chars else None,
+            token_ids=token_ids,
             prompt_chars=body.prompt_chars(),
             output_cap=body.output_cap(),
             request_id=rid,
@@ -118,6 +121,29 @@ class CompletionsEndpoint:
             limits_first=ctx.limiter.recently_refused(key),
         )
         return plan, limits
+
+
+# What vLLM's /tokenize takes beside the messages, so it renders the prompt as the chat request would.
+_CHAT_TEMPLATE_KEYS = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs", "tools")
+
+
+async def _token_ids(ctx: GatewayContext, model: str, forwarded: bytes) -> list[int] | None:
+    """The prompt's token ids as the replica will see them; None for what the cache index
+    cannot match (several prompts, images) or when no replica tokenizes in time."""
+    request = orjson.loads(forwarded)
+    if "messages" in request:
+        messages = request["messages"]
+        if any(isinstance(m.get("content"), list) for m in messages if isinstance(m, dict)):
+            return None  # content parts may carry images, whose blocks carry extra keys
+        tokenize = {"model": model, "messages": messages, "add_generation_prompt": True}
+        tokenize |= {k: request[k] for k in _CHAT_TEMPLATE_KEYS if k in request}
+        return await ctx.pool.tokenize(model, tokenize)
+    prompt = request.get("prompt")
+    if isinstance(prompt, str):
+        return await ctx.pool.tokenize(model, {"model": model, "prompt": prompt})
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return prompt
+    return None
 
 
 class _ClientGone(Exception):

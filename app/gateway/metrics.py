@@ -110,6 +110,20 @@ class GatewayMetrics:
             ["upstream", "outcome"],
             registry=r,
         )
+        self.route_decisions = Counter(
+            "gateway_route_decisions",
+            "Replica choices, by what decided them: kv_cache (a replica's KV events show the prompt's "
+            "prefix cached), affinity (prefix hashing), least_loaded.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.upstream_kv_blocks = Gauge(
+            "gateway_upstream_kv_blocks",
+            "KV cache blocks the replica holds, as its KV events say (absent without events).",
+            ["upstream"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.retries = Counter(
             "gateway_retries", "Attempts repeated on another replica before the first byte.", registry=r
         )

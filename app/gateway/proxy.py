@@ -73,6 +73,7 @@ class ProxyPlan:
     stream: bool
     client_wants_usage: bool
     prefix: str | None
+    token_ids: list[int] | None  # the prompt as vLLM tokenizes it, where replicas report their caches
     prompt_chars: int
     output_cap: int | None
     request_id: str
@@ -201,7 +202,7 @@ class ProxyResponse:
         failure: Failure | None = None  # the last 5xx answer, for want of a better one
         fallback = ctx.settings.fallback_base_url
         while len(tried) < ctx.settings.max_attempts:
-            up = ctx.pool.choose(p.model, p.prefix, tried)
+            up = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids)
             if up is None and not tried and not fallback and p.model in ctx.settings.scale_from_zero_models:
                 await self._check_limits()  # a refused request must not wait for a scale-up
                 up = await self._hold(tried)
@@ -233,7 +234,7 @@ class ProxyResponse:
         deadline = p.started + ctx.settings.hold_timeout_s
         while (left := deadline - time.perf_counter()) > 0:
             await asyncio.sleep(min(self._HOLD_POLL_S, left))
-            up = ctx.pool.choose(p.model, p.prefix, tried)
+            up = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids)
             if up is not None:
                 return up
         return None

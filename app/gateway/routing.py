@@ -1,4 +1,10 @@
-"""Replica choice: prefix affinity by consistent hashing with bounded load, else least outstanding.
+"""Replica choice: the replica whose KV cache holds the most of the prompt (from vLLM's KV
+events, kv_events.py), else prefix affinity by consistent hashing, both with bounded load, else
+least outstanding.
+
+Where replicas publish KV events and the prompt's token ids are known, each candidate's cached
+prefix is read from its block index: the one holding the most tokens wins, unless its load is
+past the bound, then the next. Without a cached prefix anywhere, the hashing below decides.
 
 A prompt's leading characters are hashed onto a ring of replicas, so requests sharing a prefix
 (a system prompt, a few-shot preamble) land on the replica whose KV cache already holds it. The
@@ -24,6 +30,8 @@ class Candidate(Protocol):
     def load(self) -> float: ...
 
     def pressure(self) -> float: ...
+
+    def cached(self, token_ids: Sequence[int]) -> int: ...  # prompt tokens its prefix cache would hit
 
 
 C = TypeVar("C", bound=Candidate)
@@ -67,18 +75,32 @@ class Router:
         if urls != self._ring.members:
             self._ring = HashRing(urls)
 
-    def choose(self, candidates: Sequence[C], prefix: str | None) -> C | None:
+    def choose(self, candidates: Sequence[C], prefix: str | None, token_ids: Sequence[int] | None = None) -> C | None:
+        return self.decide(candidates, prefix, token_ids)[0]
+
+    def decide(
+        self, candidates: Sequence[C], prefix: str | None, token_ids: Sequence[int] | None = None
+    ) -> tuple[C | None, str]:
+        """The replica, and why: `kv_cache`, `affinity`, `least_loaded` (or `none`)."""
         if not candidates:
-            return None
-        if prefix and len(candidates) > 1:
-            by_url = {c.url: c for c in candidates}
+            return None, "none"
+        if len(candidates) > 1:
             total = sum(c.load() for c in candidates) + 1
             bound = math.ceil(self._load_factor * total / len(candidates))
-            for url in self._ring.walk(stable_hash(prefix)):
-                c = by_url.get(url)
-                if c is not None and c.load() + 1 <= bound:
-                    return c
-        return self.least_loaded(candidates)
+            if token_ids:
+                ranked = sorted(((c.cached(token_ids), c) for c in candidates), key=lambda hc: (-hc[0], hc[1].load()))
+                for hits, c in ranked:
+                    if hits <= 0:
+                        break
+                    if c.load() + 1 <= bound:
+                        return c, "kv_cache"
+            if prefix:
+                by_url = {c.url: c for c in candidates}
+                for url in self._ring.walk(stable_hash(prefix)):
+                    on_ring = by_url.get(url)
+                    if on_ring is not None and on_ring.load() + 1 <= bound:
+                        return on_ring, "affinity"
+        return self.least_loaded(candidates), "least_loaded"
 
     def least_loaded(self, candidates: Sequence[C]) -> C:
         # Rotating the start spreads ties (an idle fleet) instead of always picking the first replica.

@@ -47,6 +47,15 @@ class GatewaySettings(BaseSettings):
         30.0, ge=0, description="how long a request for a scale-from-zero model waits for a replica"
     )
     upstream_api_key: SecretStr | None = Field(None, description="sent to replicas started with vLLM's --api-key")
+    # vLLM's KV cache events (--kv-events-config with the zmq publisher), for routing by what each
+    # replica holds: every replica's PUB and replay sockets on these ports of its address, or
+    # given one by one for fixed upstreams ("<replica url> <pub endpoint> [<replay endpoint>]").
+    kv_events_port: int | None = Field(None, ge=1, le=65535, description="each replica's KV event PUB port")
+    kv_replay_port: int | None = Field(None, ge=1, le=65535, description="each replica's KV event replay port")
+    kv_events_topic: str = Field("", description="the topic vLLM publishes KV events under")
+    kv_event_endpoints: Annotated[tuple[tuple[str, str, str | None], ...], NoDecode] = Field(
+        (), description="comma-separated `<replica url> <pub endpoint> [<replay endpoint>]`"
+    )
     dns_refresh_s: float = Field(10.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0, description="how often each replica's /health and /metrics are read")
     health_timeout_s: float = Field(1.0, gt=0)
@@ -135,6 +144,17 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"{entry!r} is not host:port")
         return tuple(entries)
 
+    @field_validator("kv_event_endpoints", mode="before")
+    @classmethod
+    def _parse_kv_endpoints(cls, value: object) -> object:
+        out = []
+        for entry in _split(value):
+            parts = entry.split()
+            if len(parts) not in (2, 3) or not all(p.startswith("tcp://") for p in parts[1:]):
+                raise ValueError(f"{entry!r} is not `<replica url> tcp://host:port [tcp://host:port]`")
+            out.append((_base_url(parts[0]), parts[1], parts[2] if len(parts) == 3 else None))
+        return tuple(out)
+
     @field_validator("fallback_base_url", mode="before")
     @classmethod
     def _parse_fallback(cls, value: object) -> object:
@@ -162,6 +182,8 @@ class GatewaySettings(BaseSettings):
             raise ValueError("set GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS_REDIS_HASH")
         if self.metrics_port == self.port:
             raise ValueError(f"GATEWAY_METRICS_PORT must differ from GATEWAY_PORT ({self.port})")
+        if self.kv_replay_port is not None and self.kv_events_port is None:
+            raise ValueError("GATEWAY_KV_REPLAY_PORT needs GATEWAY_KV_EVENTS_PORT")
         if self.fallback_base_url and self.fallback_api_key is None:
             raise ValueError("GATEWAY_FALLBACK_API_KEY is required with GATEWAY_FALLBACK_BASE_URL")
         return self

@@ -13,13 +13,15 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from .circuit import CircuitBreaker, State
+from .kv_events import KvEventFeed
 from .metrics import GatewayMetrics
 from .routing import Router
 from .settings import GatewaySettings
@@ -66,6 +68,7 @@ class Upstream:
         "waiting",
         "running",
         "kv_usage",
+        "kv",
         "_metrics",
     )
 
@@ -82,10 +85,14 @@ class Upstream:
         self.waiting = 0.0
         self.running = 0.0
         self.kv_usage = 0.0
+        self.kv: KvEventFeed | None = None  # where the replica publishes its KV cache events
         self._metrics = metrics
 
     def load(self) -> float:
         return self.in_flight + self.waiting
+
+    def cached(self, token_ids: Sequence[int]) -> int:
+        return self.kv.index.predicted_hits(token_ids) if self.kv else 0
 
     def pressure(self) -> float:
         return self.kv_usage
@@ -98,6 +105,8 @@ class Upstream:
         self._metrics.upstream_healthy.labels(self.url).set(up)
         self._metrics.upstream_waiting.labels(self.url).set(self.waiting)
         self._metrics.upstream_kv.labels(self.url).set(self.kv_usage)
+        if self.kv:
+            self._metrics.upstream_kv_blocks.labels(self.url).set(len(self.kv.index))
 
 
 class UpstreamPool:
@@ -113,6 +122,9 @@ class UpstreamPool:
         self._headers = {}
         if settings.upstream_api_key is not None:
             self._headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        self._kv_endpoints = {url: (pub, replay) for url, pub, replay in settings.kv_event_endpoints}
+        self._kv_tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
         self._set_members(settings.upstreams)
 
     # -- membership ---------------------------------------------------------------------------
@@ -121,11 +133,35 @@ class UpstreamPool:
         wanted = set(urls)
         for url in wanted - self._by_url.keys():
             breaker = CircuitBreaker(self._settings.breaker_failures, self._settings.breaker_cooldown_s)
-            self._by_url[url] = Upstream(url, breaker, self._metrics)
+            up = self._by_url[url] = Upstream(url, breaker, self._metrics)
+            up.kv = self._kv_feed(url)
+            if self._started:
+                self._follow(up)
         for url in self._by_url.keys() - wanted:
             # In-flight requests keep their reference and finish normally.
             del self._by_url[url]
+            task = self._kv_tasks.pop(url, None)
+            if task:
+                task.cancel()
         self.router.update_members(self._by_url)
+
+    def _kv_feed(self, url: str) -> KvEventFeed | None:
+        """The replica's KV event feed: its own endpoints where given, else the ports on its host."""
+        s = self._settings
+        if url in self._kv_endpoints:
+            pub, replay = self._kv_endpoints[url]
+        elif s.kv_events_port:
+            host = urlsplit(url).hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            pub = f"tcp://{host}:{s.kv_events_port}"
+            replay = f"tcp://{host}:{s.kv_replay_port}" if s.kv_replay_port else None
+        else:
+            return None
+        return KvEventFeed(pub, replay, s.kv_events_topic)
+
+    def _follow(self, up: Upstream) -> None:
+        if up.kv is not None and up.url not in self._kv_tasks:
+            self._kv_tasks[up.url] = asyncio.create_task(up.kv.run())
 
     async def _resolve(self) -> set[str]:
         loop = asyncio.get_running_loop()
@@ -205,6 +241,9 @@ class UpstreamPool:
                 log.error("background refresh failed", extra={"error": type(exc).__name__})
 
     async def start(self) -> None:
+        self._started = True
+        for up in self._by_url.values():
+            self._follow(up)
         await self.refresh_dns()
         await self.probe_all()
         self._tasks = [
@@ -213,9 +252,34 @@ class UpstreamPool:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._kv_tasks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._kv_tasks.clear()
+
+    def kv_ready(self, model: str) -> bool:
+        """Whether some replica of the model has told its cache contents: worth tokenizing for."""
+        return any(up.kv is not None and len(up.kv.index) for up in self._by_url.values() if model in up.models)
+
+    async def tokenize(self, model: str, request: dict[str, Any]) -> list[int] | None:
+        """The prompt's token ids as vLLM computes them (its /tokenize, on a replica of the model:
+        the model's own tokenizer and chat template), or None when no replica answers in time."""
+        now = time.monotonic()
+        candidates = [up for up in self._by_url.values() if model in up.models and up.usable(now)]
+        if not candidates:
+            return None
+        up = self.router.least_loaded(candidates)
+        try:
+            async with self._session.post(
+                up.url + "/tokenize", json=request, timeout=self._probe_timeout, headers=self._headers
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                tokens = orjson.loads(await resp.read()).get("tokens")
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        return tokens if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens) else None
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -241,16 +305,19 @@ class UpstreamPool:
             or any(model in up.models for up in self._by_url.values())
         )
 
-    def choose(self, model: str, prefix: str | None, exclude: set[str]) -> Upstream | None:
+    def choose(
+        self, model: str, prefix: str | None, exclude: set[str], token_ids: Sequence[int] | None = None
+    ) -> Upstream | None:
         now = time.monotonic()
         candidates = [
             up for up in self._by_url.values() if up.url not in exclude and model in up.models and up.usable(now)
         ]
         while candidates:
-            up = self.router.choose(candidates, prefix)
+            up, reason = self.router.decide(candidates, prefix, token_ids)
             if up is None:
                 return None
             if up.breaker.acquire(now):
+                self._metrics.route_decisions.labels(model, reason).inc()
                 return up
             candidates.remove(up)
         return None

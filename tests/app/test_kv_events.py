@@ -14,10 +14,14 @@ import time
 import httpx
 import msgspec
 import pytest
-from gateway_testkit import metric_sum, scrape
+from gateway_testkit import gateway_env, metric_sum, scrape
+from pydantic import ValidationError
 
-from app.devstack import KV_EVENTS_TOPIC, TINY_MODEL_NAME, VLLM_PYTHON
+from app.devstack import KV_EVENTS_TOPIC, TINY_MODEL_NAME, VLLM_PYTHON, start_gateway
 from app.gateway.kv_events import BlockIndex, Cleared, EventError, KvEventFeed, Removed, Stored, parse_batch
+from app.gateway.metrics import GatewayMetrics
+from app.gateway.settings import GatewaySettings, describe_error
+from app.gateway.upstreams import UpstreamPool
 
 SIZE = 4
 
@@ -126,6 +130,46 @@ def test_the_feed_clears_its_index_when_the_replica_starts_again():
     assert feed.stats.bad == 1
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"GATEWAY_KV_EVENT_ENDPOINTS": "http://10.0.0.5:8000 10.0.0.5:5557"},
+            "GATEWAY_KV_EVENT_ENDPOINTS='http://10.0.0.5:8000 10.0.0.5:5557': "
+            "'http://10.0.0.5:8000 10.0.0.5:5557' is not `<replica url> tcp://host:port",
+        ),
+        ({"GATEWAY_KV_REPLAY_PORT": "5558"}, "GATEWAY_KV_REPLAY_PORT needs GATEWAY_KV_EVENTS_PORT"),
+        ({"GATEWAY_KV_EVENTS_PORT": "70000"}, "GATEWAY_KV_EVENTS_PORT='70000': Input should be less than or equal"),
+    ],
+)
+def test_bad_kv_event_settings_name_the_variable(env, message, tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    keys.write_text("")
+    monkeypatch.setenv("GATEWAY_UPSTREAMS", "http://10.0.0.5:8000")
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(keys))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as err:
+        GatewaySettings()
+    assert describe_error(err.value).startswith(message), describe_error(err.value)
+
+
+def test_replicas_found_by_dns_follow_the_events_on_their_own_address():
+    settings = GatewaySettings(
+        upstreams=("http://10.0.0.5:8000", "http://[fd00::7]:8000", "http://10.0.0.9:8000"),
+        api_keys_redis_hash="keys",
+        kv_events_port=5557,
+        kv_replay_port=5558,
+        kv_event_endpoints="http://10.0.0.9:8000 tcp://127.0.0.1:6000",
+    )
+    feeds = {url: UpstreamPool(settings, None, GatewayMetrics())._kv_feed(url) for url in settings.upstreams}
+    assert {u: (f.endpoint, f.replay_endpoint) for u, f in feeds.items() if f} == {
+        "http://10.0.0.5:8000": ("tcp://10.0.0.5:5557", "tcp://10.0.0.5:5558"),
+        "http://[fd00::7]:8000": ("tcp://[fd00::7]:5557", "tcp://[fd00::7]:5558"),
+        "http://10.0.0.9:8000": ("tcp://127.0.0.1:6000", None),
+    }
+
+
 # -- against real vLLM ------------------------------------------------------------------------------
 
 
@@ -140,6 +184,16 @@ def _complete(engine, prompt: list[int]) -> None:
 
 def _hits(engine) -> float:
     return metric_sum(scrape(engine.url), "vllm:prefix_cache_hits_total")
+
+
+def _run(coro) -> None:
+    # A loop of its own: asyncio.run would leave the main thread without one, which the Pulumi
+    # SDK's synchronous helpers in later tests need.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 async def _until(condition, timeout: float = 10.0) -> None:
@@ -187,7 +241,7 @@ def test_the_replica_the_index_names_is_the_one_whose_prefix_hits_grow(engines):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(scenario())
+    _run(scenario())
 
 
 def test_a_feed_that_joins_late_catches_up_from_the_replay_socket(engines):
@@ -211,4 +265,62 @@ def test_a_feed_that_joins_late_catches_up_from_the_replay_socket(engines):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(scenario())
+    _run(scenario())
+
+
+# -- the gateway routing by them ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kv_gateway(log_dir, procs, keys, redis_server, engines):
+    endpoints = ",".join(f"{e.url} {e.kv_events[0]} {e.kv_events[1]}" for e in engines)
+    env = gateway_env(
+        keys,
+        redis_server.url,
+        [e.url for e in engines],
+        models=TINY_MODEL_NAME,
+        kv_event_endpoints=endpoints,
+        kv_events_topic=KV_EVENTS_TOPIC,
+    )
+    return procs(start_gateway(log_dir, env))
+
+
+def test_the_gateway_sends_a_conversation_to_the_replica_that_cached_it(kv_gateway, keys, engines):
+    """Conversations first served by the second engine directly, where no hash of the gateway's
+    put them, come back through the gateway: each goes to that engine, on its KV events alone,
+    and finds its prefix there."""
+    rng = random.Random(time.time_ns())
+    holder, other = engines[1], engines[0]
+    conversations = [
+        [
+            {"role": "system", "content": " ".join(f"rule {rng.randrange(10**6)}" for _ in range(120))},
+            {"role": "user", "content": f"question {i}"},
+        ]
+        for i in range(4)
+    ]
+    for messages in conversations:
+        r = httpx.post(
+            f"{holder.url}/v1/chat/completions",
+            json={"model": TINY_MODEL_NAME, "messages": messages, "max_tokens": 1},
+            timeout=120,
+        )
+        r.raise_for_status()
+    deadline = time.monotonic() + 20
+    while metric_sum(scrape(kv_gateway.metrics_url), "gateway_upstream_kv_blocks", upstream=holder.url) <= 0:
+        assert time.monotonic() < deadline, "the gateway never indexed the engine's blocks"
+        time.sleep(0.2)
+
+    before = [_hits(e) for e in (holder, other)]
+    routed = metric_sum(scrape(kv_gateway.metrics_url), "gateway_route_decisions_total", reason="kv_cache")
+    for messages in conversations:
+        r = httpx.post(
+            f"{kv_gateway.url}/v1/chat/completions",
+            json={"model": TINY_MODEL_NAME, "messages": messages, "max_tokens": 1},
+            headers={"authorization": f"Bearer {keys.alice}"},
+            timeout=120,
+        )
+        r.raise_for_status()
+    grown = [_hits(e) - b for e, b in zip((holder, other), before, strict=True)]
+    after = metric_sum(scrape(kv_gateway.metrics_url), "gateway_route_decisions_total", reason="kv_cache")
+    assert after - routed == len(conversations)
+    assert grown[1] == 0 and grown[0] >= len(conversations) * 128, grown

@@ -19,12 +19,43 @@ class Replica:
     url: str
     inflight: int = 0
     kv: float = 0.0
+    holds: int = 0  # prompt tokens its prefix cache would hit
 
     def load(self) -> float:
         return self.inflight
 
     def pressure(self) -> float:
         return self.kv
+
+    def cached(self, token_ids) -> int:
+        return min(self.holds, len(token_ids))
+
+
+def test_the_replica_holding_the_most_of_the_prompt_wins_over_the_hash():
+    a, b, c = (Replica(f"http://10.0.0.{i}:8000") for i in range(3))
+    router = Router(load_factor=1.25)
+    router.update_members([a.url, b.url, c.url])
+    prefix = "shared system prompt"
+    by_hash = router.choose([a, b, c], prefix)
+    holder = next(r for r in (a, b, c) if r is not by_hash)
+    holder.holds = 256
+    assert router.decide([a, b, c], prefix, list(range(300))) == (holder, "kv_cache")
+    # Another replica holding less does not take it; without token ids the hash decides as before.
+    by_hash.holds = 128
+    assert router.decide([a, b, c], prefix, list(range(300))) == (holder, "kv_cache")
+    assert router.decide([a, b, c], prefix) == (by_hash, "affinity")
+
+
+def test_a_holder_past_the_load_bound_gives_way_to_the_next():
+    a, b, c = (Replica(f"http://10.0.0.{i}:8000") for i in range(3))
+    router = Router(load_factor=1.25)
+    router.update_members([a.url, b.url, c.url])
+    a.holds, b.holds = 512, 256
+    a.inflight = 10  # bound: ceil(1.25 * 11 / 3) = 5
+    assert router.decide([a, b, c], None, list(range(600))) == (b, "kv_cache")
+    b.inflight = 10
+    chosen, reason = router.decide([a, b, c], None, list(range(600)))
+    assert (chosen, reason) == (c, "least_loaded")
 
 
 def test_stable_hash_does_not_depend_on_the_process():
