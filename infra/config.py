@@ -143,6 +143,7 @@ DERIVED_DESTS = frozenset(
         "gpu_memory_utilization",
         "download_dir",
         "quantization",
+        "kv_events_config",
     }
 )
 # Settings that hold a secret: a flag's value is plain text in the Deployment.

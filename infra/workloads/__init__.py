@@ -30,6 +30,7 @@ from infra.workloads.model_server import HF_TOKEN_SECRET, ModelServer
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from infra.workloads.monitoring import Monitoring
 from infra.workloads.namespaces import namespace
+from infra.workloads.vllm_args import KV_EVENTS_PORT, KV_REPLAY_PORT
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 NAMESPACE = "llm"
@@ -152,7 +153,15 @@ class Workloads(pulumi.ComponentResource):
                             },
                         ],
                         "ports": [{"protocol": "TCP", "port": VLLM_PORT}],
-                    }
+                    },
+                    # The gateway subscribes to each replica's KV cache events.
+                    {
+                        "from": [{"podSelector": {"matchLabels": GATEWAY_SELECTOR}}],
+                        "ports": [
+                            {"protocol": "TCP", "port": KV_EVENTS_PORT},
+                            {"protocol": "TCP", "port": KV_REPLAY_PORT},
+                        ],
+                    },
                 ],
             },
             opts=in_ns,

@@ -10,6 +10,7 @@ from infra.config import ModelSpec
 from infra.labels import GATEWAY_SELECTOR, labels, vllm_name
 from infra.platform import Platform
 from infra.workloads.monitoring import NAMESPACE as MONITORING_NAMESPACE
+from infra.workloads.vllm_args import KV_EVENTS_PORT, KV_EVENTS_TOPIC, KV_REPLAY_PORT
 from infra.workloads.vllm_args import PORT as VLLM_PORT
 
 PORT = 8080
@@ -62,6 +63,10 @@ class Gateway(pulumi.ComponentResource):
                 "value": ",".join(m.name for m in models if m.replicas.min == 0),
             },
             {"name": "GATEWAY_METRICS_PORT", "value": str(METRICS_PORT)},
+            # What each replica holds, from its KV cache events, on every replica's address.
+            {"name": "GATEWAY_KV_EVENTS_PORT", "value": str(KV_EVENTS_PORT)},
+            {"name": "GATEWAY_KV_REPLAY_PORT", "value": str(KV_REPLAY_PORT)},
+            {"name": "GATEWAY_KV_EVENTS_TOPIC", "value": KV_EVENTS_TOPIC},
             {"name": "GATEWAY_HOLD_TIMEOUT_S", "value": str(cfg.hold_timeout_seconds)},
             {"name": "GATEWAY_API_KEYS_FILE", "value": f"{KEYS_DIR}/keys"},
             {"name": "GATEWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "url"}}},

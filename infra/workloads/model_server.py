@@ -19,7 +19,7 @@ from infra.labels import (
 )
 from infra.platform import Platform
 from infra.workloads.sizing import STARTUP_PERIOD_SECONDS, await_seconds, kv_bytes_per_token, pod_size
-from infra.workloads.vllm_args import CACHE_DIR, PORT, serve_args
+from infra.workloads.vllm_args import CACHE_DIR, KV_EVENTS_PORT, KV_REPLAY_PORT, PORT, serve_args
 
 HF_TOKEN_SECRET = "hf-token"
 # The upstream image's own `vllm` user (uid 2000, gid 0). images/vllm runs as it; the pod names
@@ -95,7 +95,11 @@ class ModelServer(pulumi.ComponentResource):
             "image": image,
             "command": ["vllm", "serve"],
             "args": serve_args(model),
-            "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+                {"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"},
+                {"name": "kv-replay", "containerPort": KV_REPLAY_PORT, "protocol": "TCP"},
+            ],
             "env": env,
             "resources": {
                 "requests": {

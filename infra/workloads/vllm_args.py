@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 from infra.config import ModelSpec
 
 PORT = 8000
 CACHE_DIR = "/models"
+# vLLM's KV cache events, which the gateway routes by (app/gateway/kv_events.py): the zmq PUB
+# socket and the replay socket it catches up from. Wildcard endpoints, because vLLM binds only
+# those and connects out to any other address (vllm/distributed/kv_events.py,
+# ZmqEventPublisher._is_bind_endpoint; vLLM v0.32.0).
+KV_EVENTS_PORT = 5557
+KV_REPLAY_PORT = 5558
+KV_EVENTS_TOPIC = "kv"
+KV_EVENTS_CONFIG = json.dumps(
+    {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{KV_EVENTS_PORT}",
+        "replay_endpoint": f"tcp://*:{KV_REPLAY_PORT}",
+        "topic": KV_EVENTS_TOPIC,
+    },
+    separators=(",", ":"),
+)
 # Formats a checkpoint declares in its own quantization_config: vLLM reads them from there
 # and picks the kernel for the GPU (Marlin on compute capability 7.5+). In vLLM 0.33.0 naming
 # them changes nothing (vllm/model_executor/layers/quantization/auto_awq.py and auto_gptq.py
@@ -36,8 +55,10 @@ def serve_args(model: ModelSpec) -> list[str]:
         str(model.gpu_memory_utilization),
         "--download-dir",
         f"{CACHE_DIR}/hub",
-        # Prefix caching is what the gateway's prefix-affinity routing feeds.
+        # Prefix caching is what the gateway's routing feeds; the events tell it what each replica holds.
         "--enable-prefix-caching",
+        "--kv-events-config",
+        KV_EVENTS_CONFIG,
     ]
     # Methods applied while loading (fp8, bitsandbytes) must be asked for.
     if model.quantization and model.quantization not in CHECKPOINT_FORMATS:
