@@ -348,14 +348,14 @@ class ProxyResponse:
         log.warning("upstream hung", extra={"request_id": self.plan.request_id, "upstream": attempt.label})
         if not self._sent_start:
             return Outcome.RETRY
-        self.status_code = 502
-        event = (
-            b"data: "
-            + error_body("The upstream replica stopped answering mid-stream.", "server_error", code="upstream_hung")
-            + b"\n\n"
-        )
-        await send({"type": "http.response.body", "body": event, "more_body": False})
+        await self._end_stream_with_error(send, "The upstream replica stopped answering mid-stream.", "upstream_hung")
         return Outcome.DONE
+
+    async def _end_stream_with_error(self, send: Send, message: str, code: str) -> None:
+        """The client holds part of an answer: the stream ends with an error event, logged as 502."""
+        self.status_code = 502
+        event = b"data: " + error_body(message, "server_error", code=code) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _pump(self, send: Send, resp: aiohttp.ClientResponse, first: bytes, attempt: Attempt) -> None:
         """Forwards the stream to its end, or to an error event when the upstream breaks it."""
@@ -377,13 +377,7 @@ class ProxyResponse:
                 "upstream stream broke",
                 extra={"request_id": self.plan.request_id, "upstream": attempt.label, "error": attempt.error},
             )
-            self.status_code = 502
-            event = (
-                b"data: "
-                + error_body("The upstream replica failed mid-stream.", "server_error", code="upstream_stream_broken")
-                + b"\n\n"
-            )
-            await send({"type": "http.response.body", "body": event, "more_body": False})
+            await self._end_stream_with_error(send, "The upstream replica failed mid-stream.", "upstream_stream_broken")
             return
         await send({"type": "http.response.body", "body": self._stream.finish(), "more_body": False})
         self._judge(attempt, "ok")
