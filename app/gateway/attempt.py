@@ -1,4 +1,4 @@
-"""One try of a request on one replica, or on the hosted fallback, as the retry loop sees it."""
+"""One try of a request on one replica, or on a hosted provider, as the retry loop sees it."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ class Failure:
 class Attempt:
     """Filled in as the attempt goes, so that one cut short by a cancellation still says how far it got."""
 
-    label: str  # the replica's URL, or "fallback": the `upstream` of metrics and logs
-    replica: Upstream | None  # None for the fallback
+    label: str  # the replica's URL, or hosted:<provider>: the `upstream` of metrics and logs
+    replica: Upstream | None  # None for a hosted provider
     started: float  # when the request went upstream
+    uncached: int = 0  # prompt tokens the replica was predicted to prefill, held in its backlog
+    prefilled: bool = False  # out of the replica's backlog: its first byte came, or it ended
     status: int | None = None  # the upstream's HTTP status, once it answered
     first_byte_at: float | None = None  # when the first byte of its answer was ready for the client
     result: str | None = None  # the `outcome` label of gateway_upstream_requests, once the upstream is judged

@@ -22,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import orjson
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from .accounting import prompt_tokens_estimate
 from .admission import enforce_limits
 from .auth import authenticate
 from .context import GatewayContext
 from .errors import OpenAIError, log_refusal, validation_message
+from .hybrid import Hop, RouteInput, first_match, with_model
+from .keyfile import ApiKey
 from .proxy import ProxyPlan, ProxyResponse
 from .requestid import pick
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -83,31 +87,32 @@ class CompletionsEndpoint:
         try:
             raw = await _read_body(receive, limit)
             body, forwarded = _parse(ROUTES[path], raw)
-            model = body.model
-            if not key.may_use(model):
+            asked = body.model
+            if not key.may_use(asked):
                 ctx.metrics.auth_failures.labels("model_not_allowed").inc()
                 raise OpenAIError(
-                    403, f"This API key may not use model '{model}'.", param="model", code="model_not_allowed"
+                    403, f"This API key may not use model '{asked}'.", param="model", code="model_not_allowed"
                 )
-            if not ctx.pool.serves(model) and not ctx.settings.fallback_base_url:
-                raise OpenAIError(
-                    404,
-                    f"The model '{model}' does not exist or is not served here.",
-                    param="model",
-                    code="model_not_found",
-                )
+            route = _route(ctx, key, asked, scope["headers"], prompt_tokens_estimate(body.prompt_chars()))
         except OpenAIError as err:
             err.key_id = key.key_id
             raise
         limits = asyncio.ensure_future(enforce_limits(ctx, key))
+        if route.model != asked:
+            forwarded = with_model(forwarded, route.model)
         chars = ctx.settings.affinity_prefix_chars
         # Only where some replica reports its cache: one /tokenize round trip buys exact routing.
-        token_ids = await _token_ids(ctx, model, forwarded) if ctx.pool.kv_ready(model) else None
+        token_ids = (
+            await _token_ids(ctx, route.model, forwarded)
+            if route.self_hosted and ctx.pool.kv_ready(route.model)
+            else None
+        )
         plan = ProxyPlan(
             endpoint=path,
-            model=model,
+            model=route.model,
+            asked=asked,
             # Metric labels only carry served model names, so made-up names cannot grow the series count.
-            model_label=model if ctx.pool.serves(model) else "other",
+            model_label=route.model if ctx.pool.serves(route.model) else "other",
             key=key,
             body=forwarded,
             stream=bool(body.stream),
@@ -118,9 +123,61 @@ class CompletionsEndpoint:
             output_cap=body.output_cap(),
             request_id=rid,
             started=started,
+            self_hosted=route.self_hosted,
+            chain=route.chain,
+            rule=route.rule,
+            ttft_budget_s=route.ttft_budget_s,
             limits_first=ctx.limiter.recently_refused(key),
         )
+        ctx.metrics.route_rules.labels(route.rule or "default").inc()
         return plan, limits
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    model: str  # the model to ask for: the one asked, or the one a rule names
+    self_hosted: bool  # whether replicas here serve it first
+    chain: tuple[Hop, ...]  # hosted providers, in order, when they do not or cannot
+    rule: str | None
+    ttft_budget_s: float | None
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k == name), None)
+
+
+def _route(ctx: GatewayContext, key: ApiKey, asked: str, headers: list[tuple[bytes, bytes]], est: int) -> _Route:
+    """Where the request goes, by the routing rules (hybrid.py); 404 when nowhere serves it."""
+    s = ctx.settings
+    budget_ms: float | None = key.ttft_budget_ms
+    given = _header(headers, b"x-ttft-budget-ms")
+    if given is not None:
+        try:
+            budget_ms = float(given)
+        except ValueError:
+            budget_ms = -1.0
+        if not 0 < budget_ms < 86_400_000:
+            raise OpenAIError(
+                400,
+                f"Header x-ttft-budget-ms must be a number of milliseconds above 0, not {given[:40]!r}.",
+                param="x-ttft-budget-ms",
+            )
+    task = _header(headers, b"x-task")
+    rule = first_match(s.routes, RouteInput(key.tier, asked, est, budget_ms, task))
+    model = rule.model if rule is not None and rule.model else asked
+    self_hosted = ctx.pool.serves(model) and not (rule is not None and rule.model is None)
+    chain = rule.providers if rule is not None and rule.providers else s.default_chain()
+    if not self_hosted and not chain:
+        raise OpenAIError(
+            404, f"The model '{asked}' does not exist or is not served here.", param="model", code="model_not_found"
+        )
+    return _Route(
+        model,
+        self_hosted,
+        chain,
+        rule.name if rule is not None else None,
+        budget_ms / 1000 if budget_ms is not None else None,
+    )
 
 
 # What vLLM's /tokenize takes beside the messages, so it renders the prompt as the chat request would.

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from .accounting import DecodeRates
 from .auth import KeyStore
+from .hybrid import Provider
 from .metrics import GatewayMetrics
 from .ratelimit import RateLimiter
 from .settings import GatewaySettings
@@ -25,5 +26,6 @@ class GatewayContext:
     session: aiohttp.ClientSession
     pool: UpstreamPool
     upstream_headers: dict[str, str]
-    fallback_headers: dict[str, str]
+    providers: dict[str, Provider]  # hosted providers by name
+    provider_headers: dict[str, dict[str, str]]  # by provider: its key
     decode_rates: DecodeRates

@@ -87,9 +87,12 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         upstream_headers = {"content-type": "application/json"}
         if settings.upstream_api_key is not None:
             upstream_headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-        fallback_headers = {"content-type": "application/json"}
-        if settings.fallback_api_key is not None:
-            fallback_headers["authorization"] = f"Bearer {settings.fallback_api_key.get_secret_value()}"
+        keys = settings.provider_key_table()
+        providers = settings.hosted_providers()
+        provider_headers = {
+            name: {"content-type": "application/json", "authorization": f"Bearer {keys[name].get_secret_value()}"}
+            for name in providers
+        }
         pool = UpstreamPool(settings, session, metrics)
         ctx = GatewayContext(
             settings=settings,
@@ -100,7 +103,8 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
             session=session,
             pool=pool,
             upstream_headers=upstream_headers,
-            fallback_headers=fallback_headers,
+            providers=providers,
+            provider_headers=provider_headers,
             decode_rates=DecodeRates(),
         )
         app.state.ctx = ctx
@@ -221,7 +225,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         # requests of a model scaling up from zero, and answers the others 503 at once, which is
         # better for a client than a load balancer with no backend.
         s = ctx.settings
-        can_serve = healthy > 0 or bool(s.fallback_base_url or s.models or s.scale_from_zero_models)
+        can_serve = healthy > 0 or bool(s.default_chain() or s.models or s.scale_from_zero_models)
         ready = can_serve and (redis_ok or not redis_needed)
         body = {"ready": ready, "healthy_upstreams": healthy, "redis": redis_ok}
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)

@@ -130,8 +130,25 @@ class GatewayMetrics:
         self.circuit_opened = Counter(
             "gateway_circuit_opened", "Times a replica's circuit opened.", ["upstream"], registry=r
         )
-        self.fallback = Counter(
-            "gateway_fallback_requests", "Requests sent to the hosted fallback, by outcome.", ["outcome"], registry=r
+        self.hosted = Counter(
+            "gateway_hosted_requests",
+            "Attempts sent to each hosted provider, by outcome: ok, or error (the next in the chain may take it).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.spills = Counter(
+            "gateway_spills",
+            "Requests the replicas here could serve that went to hosted providers, by why: ttft_budget (the best "
+            "replica's predicted TTFT was past the request's budget), cold_start (no replica up, the model scales "
+            "from zero), unavailable (no replica could take it).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.route_rules = Counter(
+            "gateway_route_rules",
+            "Requests by the routing rule that decided where they go (default: none matched).",
+            ["rule"],
+            registry=r,
         )
         self.disconnects = Counter(
             "gateway_client_disconnects",

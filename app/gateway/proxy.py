@@ -33,7 +33,9 @@ from .accounting import prompt_tokens_estimate
 from .attempt import Attempt, Failure, Outcome
 from .context import GatewayContext
 from .errors import JSON, OpenAIError, error_body
+from .hybrid import Hop, with_model
 from .keyfile import ApiKey
+from .routing import Decision
 from .stream_filter import StreamFilter
 from .upstreams import Upstream
 
@@ -66,7 +68,8 @@ class Cancelled(Enum):
 @dataclass(slots=True)
 class ProxyPlan:
     endpoint: str
-    model: str
+    model: str  # what replicas are asked for: the model asked, or the one a routing rule names
+    asked: str  # the model or alias the client asked for
     model_label: str
     key: ApiKey
     body: bytes
@@ -78,6 +81,10 @@ class ProxyPlan:
     output_cap: int | None
     request_id: str
     started: float
+    self_hosted: bool = True  # replicas here serve it first
+    chain: tuple[Hop, ...] = ()  # hosted providers, in order, when replicas do not or cannot
+    rule: str | None = None  # the routing rule that decided, if one did
+    ttft_budget_s: float | None = None  # past this predicted TTFT on a replica, the chain takes it
     # Wait for the limit check before going upstream (the key was refused lately).
     limits_first: bool = False
 
@@ -98,6 +105,7 @@ class ProxyResponse:
         self._cancelled: Cancelled | None = None
         self._attempts: list[Attempt] = []  # in order; the last one may be under way
         self._stream = StreamFilter(keep_usage=plan.client_wants_usage)
+        self._spilled: str | None = None  # why the hosted chain took it from the replicas, if it did
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -199,30 +207,79 @@ class ProxyResponse:
             await self._check_limits()
         ctx.metrics.overhead.observe(time.perf_counter() - p.started)
         tried: set[str] = set()
-        failure: Failure | None = None  # the last 5xx answer, for want of a better one
-        fallback = ctx.settings.fallback_base_url
-        while len(tried) < ctx.settings.max_attempts:
-            up = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids)
-            if up is None and not tried and not fallback and p.model in ctx.settings.scale_from_zero_models:
-                await self._check_limits()  # a refused request must not wait for a scale-up
-                up = await self._hold(tried)
-            if up is None:
-                break
-            if tried:
-                ctx.metrics.retries.inc()
-            tried.add(up.url)
-            attempt = await self._attempt(send, up.url, up, ctx.upstream_headers)
-            if attempt.outcome is Outcome.DONE:
+        failure: Failure | None = None  # the last 5xx (or a provider's 429) answer, for want of a better one
+        if p.self_hosted:
+            done, failure = await self._on_replicas(send, tried)
+            if done:
                 return
-            failure = attempt.failure or failure
-        if fallback:
-            # The fallback base URL already ends in /v1, like OpenAI's.
-            attempt = await self._attempt(send, fallback.removesuffix("/v1"), None, ctx.fallback_headers)
-            ctx.metrics.fallback.labels("ok" if attempt.outcome is Outcome.DONE else "error").inc()
+        for hop in p.chain:
+            attempt = await self._on_provider(send, hop)
             if attempt.outcome is Outcome.DONE:
                 return
             failure = attempt.failure or failure
         await self._give_up(send, tried, failure)
+
+    async def _on_replicas(self, send: Send, tried: set[str]) -> tuple[bool, Failure | None]:
+        """Tries replicas until one answers; False when the chain should take the request, or nobody can."""
+        ctx, p = self.ctx, self.plan
+        failure: Failure | None = None
+        while len(tried) < ctx.settings.max_attempts:
+            decision = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids, self._prompt_tokens())
+            up = decision.replica
+            if not tried and p.chain and (spill := self._spill_reason(decision)):
+                if up is not None:
+                    ctx.pool.release(up)
+                self._spilled = spill
+                ctx.metrics.spills.labels(p.model_label, spill).inc()
+                return False, None
+            if up is None and not tried and not p.chain and p.model in ctx.settings.scale_from_zero_models:
+                await self._check_limits()  # a refused request must not wait for a scale-up
+                up = await self._hold(tried)
+                decision = Decision(up, "least_loaded", 0.0, 0)
+            if up is None:
+                break
+            ctx.metrics.route_decisions.labels(p.model, decision.reason).inc()
+            if tried:
+                ctx.metrics.retries.inc()
+            tried.add(up.url)
+            attempt = await self._attempt(send, up.url, up, ctx.upstream_headers, uncached=decision.uncached)
+            if attempt.outcome is Outcome.DONE:
+                return True, None
+            failure = attempt.failure or failure
+        if p.chain:
+            self._spilled = "unavailable"
+            ctx.metrics.spills.labels(p.model_label, "unavailable").inc()
+        return False, failure
+
+    def _spill_reason(self, decision: Decision[Upstream]) -> str | None:
+        """Why the first choice goes to the chain instead: a model starting from zero, or a replica
+        whose predicted TTFT is past the request's budget."""
+        p = self.plan
+        if decision.replica is None:
+            return "cold_start" if p.model in self.ctx.settings.scale_from_zero_models else None
+        if p.ttft_budget_s is not None and decision.ttft_s > p.ttft_budget_s:
+            return "ttft_budget"
+        return None
+
+    def _prompt_tokens(self) -> int:
+        p = self.plan
+        return len(p.token_ids) if p.token_ids else prompt_tokens_estimate(p.prompt_chars)
+
+    async def _on_provider(self, send: Send, hop: Hop) -> Attempt:
+        ctx, p = self.ctx, self.plan
+        provider = ctx.providers[hop.provider]
+        body = with_model(p.body, hop.model) if hop.model and hop.model != p.model else p.body
+        # The base URL ends in /v1, like OpenAI's; the endpoint path carries it too.
+        attempt = await self._attempt(
+            send,
+            provider.base_url.removesuffix("/v1"),
+            None,
+            ctx.provider_headers[hop.provider],
+            label=f"hosted:{hop.provider}",
+            body=body,
+        )
+        ctx.metrics.hosted.labels(hop.provider, "ok" if attempt.outcome is Outcome.DONE else "error").inc()
+        return attempt
 
     async def _hold(self, tried: set[str]) -> Upstream | None:
         """Waits, counted in gateway_requests_waiting, for a replica of a model that has none up.
@@ -234,7 +291,7 @@ class ProxyResponse:
         deadline = p.started + ctx.settings.hold_timeout_s
         while (left := deadline - time.perf_counter()) > 0:
             await asyncio.sleep(min(self._HOLD_POLL_S, left))
-            up = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids)
+            up = ctx.pool.choose(p.model, p.prefix, tried, p.token_ids, self._prompt_tokens()).replica
             if up is not None:
                 return up
         return None
@@ -256,19 +313,33 @@ class ProxyResponse:
                 retry_after="1",
             )
 
-    async def _attempt(self, send: Send, base: str, up: Upstream | None, headers: dict[str, str]) -> Attempt:
+    async def _attempt(
+        self,
+        send: Send,
+        base: str,
+        up: Upstream | None,
+        headers: dict[str, str],
+        uncached: int = 0,
+        label: str | None = None,
+        body: bytes | None = None,
+    ) -> Attempt:
+        """One try on a replica (`up`), or on a hosted provider (`label`, and the `body` for it)."""
         ctx, p = self.ctx, self.plan
-        attempt = Attempt(up.url if up is not None else "fallback", up, time.perf_counter())
+        attempt = Attempt(label or base, up, time.perf_counter(), uncached=uncached)
         self._attempts.append(attempt)
         if up is not None:
             up.in_flight += 1
             up.attempts.add(self)
+            up.pending += 1
+            up.pending_tokens += uncached
             ctx.metrics.upstream_in_flight.labels(attempt.label).inc()
         resp: aiohttp.ClientResponse | None = None
         try:
             try:
                 resp = await ctx.session.post(
-                    base + p.endpoint, data=p.body, headers={**headers, "x-request-id": p.request_id}
+                    base + p.endpoint,
+                    data=p.body if body is None else body,
+                    headers={**headers, "x-request-id": p.request_id},
                 )
             except _TRANSPORT_ERRORS as exc:
                 attempt.error = type(exc).__name__
@@ -287,6 +358,7 @@ class ProxyResponse:
             attempt.outcome = await self._end_on_hung_replica(send, attempt)
         finally:
             if up is not None:
+                self._prefilled(attempt)
                 up.attempts.discard(self)
                 up.in_flight -= 1
                 ctx.metrics.upstream_in_flight.labels(attempt.label).dec()
@@ -304,8 +376,9 @@ class ProxyResponse:
 
     async def _answer(self, send: Send, attempt: Attempt, resp: aiohttp.ClientResponse) -> Outcome:
         """Passes the upstream's answer on to the client, unless another replica should try instead."""
-        if resp.status >= 500:
-            self._judge(attempt, "http_5xx")
+        # A hosted provider's 429 passes the request to the next one in the chain.
+        if resp.status >= 500 or (resp.status == 429 and attempt.replica is None):
+            self._judge(attempt, "http_5xx" if resp.status >= 500 else "http_429")
             try:
                 body = await resp.read()
             except _TRANSPORT_ERRORS:
@@ -387,10 +460,19 @@ class ProxyResponse:
         attempt.result = result
         self.ctx.metrics.upstream_requests.labels(attempt.label, result).inc()
 
+    def _prefilled(self, attempt: Attempt) -> None:
+        """The replica is past this attempt's prefill (first byte, or the attempt ended): out of its backlog."""
+        up = attempt.replica
+        if up is not None and not attempt.prefilled:
+            attempt.prefilled = True
+            up.pending -= 1
+            up.pending_tokens -= attempt.uncached
+
     # -- sending -------------------------------------------------------------------------------
 
     def _first_byte(self, attempt: Attempt) -> None:
         attempt.first_byte_at = time.perf_counter()
+        self._prefilled(attempt)
         if self._waiting:
             self._waiting = False
             self.ctx.metrics.waiting.labels(self.plan.model_label).dec()
@@ -439,14 +521,15 @@ class ProxyResponse:
             m.waiting.labels(p.model_label).dec()
         m.in_flight.labels(p.model_label).dec()
         first_byte_at = self._first_byte_at()
-        upstream = next((a.label for a in reversed(self._attempts) if a.status is not None), None)
+        answered = next((a for a in reversed(self._attempts) if a.status is not None), None)
+        upstream = answered.label if answered is not None else None
         status = str(self.status_code)
         stream = "true" if p.stream else "false"
         m.requests.labels(p.model_label, p.key.key_id, p.endpoint, status).inc()
         m.latency.labels(p.model_label, p.endpoint, stream).observe(now - p.started)
         if first_byte_at is not None:
             m.ttft.labels(p.model_label, p.endpoint, stream).observe(first_byte_at - p.started)
-        prompt_tokens, completion_tokens, estimated = self._tokens(now, first_byte_at, upstream)
+        prompt_tokens, completion_tokens, estimated = self._tokens(now, first_byte_at, answered)
         if prompt_tokens or completion_tokens:
             m.prompt_tokens.labels(p.model_label, p.key.key_id).inc(prompt_tokens)
             m.completion_tokens.labels(p.model_label, p.key.key_id).inc(completion_tokens)
@@ -457,6 +540,9 @@ class ProxyResponse:
                 "request_id": p.request_id,
                 "key_id": p.key.key_id,
                 "model": p.model,
+                "asked": p.asked,
+                "rule": p.rule,
+                "spilled": self._spilled,
                 "endpoint": p.endpoint,
                 "stream": p.stream,
                 "status": self.status_code,
@@ -477,7 +563,7 @@ class ProxyResponse:
             return None
         return next((a.first_byte_at for a in reversed(self._attempts) if a.first_byte_at is not None), None)
 
-    def _tokens(self, now: float, first_byte_at: float | None, upstream: str | None) -> tuple[int, int, bool]:
+    def _tokens(self, now: float, first_byte_at: float | None, answered: Attempt | None) -> tuple[int, int, bool]:
         """Prompt and output tokens to charge, and whether they are estimated (see accounting.py)."""
         p, usage = self.plan, self._stream.usage
         sent_at = self._attempts[-1].started if self._attempts else None  # when the request last went upstream
@@ -487,7 +573,8 @@ class ProxyResponse:
             except (TypeError, ValueError):
                 pass
             else:
-                if first_byte_at is not None and sent_at is not None and upstream != "fallback":
+                # Only replicas here teach the decode rate: a hosted provider's is not theirs.
+                if first_byte_at is not None and sent_at is not None and answered and answered.replica:
                     # Decoding time: from the first chunk on a stream; the whole wait otherwise.
                     began = first_byte_at if p.stream else sent_at
                     self.ctx.decode_rates.observe(p.model, output, now - began)

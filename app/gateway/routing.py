@@ -1,10 +1,13 @@
-"""Replica choice: the replica whose KV cache holds the most of the prompt (from vLLM's KV
-events, kv_events.py), else prefix affinity by consistent hashing, both with bounded load, else
-least outstanding.
+"""Replica choice: the replica with the shortest predicted time to first token, given what its
+KV cache holds (from vLLM's KV events, kv_events.py); else prefix affinity by consistent
+hashing; both with bounded load; else least outstanding.
 
 Where replicas publish KV events and the prompt's token ids are known, each candidate's cached
-prefix is read from its block index: the one holding the most tokens wins, unless its load is
-past the bound, then the next. Without a cached prefix anywhere, the hashing below decides.
+prefix is read from its block index. Its predicted TTFT is the prompt tokens it must prefill
+before this request's first token (those already queued on it, and this prompt's uncached
+ones) over the prefill rate: a replica holding the prefix wins unless its queue costs more than
+the prefill it saves. Replicas past the load bound are not chosen while one within it is. Without
+a cached prefix anywhere, the hashing below decides.
 
 A prompt's leading characters are hashed onto a ring of replicas, so requests sharing a prefix
 (a system prompt, a few-shot preamble) land on the replica whose KV cache already holds it. The
@@ -21,7 +24,8 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 
 class Candidate(Protocol):
@@ -33,8 +37,18 @@ class Candidate(Protocol):
 
     def cached(self, token_ids: Sequence[int]) -> int: ...  # prompt tokens its prefix cache would hit
 
+    def backlog_tokens(self, prompt_tokens: int) -> float: ...  # prompt tokens queued ahead of a new request
+
 
 C = TypeVar("C", bound=Candidate)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[C]):
+    replica: C | None
+    reason: str  # kv_cache, affinity, least_loaded, or none
+    ttft_s: float  # the predicted time to first token on it; 0 with no replica
+    uncached: int  # the prompt tokens it would prefill, which its backlog then holds until the first byte
 
 
 def stable_hash(data: str) -> int:
@@ -65,8 +79,9 @@ class HashRing:
 
 
 class Router:
-    def __init__(self, load_factor: float) -> None:
+    def __init__(self, load_factor: float, prefill_tokens_per_s: float = 10_000.0) -> None:
         self._load_factor = load_factor
+        self._prefill_rate = prefill_tokens_per_s
         self._ring = HashRing(())
         self._tiebreak = itertools.count()
 
@@ -75,32 +90,49 @@ class Router:
         if urls != self._ring.members:
             self._ring = HashRing(urls)
 
+    def predicted_ttft(self, c: Candidate, prompt_tokens: int, cached: int) -> float:
+        return (c.backlog_tokens(prompt_tokens) + max(0, prompt_tokens - cached)) / self._prefill_rate
+
     def choose(self, candidates: Sequence[C], prefix: str | None, token_ids: Sequence[int] | None = None) -> C | None:
-        return self.decide(candidates, prefix, token_ids)[0]
+        return self.decide(candidates, prefix, token_ids).replica
 
     def decide(
-        self, candidates: Sequence[C], prefix: str | None, token_ids: Sequence[int] | None = None
-    ) -> tuple[C | None, str]:
-        """The replica, and why: `kv_cache`, `affinity`, `least_loaded` (or `none`)."""
+        self,
+        candidates: Sequence[C],
+        prefix: str | None,
+        token_ids: Sequence[int] | None = None,
+        prompt_tokens: int | None = None,
+    ) -> Decision[C]:
+        """The replica, why, and its predicted TTFT. `prompt_tokens` defaults to len(token_ids)."""
+        n_prompt = len(token_ids) if token_ids else (prompt_tokens or 0)
         if not candidates:
-            return None, "none"
+            return Decision(None, "none", 0.0, 0)
         if len(candidates) > 1:
             total = sum(c.load() for c in candidates) + 1
             bound = math.ceil(self._load_factor * total / len(candidates))
             if token_ids:
-                ranked = sorted(((c.cached(token_ids), c) for c in candidates), key=lambda hc: (-hc[0], hc[1].load()))
-                for hits, c in ranked:
-                    if hits <= 0:
-                        break
-                    if c.load() + 1 <= bound:
-                        return c, "kv_cache"
+                hits = [c.cached(token_ids) for c in candidates]
+                if max(hits) > 0:
+                    scored = [
+                        (c.load() + 1 > bound, self.predicted_ttft(c, n_prompt, h), -h, c.load(), i)
+                        for i, (c, h) in enumerate(zip(candidates, hits, strict=True))
+                    ]
+                    over, ttft, _, _, i = min(scored)
+                    if not over:
+                        # A replica holding none of it wins when the holders' queues cost more.
+                        reason = "kv_cache" if hits[i] else "least_loaded"
+                        return Decision(candidates[i], reason, ttft, max(0, n_prompt - hits[i]))
             if prefix:
                 by_url = {c.url: c for c in candidates}
                 for url in self._ring.walk(stable_hash(prefix)):
                     on_ring = by_url.get(url)
                     if on_ring is not None and on_ring.load() + 1 <= bound:
-                        return on_ring, "affinity"
-        return self.least_loaded(candidates), "least_loaded"
+                        return self._decision(on_ring, "affinity", n_prompt, token_ids)
+        return self._decision(self.least_loaded(candidates), "least_loaded", n_prompt, token_ids)
+
+    def _decision(self, c: C, reason: str, n_prompt: int, token_ids: Sequence[int] | None) -> Decision[C]:
+        cached = c.cached(token_ids) if token_ids else 0
+        return Decision(c, reason, self.predicted_ttft(c, n_prompt, cached), max(0, n_prompt - cached))
 
     def least_loaded(self, candidates: Sequence[C]) -> C:
         # Rotating the start spreads ties (an idle fleet) instead of always picking the first replica.

@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .hybrid import Hop, Provider, Rule, check_references, parse_chain
+
 ENV_PREFIX = "GATEWAY_"
 # Values of these variables are never echoed back in error messages.
-SECRET_FIELDS = frozenset({"fallback_api_key", "upstream_api_key", "redis_url"})
+SECRET_FIELDS = frozenset({"fallback_api_key", "provider_keys", "upstream_api_key", "redis_url"})
+# The provider that GATEWAY_FALLBACK_BASE_URL and GATEWAY_FALLBACK_API_KEY make, alone in the chain.
+LEGACY_FALLBACK = "fallback"
 
 
 def _split(value: object) -> list[str]:
@@ -80,7 +85,23 @@ class GatewaySettings(BaseSettings):
         1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load"
     )
 
-    # Hosted fallback, used when no replica can take a request.
+    # Predicted time to first token, for choosing among replicas that hold a prefix and for
+    # spilling to hosted providers: the prompt tokens a replica still has to prefill, this
+    # request's uncached ones included, at this rate.
+    prefill_tokens_per_s: float = Field(
+        10_000.0, gt=0, description="prompt tokens a replica prefills per second (the model on its GPU)"
+    )
+
+    # Hosted providers and hybrid routing (hybrid.py).
+    providers: Annotated[tuple[Provider, ...], NoDecode] = Field((), description='JSON list of {"name", "base_url"}')
+    provider_keys: SecretStr | None = Field(None, description='JSON object {"<provider>": "<api key>"}')
+    fallback_chain: Annotated[tuple[Hop, ...], NoDecode] = Field(
+        (), description="comma-separated `<provider>[:<model>]`, tried in order when no replica can take a request"
+    )
+    routes: Annotated[tuple[Rule, ...], NoDecode] = Field(
+        (), description="JSON list of rules; the first that matches decides"
+    )
+    # One hosted fallback, the shorthand for a provider named `fallback` alone in the chain.
     fallback_base_url: str | None = Field(None, description="OpenAI-compatible base URL including /v1")
     fallback_api_key: SecretStr | None = None
 
@@ -160,6 +181,23 @@ class GatewaySettings(BaseSettings):
     def _parse_fallback(cls, value: object) -> object:
         return _base_url(value) if isinstance(value, str) and value else None
 
+    @field_validator("providers", "routes", mode="before")
+    @classmethod
+    def _parse_json_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value) if value.strip() else []
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+            if not isinstance(value, list):
+                raise ValueError("expected a JSON list")
+        return value
+
+    @field_validator("fallback_chain", mode="before")
+    @classmethod
+    def _parse_chain(cls, value: object) -> object:
+        return parse_chain(value)
+
     @field_validator("redis_url")
     @classmethod
     def _parse_redis(cls, value: str) -> str:
@@ -176,8 +214,8 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _complete(self) -> GatewaySettings:
-        if not (self.upstreams or self.upstream_dns or self.fallback_base_url):
-            raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_DNS (or GATEWAY_FALLBACK_BASE_URL)")
+        if not (self.upstreams or self.upstream_dns or self.fallback_base_url or self.providers):
+            raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_DNS (or hosted GATEWAY_PROVIDERS)")
         if self.api_keys_file is None and not self.api_keys_redis_hash:
             raise ValueError("set GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS_REDIS_HASH")
         if self.metrics_port == self.port:
@@ -186,7 +224,47 @@ class GatewaySettings(BaseSettings):
             raise ValueError("GATEWAY_KV_REPLAY_PORT needs GATEWAY_KV_EVENTS_PORT")
         if self.fallback_base_url and self.fallback_api_key is None:
             raise ValueError("GATEWAY_FALLBACK_API_KEY is required with GATEWAY_FALLBACK_BASE_URL")
+        providers = self.hosted_providers()
+        keys = self.provider_key_table()
+        for name in providers:
+            if name not in keys:
+                raise ValueError(f"GATEWAY_PROVIDER_KEYS has no key for provider {name!r}")
+        for name in keys:
+            if name not in providers:
+                raise ValueError(f"GATEWAY_PROVIDER_KEYS: {name!r} is not a provider in GATEWAY_PROVIDERS")
+        models = (*self.models, *self.scale_from_zero_models)
+        check_references(self.routes, tuple(providers.values()), self.default_chain(), models)
         return self
+
+    def hosted_providers(self) -> dict[str, Provider]:
+        out = {p.name: p for p in self.providers}
+        if len(out) != len(self.providers):
+            raise ValueError("GATEWAY_PROVIDERS: two providers have the same name")
+        if self.fallback_base_url:
+            if LEGACY_FALLBACK in out:
+                raise ValueError(f"GATEWAY_FALLBACK_BASE_URL makes a provider named {LEGACY_FALLBACK!r}: rename yours")
+            out[LEGACY_FALLBACK] = Provider(name=LEGACY_FALLBACK, base_url=self.fallback_base_url.rstrip("/"))
+        return out
+
+    def provider_key_table(self) -> dict[str, SecretStr]:
+        """Each provider's API key; GATEWAY_PROVIDER_KEYS' text is never part of an error."""
+        out: dict[str, SecretStr] = {}
+        if self.provider_keys is not None:
+            try:
+                raw = orjson.loads(self.provider_keys.get_secret_value())
+            except orjson.JSONDecodeError:
+                raise ValueError('GATEWAY_PROVIDER_KEYS: not JSON; expected {"<provider>": "<api key>"}') from None
+            if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+                raise ValueError('GATEWAY_PROVIDER_KEYS: expected a JSON object {"<provider>": "<api key>"}')
+            out = {name: SecretStr(key) for name, key in raw.items()}
+        if self.fallback_api_key is not None and self.fallback_base_url:
+            out[LEGACY_FALLBACK] = self.fallback_api_key
+        return out
+
+    def default_chain(self) -> tuple[Hop, ...]:
+        if self.fallback_chain:
+            return self.fallback_chain
+        return (Hop(LEGACY_FALLBACK),) if self.fallback_base_url else ()
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -196,7 +274,9 @@ def describe_error(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not field:
         return msg
+    # A nested value's path as a reader writes it: GATEWAY_ROUTES[1].match.tiers
     where = ENV_PREFIX + field.upper()
+    where += "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
     if field not in SECRET_FIELDS and isinstance(err.get("input"), str | int | float):
         return f"{where}={err['input']!r}: {msg}"
     return f"{where}: {msg}"

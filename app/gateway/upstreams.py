@@ -23,7 +23,7 @@ import orjson
 from .circuit import CircuitBreaker, State
 from .kv_events import KvEventFeed
 from .metrics import GatewayMetrics
-from .routing import Router
+from .routing import Decision, Router
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:  # proxy imports this module
@@ -69,6 +69,8 @@ class Upstream:
         "running",
         "kv_usage",
         "kv",
+        "pending",
+        "pending_tokens",
         "_metrics",
     )
 
@@ -86,6 +88,10 @@ class Upstream:
         self.running = 0.0
         self.kv_usage = 0.0
         self.kv: KvEventFeed | None = None  # where the replica publishes its KV cache events
+        # This gateway's attempts on it that have no first byte yet, and the prompt tokens they
+        # make it prefill: its queue as far as this gateway knows it exactly.
+        self.pending = 0
+        self.pending_tokens = 0.0
         self._metrics = metrics
 
     def load(self) -> float:
@@ -96,6 +102,14 @@ class Upstream:
 
     def pressure(self) -> float:
         return self.kv_usage
+
+    def backlog_tokens(self, prompt_tokens: int) -> float:
+        """Prompt tokens it prefills before a new request's: this gateway's own pending ones, and
+        for the requests queued there that others sent, as many each as this gateway's average
+        (or this prompt's, with none of its own pending)."""
+        others = max(0.0, self.waiting - self.pending)
+        each = self.pending_tokens / self.pending if self.pending else float(prompt_tokens)
+        return self.pending_tokens + others * each
 
     def usable(self, now: float) -> bool:
         return self.healthy and self.breaker.available(now)
@@ -116,7 +130,7 @@ class UpstreamPool:
         self._metrics = metrics
         self._by_url: dict[str, Upstream] = {}
         self._dns_urls: set[str] = set()
-        self.router = Router(settings.affinity_load_factor)
+        self.router = Router(settings.affinity_load_factor, settings.prefill_tokens_per_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_timeout = aiohttp.ClientTimeout(total=settings.health_timeout_s)
         self._headers = {}
@@ -306,21 +320,35 @@ class UpstreamPool:
         )
 
     def choose(
-        self, model: str, prefix: str | None, exclude: set[str], token_ids: Sequence[int] | None = None
-    ) -> Upstream | None:
+        self,
+        model: str,
+        prefix: str | None,
+        exclude: set[str],
+        token_ids: Sequence[int] | None = None,
+        prompt_tokens: int | None = None,
+        count: bool = True,
+    ) -> Decision[Upstream]:
+        """The replica to try (its circuit admitted the try), or a decision with none. With
+        `count`, the decision is counted in gateway_route_decisions_total."""
         now = time.monotonic()
         candidates = [
             up for up in self._by_url.values() if up.url not in exclude and model in up.models and up.usable(now)
         ]
         while candidates:
-            up, reason = self.router.decide(candidates, prefix, token_ids)
+            decision = self.router.decide(candidates, prefix, token_ids, prompt_tokens)
+            up = decision.replica
             if up is None:
-                return None
+                break
             if up.breaker.acquire(now):
-                self._metrics.route_decisions.labels(model, reason).inc()
-                return up
+                if count:
+                    self._metrics.route_decisions.labels(model, decision.reason).inc()
+                return decision
             candidates.remove(up)
-        return None
+        return Decision(None, "none", 0.0, 0)
+
+    def release(self, up: Upstream) -> None:
+        """Gives back a try that `choose` admitted but that was not made (the request spilled)."""
+        up.breaker.release_trial()
 
     def record(self, up: Upstream, ok: bool) -> None:
         before = up.breaker.state

@@ -152,7 +152,7 @@ def test_hosted_fallback_takes_requests_no_replica_can(log_dir, procs, keys, red
         )
     )
     assert chunks and all(c.choices for c in chunks)
-    assert metric_sum(scrape(gw.metrics_url), "gateway_fallback_requests_total", outcome="ok") == 2
+    assert metric_sum(scrape(gw.metrics_url), "gateway_hosted_requests_total", provider="fallback", outcome="ok") == 2
     assert "sk-hosted-fallback" not in gw.log()
 
 

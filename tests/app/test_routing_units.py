@@ -20,9 +20,13 @@ class Replica:
     inflight: int = 0
     kv: float = 0.0
     holds: int = 0  # prompt tokens its prefix cache would hit
+    backlog: float = 0.0  # prompt tokens queued ahead of a new request
 
     def load(self) -> float:
         return self.inflight
+
+    def backlog_tokens(self, prompt_tokens: int) -> float:
+        return self.backlog
 
     def pressure(self) -> float:
         return self.kv
@@ -39,11 +43,15 @@ def test_the_replica_holding_the_most_of_the_prompt_wins_over_the_hash():
     by_hash = router.choose([a, b, c], prefix)
     holder = next(r for r in (a, b, c) if r is not by_hash)
     holder.holds = 256
-    assert router.decide([a, b, c], prefix, list(range(300))) == (holder, "kv_cache")
+    assert picked(router.decide([a, b, c], prefix, list(range(300)))) == (holder, "kv_cache")
     # Another replica holding less does not take it; without token ids the hash decides as before.
     by_hash.holds = 128
-    assert router.decide([a, b, c], prefix, list(range(300))) == (holder, "kv_cache")
-    assert router.decide([a, b, c], prefix) == (by_hash, "affinity")
+    assert picked(router.decide([a, b, c], prefix, list(range(300)))) == (holder, "kv_cache")
+    assert picked(router.decide([a, b, c], prefix)) == (by_hash, "affinity")
+
+
+def picked(decision):
+    return decision.replica, decision.reason
 
 
 def test_a_holder_past_the_load_bound_gives_way_to_the_next():
@@ -52,10 +60,23 @@ def test_a_holder_past_the_load_bound_gives_way_to_the_next():
     router.update_members([a.url, b.url, c.url])
     a.holds, b.holds = 512, 256
     a.inflight = 10  # bound: ceil(1.25 * 11 / 3) = 5
-    assert router.decide([a, b, c], None, list(range(600))) == (b, "kv_cache")
+    assert picked(router.decide([a, b, c], None, list(range(600)))) == (b, "kv_cache")
     b.inflight = 10
-    chosen, reason = router.decide([a, b, c], None, list(range(600)))
-    assert (chosen, reason) == (c, "least_loaded")
+    assert picked(router.decide([a, b, c], None, list(range(600)))) == (c, "least_loaded")
+
+
+def test_a_holder_whose_queue_costs_more_than_the_prefill_it_saves_loses():
+    # 10,000 prompt tokens a second; a 1,000-token prompt; `a` holds 512 of it.
+    a, b = Replica("http://a", holds=512), Replica("http://b")
+    router = Router(load_factor=4.0, prefill_tokens_per_s=10_000)
+    d = router.decide([a, b], None, list(range(1000)))
+    assert picked(d) == (a, "kv_cache")
+    assert d.ttft_s == 0.0488 and d.uncached == 488  # (0 queued + 488 uncached) / 10,000
+    a.backlog = 511  # 0.0511 + 0.0488 on a against 0.1 on b: still a
+    assert router.decide([a, b], None, list(range(1000))).replica is a
+    a.backlog = 513  # now b's whole prefill is quicker than a's queue plus the rest
+    d = router.decide([a, b], None, list(range(1000)))
+    assert picked(d) == (b, "least_loaded") and d.ttft_s == 0.1 and d.uncached == 1000
 
 
 def test_stable_hash_does_not_depend_on_the_process():
