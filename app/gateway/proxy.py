@@ -217,7 +217,7 @@ class ProxyResponse:
             if attempt.outcome is Outcome.DONE:
                 return
             failure = attempt.failure or failure
-        await self._give_up(send, tried, failure)
+        await self._give_up(send, failure)
 
     async def _on_replicas(self, send: Send, tried: set[str]) -> tuple[bool, Failure | None]:
         """Tries replicas until one answers; False when the chain should take the request, or nobody can."""
@@ -298,12 +298,13 @@ class ProxyResponse:
 
     _HOLD_POLL_S = 0.25
 
-    async def _give_up(self, send: Send, tried: set[str], failure: Failure | None) -> None:
+    async def _give_up(self, send: Send, failure: Failure | None) -> None:
         if failure is not None:
             await self._send_whole(send, failure.status, failure.body, failure.content_type)
             return
-        if tried:
-            await self._send_error(send, 502, "No replica could be reached for this request.", "upstream_unreachable")
+        if self._attempts:
+            where = "replica" if not self.plan.chain else "replica or hosted provider"
+            await self._send_error(send, 502, f"No {where} could be reached for this request.", "upstream_unreachable")
         else:
             await self._send_error(
                 send,

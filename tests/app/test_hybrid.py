@@ -202,6 +202,8 @@ def hybrid(log_dir, procs, redis_server, tiered_keys, too_many):
         {"name": "free-to-hosted", "match": {"tiers": ["free"]}, "providers": ["limited", "down", "good:hosted-model"]},
         {"name": "alias", "match": {"models": ["gpt-4o-mini"]}, "model": "sim-model"},
         {"name": "summaries", "match": {"tasks": ["summarize"]}, "providers": ["failing", "good:hosted-model"]},
+        {"name": "doomed", "match": {"tasks": ["doomed"]}, "providers": ["down", "limited"]},
+        {"name": "lost", "match": {"tasks": ["lost"]}, "providers": ["down"]},
     ]
     path, plain = tiered_keys
     env = gateway_env(
@@ -333,3 +335,20 @@ def test_a_cold_model_spills_to_hosted_instead_of_waiting(log_dir, procs, redis_
     out = _chat(gw, keys["pro"], model="big-model")
     assert out.model == "hosted-model"
     assert metric_sum(scrape(gw.metrics_url), "gateway_spills_total", model="big-model", reason="cold_start") == 1
+
+
+def test_a_chain_that_fails_everywhere_answers_with_the_last_providers_error(hybrid):
+    gw, replica, keys = hybrid
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {keys['pro']}", "x-task": "doomed"},
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}]},
+    )
+    # `down` cannot be reached and `limited` answers 429: the client gets that 429.
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit"
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {keys['pro']}", "x-task": "lost"},
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
