@@ -161,13 +161,30 @@ def start_redis(log_dir: Path, port: int | None = None) -> Proc:
 
 
 def start_simulator(
-    log_dir: Path, port: int | None = None, env: Mapping[str, str] | None = None, wait: bool = True, **flags: object
+    log_dir: Path,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    wait: bool = True,
+    kv_events: bool = False,
+    **flags: object,
 ) -> Proc:
+    """A simulator replica; with `kv_events`, publishing its KV cache events as start_vllm's
+    engines do, at `proc.kv_events` (endpoint, replay endpoint), under KV_EVENTS_TOPIC."""
     port = port or free_port()
     argv = [sys.executable, "-m", "app.simulator", "--port", str(port)]
+    kv_ports = (free_port(), free_port()) if kv_events else None
+    if kv_ports:
+        flags = {
+            "kv_events_port": kv_ports[0],
+            "kv_replay_port": kv_ports[1],
+            "kv_events_topic": KV_EVENTS_TOPIC,
+            **flags,
+        }
     for name, value in flags.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     proc = Proc(f"simulator-{port}", argv, log_dir, env=env, url=f"http://127.0.0.1:{port}")
+    if kv_ports:
+        proc.kv_events = (f"tcp://127.0.0.1:{kv_ports[0]}", f"tcp://127.0.0.1:{kv_ports[1]}")
     if wait:
         proc.wait_http("/health")
     return proc

@@ -15,11 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from pydantic import ValidationError
 
-from .engine import Engine, Generation, tokenize
+from .engine import Engine, Generation
+from .kv_events import KvEventPublisher
 from .metrics import VllmMetrics
-from .protocol import ChatCompletionRequest, CompletionRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, TokenizeChatRequest, TokenizeCompletionRequest
 from .settings import SimulatorSettings
+from .tokens import render_chat, token_ids, tokenize
 
 _JSON = "application/json"
 
@@ -34,25 +37,19 @@ def _error(status: int, message: str, kind: str, param: str | None = None) -> Re
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
 
-def _prompt_tokens_chat(req: ChatCompletionRequest) -> list[str]:
-    tokens: list[str] = []
-    for msg in req.messages:
-        # A few tokens per message stand in for the chat template's role markers.
-        tokens.append(f"<|{msg.role}|>")
-        tokens.extend(tokenize(msg.text()))
-        tokens.append("<|end|>")
-    return tokens
+def _chat_tokens(req: ChatCompletionRequest | TokenizeChatRequest) -> list[str]:
+    return render_chat(req.messages, req.add_generation_prompt, req.continue_final_message)
 
 
-def _prompt_tokens_completion(req: CompletionRequest) -> list[str]:
+def _completion_ids(req: CompletionRequest) -> list[int]:
     p = req.prompt
     if isinstance(p, str):
-        return tokenize(p)
+        return token_ids(tokenize(p))
     if p and isinstance(p[0], str):
-        return tokenize(" ".join(p))
+        return token_ids(tokenize(" ".join(str(part) for part in p)))
     if p and isinstance(p[0], list):
-        return [str(t) for part in p for t in part]
-    return [str(t) for t in p]
+        return [t for part in p if isinstance(part, list) for t in part]
+    return [t for t in p if isinstance(t, int)]
 
 
 def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
@@ -65,9 +62,20 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         metrics = VllmMetrics(settings.model)
         app.state.metrics = metrics
-        app.state.engine = Engine(settings, metrics)
+        publisher = None
+        if settings.kv_events_port is not None:
+            publisher = KvEventPublisher(
+                f"tcp://{settings.host}:{settings.kv_events_port}",
+                f"tcp://{settings.host}:{settings.kv_replay_port}" if settings.kv_replay_port else None,
+                settings.kv_events_topic,
+            )
+        app.state.engine = Engine(settings, metrics, publisher.publish if publisher else None)
         app.state.rng = random.Random(0)
-        yield
+        try:
+            yield
+        finally:
+            if publisher is not None:
+                await publisher.close()
 
     app = FastAPI(title="vLLM simulator", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -78,19 +86,24 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         param = ".".join(loc) or None
         return _error(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", "BadRequestError", param)
 
-    def _check(request: Request, model: str) -> Response | None:
+    def _admit(request: Request, model: str | None) -> Response | None:
         if settings.api_key is not None:
             auth = request.headers.get("authorization", "")
             expected = f"Bearer {settings.api_key.get_secret_value()}"
             if not hmac.compare_digest(auth.encode(), expected.encode()):
                 return _error(401, "Unauthorized", "AuthenticationError")
-        if model != settings.model:
+        if model is not None and model != settings.model:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        return None
+
+    def _check(request: Request, model: str) -> Response | None:
+        if (refused := _admit(request, model)) is not None:
+            return refused
         if settings.fail_rate and app.state.rng.random() < settings.fail_rate:
             return _error(500, "simulated engine failure", "InternalServerError")
         return None
 
-    def _plan(prompt: list[str], max_tokens: int | None) -> Generation | Response:
+    def _plan(prompt: list[int], max_tokens: int | None) -> Generation | Response:
         n_prompt = len(prompt)
         room = settings.max_model_len - n_prompt
         if max_tokens is not None and max_tokens > room:
@@ -107,7 +120,7 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
             return Generation(n_prompt, min(settings.default_max_tokens, room), natural_stop=True)
         return Generation(n_prompt, max_tokens)
 
-    async def _collect(request: Request, engine: Engine, prompt: list[str], gen: Generation) -> str | None:
+    async def _collect(request: Request, engine: Engine, prompt: list[int], gen: Generation) -> str | None:
         """Runs a whole generation, abandoning it if the client disconnects first."""
 
         async def run() -> str:
@@ -138,7 +151,7 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         }
 
     async def _stream(
-        engine: Engine, prompt: list[str], gen: Generation, chat: bool, model: str, include_usage: bool
+        engine: Engine, prompt: list[int], gen: Generation, chat: bool, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -147,7 +160,12 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
         # token chunks carry no `usage` key even with include_usage; chat opens with a role chunk.
         # Token events differ only in their text: encode the rest once, so a simulator serving
         # many streams spends its CPU like vLLM's frontend would, not on JSON encoding.
+        tokens = engine.generate(prompt, gen)
+        first: str | None = None
         if chat:
+            # vLLM writes the role chunk with the engine's first output, after the prefill
+            # (chat_completion/serving.py), so the first body byte comes at the first token.
+            first = await anext(tokens, None)
             yield (
                 b"data: "
                 + orjson.dumps(
@@ -186,7 +204,9 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
             }
         template = b"data: " + orjson.dumps({**head, "choices": [marker]}) + b"\n\n"
         before, after = template.split(b'"\\u0000"')
-        async for text in engine.generate(prompt, gen):
+        if first is not None:
+            yield before + orjson.dumps(first) + after
+        async for text in tokens:
             yield before + orjson.dumps(text) + after
         if chat:
             choice = {
@@ -218,7 +238,7 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
 
     async def _serve(
         request: Request,
-        prompt: list[str],
+        prompt: list[int],
         max_tokens: int | None,
         req: ChatCompletionRequest | CompletionRequest,
         chat: bool,
@@ -305,11 +325,48 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
-        return await _serve(request, _prompt_tokens_chat(req), req.max_completion_tokens or req.max_tokens, req, True)
+        prompt = token_ids(_chat_tokens(req))
+        return await _serve(request, prompt, req.max_completion_tokens or req.max_tokens, req, True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Response:
-        return await _serve(request, _prompt_tokens_completion(req), req.max_tokens, req, False)
+        return await _serve(request, _completion_ids(req), req.max_tokens, req, False)
+
+    @app.post("/tokenize")
+    async def tokenize_route(request: Request) -> Response:
+        """vLLM's /tokenize: the token ids the chat or completion route would use for the same
+        messages or prompt, which the prefix cache and the KV events hold. An engine failure
+        (SIM_FAIL_RATE) is the engine's: tokenizing is the API server's work, so it does not fail."""
+        try:
+            raw = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _error(400, "body: not JSON", "BadRequestError")
+        # A body with messages is a chat; validating it against one model, not the union,
+        # names what is wrong with it rather than what a prompt would lack.
+        kind = TokenizeChatRequest if isinstance(raw, dict) and "messages" in raw else TokenizeCompletionRequest
+        try:
+            req = kind.model_validate(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        if (refused := _admit(request, req.model)) is not None:
+            return refused
+        tokens = _chat_tokens(req) if isinstance(req, TokenizeChatRequest) else tokenize(req.prompt)
+        ids = token_ids(tokens)
+        body = {
+            "count": len(ids),
+            "max_model_len": settings.max_model_len,
+            "tokens": ids,
+            "token_strs": tokens if req.return_token_strs else None,
+        }
+        return Response(orjson.dumps(body), media_type=_JSON)
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache(request: Request) -> Response:
+        """vLLM's (in its dev mode): empties the prefix cache, which its events report as AllBlocksCleared."""
+        if (refused := _admit(request, None)) is not None:
+            return refused
+        request.app.state.engine.prefix_cache.clear()
+        return Response(status_code=200)
 
     @app.get("/v1/models")
     async def models() -> Response:

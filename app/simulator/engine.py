@@ -3,62 +3,29 @@
 Timing follows vLLM's shape rather than its numbers: the first token costs a fixed time plus a
 per-token prefill cost for the part of the prompt that is not already in the prefix cache, and
 every later token costs a fixed inter-token time.
+
+The prefix cache (prefix_cache.py) holds the prompt's full blocks once it is scheduled and each
+block the output fills as it fills, as vLLM caches a request's blocks, so a conversation's next
+turn hits its earlier answers too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .metrics import VllmMetrics
+from .prefix_cache import PrefixCache, Publish
 from .settings import SimulatorSettings
+from .tokens import token_ids
 
 _VOCAB = (
     "the quick brown fox jumps over a lazy dog while seven wizards quietly "
     "hex every jolly box of bright amber pixels near the old stone bridge"
 ).split()
-
-
-def tokenize(text: str) -> list[str]:
-    """Whitespace words stand in for tokens: cheap, deterministic and prefix-stable."""
-    return text.split()
-
-
-class PrefixCache:
-    """An LRU of prompt blocks, keyed by a hash chained over all earlier blocks, as in vLLM."""
-
-    def __init__(self, capacity_blocks: int, block_size: int) -> None:
-        self._capacity = capacity_blocks
-        self._block_size = block_size
-        self._blocks: OrderedDict[int, None] = OrderedDict()
-
-    def block_hashes(self, tokens: Sequence[str]) -> list[int]:
-        hashes: list[int] = []
-        parent = 0
-        full = len(tokens) - len(tokens) % self._block_size
-        for start in range(0, full, self._block_size):
-            parent = hash((parent, tuple(tokens[start : start + self._block_size])))
-            hashes.append(parent)
-        return hashes
-
-    def lookup_and_insert(self, tokens: Sequence[str]) -> int:
-        """Returns how many leading prompt tokens were cached, then caches the whole prompt."""
-        hashes = self.block_hashes(tokens)
-        hit_blocks = 0
-        for h in hashes:
-            if h not in self._blocks:
-                break
-            hit_blocks += 1
-        if self._capacity:
-            for h in hashes:
-                self._blocks[h] = None
-                self._blocks.move_to_end(h)
-            while len(self._blocks) > self._capacity:
-                self._blocks.popitem(last=False)
-        return hit_blocks * self._block_size
+_VOCAB_IDS = token_ids(_VOCAB)
 
 
 @dataclass(slots=True)
@@ -72,10 +39,10 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, settings: SimulatorSettings, metrics: VllmMetrics) -> None:
+    def __init__(self, settings: SimulatorSettings, metrics: VllmMetrics, publish: Publish | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.prefix_cache = PrefixCache(settings.prefix_cache_blocks, settings.block_size)
+        self.prefix_cache = PrefixCache(settings.prefix_cache_blocks, settings.block_size, publish)
         self._slots = asyncio.Semaphore(settings.max_num_seqs)
         self._running = 0
         self._waiting = 0
@@ -88,7 +55,7 @@ class Engine:
     def token_text(self, index: int) -> str:
         return " " + _VOCAB[index % len(_VOCAB)]
 
-    async def generate(self, prompt: list[str], gen: Generation) -> AsyncIterator[str]:
+    async def generate(self, prompt: list[int], gen: Generation) -> AsyncIterator[str]:
         """Yields output token texts at the simulated pace; records vLLM's metrics as it goes.
 
         Cancellation (a client that went away) is recorded as an aborted request, as vLLM does.
@@ -109,7 +76,10 @@ class Engine:
             kv_blocks = -(-(gen.prompt_tokens + gen.max_tokens) // s.block_size)
             self._set_kv(kv_blocks)
 
-            cached = self.prefix_cache.lookup_and_insert(prompt)
+            cache = self.prefix_cache
+            hashes = cache.extend_chain(prompt, [])
+            cached = cache.hits(hashes, len(prompt))
+            cache.store(prompt, hashes)
             m.prefix_queries.inc(len(prompt))
             m.prefix_hits.inc(cached)
             m.prompt_tokens.inc(gen.prompt_tokens)
@@ -119,6 +89,7 @@ class Engine:
             last = time.perf_counter()
             m.ttft.observe(last - start)
             itl_s = s.itl_ms / 1000
+            sequence = list(prompt)
             for i in range(gen.max_tokens):
                 if i:
                     if itl_s:
@@ -126,8 +97,13 @@ class Engine:
                     now = time.perf_counter()
                     m.itl.observe(now - last)
                     last = now
+                    # This step computed the previous output token's KV: cache the block it filled.
+                    if len(sequence) // s.block_size > len(hashes):
+                        first = len(hashes)
+                        cache.store(sequence, cache.extend_chain(sequence, hashes), first)
                 gen.completion_tokens += 1
                 m.generation_tokens.inc()
+                sequence.append(_VOCAB_IDS[i % len(_VOCAB)])
                 yield self.token_text(i)
             gen.finish_reason = "stop" if gen.natural_stop else "length"
         finally:

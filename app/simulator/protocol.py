@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Ids the simulator's tokenizer can give (tokens.py): 31 bits. vLLM refuses ids beyond its vocabulary.
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class StreamOptions(BaseModel):
@@ -33,10 +36,39 @@ class _Common(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
 
 
-class ChatCompletionRequest(_Common):
+class _ChatTemplate(BaseModel):
+    """How a chat becomes a prompt, the same in a chat request and in /tokenize."""
+
+    model_config = ConfigDict(extra="allow")
     messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    @model_validator(mode="after")
+    def _one_ending(self) -> Self:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return self
+
+
+class ChatCompletionRequest(_ChatTemplate, _Common):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+
+
+# vLLM's /tokenize (vllm/entrypoints/serve/tokenize/protocol.py): a prompt or a chat; the model may be left out.
+class TokenizeCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True  # the simulator's tokenizer has no special tokens to add
+    return_token_strs: bool | None = False
+
+
+class TokenizeChatRequest(_ChatTemplate):
+    model: str | None = None
+    add_special_tokens: bool = False
+    return_token_strs: bool | None = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,3 +23,18 @@ class SimulatorSettings(BaseSettings):
     prefix_cache_blocks: int = Field(4096, ge=0, description="blocks kept in the prefix cache LRU")
     fail_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered with HTTP 500")
     api_key: SecretStr | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
+    # vLLM's --kv-events-config: its zmq publisher of KV cache events (kv_events.py), off unless a port is set.
+    kv_events_port: int | None = Field(
+        None, ge=1, le=65535, description="publish KV cache events on a zmq PUB socket on this port"
+    )
+    kv_replay_port: int | None = Field(
+        None, ge=1, le=65535, description="zmq ROUTER port where missed KV event batches are asked for again"
+    )
+    kv_events_topic: str = Field("", description="topic frame of each KV event message")
+
+    @field_validator("kv_replay_port")
+    @classmethod
+    def _replay_needs_events(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("kv_events_port") is None:
+            raise ValueError("the replay socket needs SIM_KV_EVENTS_PORT")
+        return value

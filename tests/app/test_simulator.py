@@ -89,3 +89,18 @@ def test_prefix_cache_shortens_time_to_first_token(log_dir, procs):
     assert warm < cold / 3
     samples = scrape(sim.url)
     assert metric_sum(samples, "vllm:prefix_cache_hits_total") >= 160
+
+
+def test_a_chat_stream_begins_with_its_first_token(log_dir, procs):
+    """vLLM writes a chat stream's role chunk with the first token, after the prefill; the
+    first body byte is the time to first token, as clients and the benches measure it."""
+    from app.devstack import start_simulator
+
+    sim = procs(start_simulator(log_dir, ttft_ms=300, itl_ms=1))
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    start = time.perf_counter()
+    with httpx.stream("POST", sim.url + "/v1/chat/completions", json=body) as r:
+        first = next(r.iter_raw())
+        elapsed = time.perf_counter() - start
+    assert b'"role":"assistant"' in first
+    assert elapsed >= 0.3

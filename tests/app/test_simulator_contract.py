@@ -86,11 +86,41 @@ def test_streams_have_the_same_framing_and_usage_chunk(pair, path, body):
     assert shapes["simulator"] == shapes["vllm"]
 
 
+TOKENIZE_CHAT = {"messages": CHAT["messages"], "add_generation_prompt": True}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [TOKENIZE_CHAT, {"prompt": "hello there"}, {**TOKENIZE_CHAT, "return_token_strs": True}],
+    ids=["chat", "prompt", "token-strs"],
+)
+def test_tokenize_answers_have_the_same_shape(pair, body):
+    """/tokenize, which the gateway asks for a prompt's token ids to route by the KV cache."""
+    got = {name: _post(base, "/tokenize", {**body, "model": model}) for name, (base, model) in pair.items()}
+    assert {name: r.status_code for name, r in got.items()} == {"vllm": 200, "simulator": 200}
+    shapes = {name: _shape(r.json()) for name, r in got.items()}
+    assert shapes["simulator"] == shapes["vllm"]
+    assert all(r.json()["count"] == len(r.json()["tokens"]) for r in got.values())
+
+
 @pytest.mark.parametrize("bad", [{"max_tokens": 10**9}, {"model": "no-such-model"}])
 def test_errors_have_the_same_status_and_shape(pair, bad):
     got = {}
     for name, (base, model) in pair.items():
         r = _post(base, "/v1/chat/completions", {**CHAT, "model": model, **bad})
+        got[name] = (r.status_code, _shape(r.json()))
+    assert got["simulator"] == got["vllm"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"model": "no-such-model", "prompt": "x"}, {**TOKENIZE_CHAT, "continue_final_message": True}],
+    ids=["model", "two-endings"],
+)
+def test_tokenize_errors_have_the_same_status_and_shape(pair, bad):
+    got = {}
+    for name, (base, model) in pair.items():
+        r = _post(base, "/tokenize", {"model": model, **bad})
         got[name] = (r.status_code, _shape(r.json()))
     assert got["simulator"] == got["vllm"]
 
