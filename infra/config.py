@@ -1,8 +1,9 @@
 """The typed stack config: parsed once, frozen, and checked before any resource exists.
 
 Stack files hold structured values under the `llm-platform:` namespace (budget, tags,
-models, gateway, images, sites). Secrets (`hfToken`, `apiKeys`, `fallbackApiKey`,
-`dockerHubToken`) are read separately (infra/secrets.py) as Pulumi secrets and never enter these models.
+models, gateway, images, sites). Secrets (`hfToken`, `apiKeys`, `providerKeys`,
+`dockerHubToken`) are read separately (infra/secrets.py) as Pulumi secrets and never enter these
+models; of `providerKeys` only the provider names are read here, to check every provider has a key.
 
 Every failure is a `ConfigError` whose text is one line: the key path as it is written in
 `Pulumi.<stack>.yaml` and what would be valid.
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +34,12 @@ from infra.catalog.vllm_flags import vllm_cli
 
 PROJECT = "llm-platform"
 # Keys in the project namespace that hold secrets; everything else must be a known key.
-SECRET_KEYS = ("hfToken", "apiKeys", "fallbackApiKey", "dockerHubToken")
+SECRET_KEYS = ("hfToken", "apiKeys", "providerKeys", "dockerHubToken")
+# Secret keys this project no longer reads, and what took their place.
+RETIRED_KEYS = {
+    "fallbackApiKey": "replaced by providerKeys: `pulumi config rm fallbackApiKey`, then "
+    "`pulumi config set --secret --path 'providerKeys.<provider>' <api key>` for each of gateway.providers",
+}
 STRUCTURED_KEYS = ("budget", "tags", "models", "gateway", "images", "monitoring", "sites")
 
 Slug = Annotated[str, Field(pattern=r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")]
@@ -158,10 +165,93 @@ class RateLimits(_Model):
     tokens_per_minute: int = Field(default=200_000, ge=1)
 
 
-class Fallback(_Model):
-    base_url: Annotated[str, Field(pattern=r"^https://\S+$")] = Field(
-        description="OpenAI-compatible base URL used when no replica can take a request."
+# The gateway's names for providers and rules, and a key's tier (app/gateway/hybrid.py, keyfile.py):
+# a stack that passes here renders settings the gateway accepts (tests/infra/test_gateway_env.py).
+_NAME = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+_TIER = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+# `<provider>[:<model>]`; no comma in the model, since GATEWAY_FALLBACK_CHAIN is comma-separated.
+_HOP = re.compile(r"(?P<provider>[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?)(:(?P<model>[^\s,]+))?")
+
+
+def _hop(text: str) -> str:
+    if not _HOP.fullmatch(text):
+        raise ValueError(f"{text!r} is not <provider> or <provider>:<model>, like openai:gpt-4o-mini")
+    return text
+
+
+def hop_provider(hop: str) -> str:
+    """The provider a chain hop names: `openai` of `openai:gpt-4o-mini`."""
+    return hop.partition(":")[0]
+
+
+Hop = Annotated[str, AfterValidator(_hop)]
+
+
+class Provider(_Model):
+    name: str = Field(
+        pattern=_NAME,
+        description="Provider name routes and the fallback chain use; its API key is providerKeys.<name>.",
     )
+    base_url: str = Field(description="OpenAI-compatible base URL, https, ending in /v1 (https://api.openai.com/v1).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _v1(cls, url: str) -> str:
+        if not re.fullmatch(r"https://[^\s/]+(/\S*)?/v1", url):
+            raise ValueError(f"{url!r} must be an https base URL ending in /v1, like https://api.openai.com/v1")
+        return url
+
+
+class RouteMatch(_Model):
+    """What a request must have for its route to apply; every condition given must hold."""
+
+    tiers: list[Annotated[str, Field(pattern=_TIER)]] | None = Field(
+        default=None, min_length=1, description="API key tiers (the key file's tier=)."
+    )
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="Models or aliases the client asks for (OpenAI `model`)."
+    )
+    tasks: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="Values of the request's x-task header."
+    )
+    min_prompt_tokens: int | None = Field(default=None, ge=0, description="Estimated prompt tokens at least this.")
+    max_prompt_tokens: int | None = Field(default=None, ge=0, description="Estimated prompt tokens at most this.")
+    max_ttft_budget_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests whose TTFT budget (x-ttft-budget-ms header, else the key's ttft_budget_ms=) is at most "
+        "this; a request without a budget does not match.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RouteMatch:
+        lo, hi = self.min_prompt_tokens, self.max_prompt_tokens
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"minPromptTokens ({lo}) is above maxPromptTokens ({hi})")
+        return self
+
+
+class Route(_Model):
+    """A hybrid routing rule; the gateway applies the first that matches."""
+
+    name: str = Field(pattern=_NAME, description="Rule name, in the gateway's metrics and logs.")
+    match: RouteMatch = Field(default=RouteMatch(), description="Conditions; none matches every request.")
+    model: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None,
+        description="A model of the stack's models[] that serves the request (the request's model is rewritten: "
+        "an alias); every site must serve it.",
+    )
+    providers: list[Hop] = Field(
+        default_factory=list,
+        description="Hosted chain, `<provider>[:<model>]` in order: after the model (when no replica can take it "
+        "or its predicted TTFT is over budget), or instead of it.",
+    )
+
+    @model_validator(mode="after")
+    def _goes_somewhere(self) -> Route:
+        if self.model is None and not self.providers:
+            raise ValueError(f"route {self.name!r} sets neither model nor providers; give one or both")
+        return self
 
 
 class Gateway(_Model):
@@ -174,9 +264,32 @@ class Gateway(_Model):
         le=3600,
         description="How long a request for a model with no ready replica waits (scale from zero: node + model load).",
     )
-    fallback: Fallback | None = None
+    providers: list[Provider] = Field(
+        default_factory=list, description="Hosted OpenAI-compatible APIs; each needs its key in providerKeys."
+    )
+    fallback: list[Hop] = Field(
+        default_factory=list,
+        description="The fallback chain, `<provider>[:<model>]` tried in order when no replica can take a request "
+        "and no route gives its own chain.",
+    )
+    routes: list[Route] = Field(default_factory=list, description="Hybrid routing rules; the first that matches.")
+    prefill_tokens_per_second: float = Field(
+        default=10_000.0,
+        gt=0,
+        description="Prompt tokens a replica prefills per second, for the gateway's predicted time to first token.",
+    )
     cpu: str = Field(default="1", pattern=r"^\d+(\.\d+)?m?$")
     memory: str = Field(default="1Gi", pattern=r"^\d+(Mi|Gi)$")
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _chain(cls, value: object) -> object:
+        if isinstance(value, dict) and "baseUrl" in value:
+            raise ValueError(
+                "{baseUrl} is replaced by a chain: list the provider under gateway.providers as {name, baseUrl} "
+                "and name it here, e.g. fallback: [openai]"
+            )
+        return value
 
 
 class Images(_Model):
@@ -387,6 +500,7 @@ def _check_references(cfg: StackConfig) -> None:
             )
 
     _check_cloud_blocks(cfg)
+    _check_gateway(cfg)
     model_names = [m.name for m in cfg.models]
     for s, site in enumerate(cfg.sites):
         at = f"sites[{s}]"
@@ -418,6 +532,66 @@ def _check_references(cfg: StackConfig) -> None:
                     f"{tp} must divide the {gpus} GPUs per node of {pools[model.gpu_pool].instance_type} "
                     f"in {site.name}; valid: {', '.join(map(str, valid))}",
                 )
+
+
+def _check_gateway(cfg: StackConfig) -> None:
+    """Routes and the fallback chain name configured providers and models every site serves."""
+    gw = cfg.gateway
+    _unique([p.name for p in gw.providers], "gateway.providers", "name")
+    _unique([r.name for r in gw.routes], "gateway.routes", "name")
+    names = [p.name for p in gw.providers]
+    known = f"(providers: {', '.join(names)})" if names else "(no gateway.providers configured)"
+
+    def check_chain(chain: list[str], at: str) -> None:
+        for i, hop in enumerate(chain):
+            if hop_provider(hop) not in names:
+                raise ConfigError(f"{at}[{i}]", f"unknown provider {hop_provider(hop)!r} {known}")
+
+    check_chain(gw.fallback, "gateway.fallback")
+    model_names = [m.name for m in cfg.models]
+    for r, route in enumerate(gw.routes):
+        at = f"gateway.routes[{r}]"
+        check_chain(route.providers, f"{at}.providers")
+        if route.model is None:
+            continue
+        if route.model not in model_names:
+            raise ConfigError(f"{at}.model", f"unknown model {route.model!r}; models: {', '.join(model_names)}")
+        # Every site's gateway gets every route, and a gateway refuses a route to a model it lacks.
+        for site in cfg.sites:
+            if route.model not in site.models:
+                raise ConfigError(
+                    f"{at}.model",
+                    f"model {route.model!r} is not served by site {site.name!r} (its models: "
+                    f"{', '.join(site.models)}); every site's gateway applies every route",
+                )
+
+
+def provider_key_command(name: str) -> str:
+    return f"pulumi config set --secret --path 'providerKeys.{name}' <api key>"
+
+
+_KEYS_SHAPE = f"must be an object of provider name to API key; set each with `{provider_key_command('<provider>')}`"
+
+
+def _check_provider_keys(cfg: StackConfig, keys: object) -> None:
+    """Every hosted provider has its key in the providerKeys secret (of which only names are seen)."""
+    names = [p.name for p in cfg.gateway.providers]
+    if not names:
+        return
+    if keys is None:
+        raise ConfigError(
+            "providerKeys",
+            "not set, and gateway.providers needs an API key for each provider; "
+            f"set each with `{provider_key_command(names[0])}`",
+        )
+    if not isinstance(keys, Mapping):
+        raise ConfigError("providerKeys", _KEYS_SHAPE)
+    for i, name in enumerate(names):
+        if name not in keys:
+            raise ConfigError(
+                f"providerKeys.{name}",
+                f"no API key for gateway.providers[{i}] ({name}); set it with `{provider_key_command(name)}`",
+            )
 
 
 # Azure allows five notifications per budget; AKS pool names are 1-12 lowercase alphanumerics.
@@ -499,6 +673,9 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def parse(raw: Mapping[str, Any]) -> StackConfig:
     """Validate a mapping of project keys (without the namespace) into a StackConfig."""
+    for key, instead in RETIRED_KEYS.items():
+        if key in raw:
+            raise ConfigError(f"{PROJECT}:{key}", instead)
     unknown = sorted(set(raw) - set(STRUCTURED_KEYS) - set(SECRET_KEYS))
     if unknown:
         raise ConfigError(
@@ -511,7 +688,22 @@ def parse(raw: Mapping[str, Any]) -> StackConfig:
         error = exc.errors()[0]
         raise ConfigError(_path(error["loc"]), _describe(error)) from None
     _check_references(cfg)
+    _check_provider_keys(cfg, raw.get("providerKeys"))
     return cfg
+
+
+def _secret_names(key: str, value: object) -> dict[str, None]:
+    """The names of a secret object (provider -> API key), for checks that need no value."""
+    try:
+        obj = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise ConfigError(key, _KEYS_SHAPE)
+    for name, secret in obj.items():
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{key}.{name}", "must be the provider's API key, a non-empty string")
+    return dict.fromkeys(obj)
 
 
 def from_pulumi() -> StackConfig:
@@ -521,6 +713,9 @@ def from_pulumi() -> StackConfig:
     for full_key, value in {**get_config_env(), **CONFIG.get()}.items():
         namespace, _, key = full_key.partition(":")
         if namespace != PROJECT:
+            continue
+        if key == "providerKeys":
+            raw[key] = _secret_names(key, value)
             continue
         if key in SECRET_KEYS:
             raw[key] = None

@@ -1,6 +1,8 @@
 """Secret stack config, read once as Pulumi secrets and handed to the layers that need them.
 
-Set with `pulumi config set --secret <key> <value>`; each stays an `Output` secret end to end.
+Set with `pulumi config set --secret <key> <value>`, or one entry of an object with
+`pulumi config set --secret --path '<key>.<name>' <value>` (apiKeys, providerKeys); each stays an
+`Output` secret end to end.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class Secrets:
 
     hf_token: pulumi.Output[str] | None
     api_keys: pulumi.Output[dict] | None  # key id -> key
-    fallback_api_key: pulumi.Output[str] | None
+    provider_keys: pulumi.Output[dict] | None  # hosted provider name -> API key
     # A Docker Hub access token, for the sites' Docker Hub caches: ECR's pull-through cache and
     # ACR's artifact cache must sign in; Artifact Registry's remote repository may.
     docker_hub_token: pulumi.Output[str] | None = None
@@ -27,6 +29,6 @@ def from_pulumi() -> Secrets:
     return Secrets(
         hf_token=conf.get_secret("hfToken"),
         api_keys=conf.get_secret_object("apiKeys"),
-        fallback_api_key=conf.get_secret("fallbackApiKey"),
+        provider_keys=conf.get_secret_object("providerKeys"),
         docker_hub_token=conf.get_secret("dockerHubToken"),
     )

@@ -16,7 +16,8 @@ SHIPPED = stack_names(REPO)
 SENTINELS = {
     "hfToken": "hf_SENTINEL0hf0token0value",
     "apiKeys": {"team-a": "sk-SENTINEL0team0a0key", "team-b": "sk-SENTINEL0team0b0key"},
-    "fallbackApiKey": "sk-SENTINEL0fallback0key",
+    # Keys for prod's providers; a stack without providers sends none of them to the cluster.
+    "providerKeys": {"openai": "sk-SENTINEL0openai0key", "together": "SENTINEL0together0key"},
     "dockerHubToken": "dckr_pat_SENTINEL0docker0hub",
 }
 

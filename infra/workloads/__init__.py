@@ -18,11 +18,12 @@ from infra.secrets import Secrets
 from infra.workloads.autoscaling import Autoscaling
 from infra.workloads.gateway import (
     API_KEYS_SECRET,
-    FALLBACK_SECRET,
+    PROVIDERS_SECRET,
     REDIS_CA_CONFIGMAP,
     REDIS_CA_FILE,
     REDIS_SECRET,
     Gateway,
+    provider_keys,
 )
 from infra.workloads.gpu_plumbing import GpuPlumbing
 from infra.workloads.images import gateway_image, vllm_image
@@ -81,9 +82,11 @@ class Workloads(pulumi.ComponentResource):
         secret("redis", REDIS_SECRET, {"url": redis_url})
         keys = secrets.api_keys.apply(api_keys_file) if secrets.api_keys is not None else ""
         secret("api-keys", API_KEYS_SECRET, {"keys": keys})
-        has_fallback_key = secrets.fallback_api_key is not None and cfg.gateway.fallback is not None
-        if has_fallback_key:
-            secret("fallback", FALLBACK_SECRET, {"api-key": secrets.fallback_api_key})
+        if cfg.gateway.providers:
+            if secrets.provider_keys is None:  # config.parse refuses providers without providerKeys
+                raise ValueError("gateway.providers without the providerKeys secret")
+            keys_json = secrets.provider_keys.apply(lambda keys: provider_keys(keys, cfg.gateway))
+            secret("providers", PROVIDERS_SECRET, {"keys": keys_json})
 
         models = [cfg.model(m) for m in platform.site.models]
         # KEDA scales on Prometheus, so autoscaling comes with monitoring.
@@ -116,7 +119,6 @@ class Workloads(pulumi.ComponentResource):
             gateway_image(
                 f"{name}-gateway-image", platform.images, cfg.images.gateway_tag, pulumi.ResourceOptions(parent=self)
             ).ref,
-            has_fallback_key,
             in_ns,
             keda_autoscaled=monitored,
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -19,7 +22,8 @@ METRICS_PORT = 9090
 GATEWAY_UID = 10001
 API_KEYS_SECRET = "gateway-api-keys"
 REDIS_SECRET = "gateway-redis"
-FALLBACK_SECRET = "gateway-fallback"
+# The hosted providers' API keys: key `keys`, the JSON object GATEWAY_PROVIDER_KEYS reads.
+PROVIDERS_SECRET = "gateway-providers"
 KEYS_DIR = "/etc/gateway/keys"
 REDIS_CA_CONFIGMAP = "gateway-redis-ca"
 REDIS_CA_DIR = "/etc/gateway/redis-ca"
@@ -32,6 +36,42 @@ def upstream_dns(models: list[ModelSpec], namespace: str) -> str:
     return ",".join(f"{vllm_name(m.name)}.{namespace}.svc.cluster.local:{VLLM_PORT}" for m in models)
 
 
+def hybrid_env(cfg: GatewayConfig) -> list[dict]:
+    """The gateway's hosted providers, fallback chain and routing rules, in the shapes its
+    settings read (app/gateway/settings.py and hybrid.py: snake_case keys, the chain
+    comma-separated); the providers' keys come from the PROVIDERS_SECRET."""
+    env: list[dict] = [{"name": "GATEWAY_PREFILL_TOKENS_PER_S", "value": str(cfg.prefill_tokens_per_second)}]
+    if cfg.providers:
+        providers = [{"name": p.name, "base_url": p.base_url} for p in cfg.providers]
+        env += [
+            {"name": "GATEWAY_PROVIDERS", "value": json.dumps(providers)},
+            {
+                "name": "GATEWAY_PROVIDER_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": PROVIDERS_SECRET, "key": "keys"}},
+            },
+        ]
+    if cfg.fallback:
+        env.append({"name": "GATEWAY_FALLBACK_CHAIN", "value": ",".join(cfg.fallback)})
+    if cfg.routes:
+        routes = [
+            {
+                "name": r.name,
+                "match": r.match.model_dump(exclude_none=True),
+                **({"model": r.model} if r.model is not None else {}),
+                **({"providers": r.providers} if r.providers else {}),
+            }
+            for r in cfg.routes
+        ]
+        env.append({"name": "GATEWAY_ROUTES", "value": json.dumps(routes)})
+    return env
+
+
+def provider_keys(keys: Mapping[str, str], cfg: GatewayConfig) -> str:
+    """GATEWAY_PROVIDER_KEYS' value from the providerKeys secret: the keys of the configured
+    providers only (config checked each has one)."""
+    return json.dumps({p.name: keys[p.name] for p in cfg.providers})
+
+
 class Gateway(pulumi.ComponentResource):
     def __init__(
         self,
@@ -41,7 +81,6 @@ class Gateway(pulumi.ComponentResource):
         platform: Platform,
         namespace: str,
         image: pulumi.Input[str],
-        has_fallback_key: bool,
         opts: pulumi.ResourceOptions,
         keda_autoscaled: bool = False,
     ):
@@ -73,20 +112,8 @@ class Gateway(pulumi.ComponentResource):
             {"name": "GATEWAY_REDIS_FAIL_MODE", "value": cfg.redis_fail_mode},
             {"name": "GATEWAY_DEFAULT_RPM", "value": str(cfg.rate_limits.requests_per_minute)},
             {"name": "GATEWAY_DEFAULT_TPM", "value": str(cfg.rate_limits.tokens_per_minute)},
+            *hybrid_env(cfg),
         ]
-        if cfg.fallback and has_fallback_key:
-            env += [
-                {"name": "GATEWAY_FALLBACK_BASE_URL", "value": cfg.fallback.base_url},
-                {
-                    "name": "GATEWAY_FALLBACK_API_KEY",
-                    "valueFrom": {"secretKeyRef": {"name": FALLBACK_SECRET, "key": "api-key"}},
-                },
-            ]
-        elif cfg.fallback:
-            pulumi.log.warn(
-                "gateway.fallback is set but the fallbackApiKey secret is not; the fallback stays off", self
-            )
-
         probe = {"port": "http"}
         mounts = [
             {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},

@@ -19,7 +19,7 @@ from infra.plan.graph import Graph, Resource
 from infra.plan.kinds import is_open as is_open
 
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
-SECRETISH_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_?KEY|CREDENTIALS?)$|_KEY$|REDIS_URL$", re.IGNORECASE)
+SECRETISH_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_?KEY|CREDENTIALS?)$|_KEYS?$|REDIS_URL$", re.IGNORECASE)
 COST_TAGS = ("project", "stack", "site", "managed-by")
 
 

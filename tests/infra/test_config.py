@@ -311,3 +311,161 @@ def test_azure_budget_notification_limit():
     err = error_for(mutate)
     assert err.path == "budget.actualThresholdsPct"
     assert "5" in err.message
+
+
+# -- hosted providers and routing rules (gateway.providers, fallback, routes; providerKeys) ----------
+
+PROVIDERS = [
+    {"name": "openai", "baseUrl": "https://api.openai.com/v1"},
+    {"name": "together", "baseUrl": "https://api.together.ai/v1"},
+]
+KEYS = {"openai": {"secure": "v1:a"}, "together": {"secure": "v1:b"}}
+SET_KEY = "pulumi config set --secret --path 'providerKeys.{0}' <api key>"
+
+
+def hybrid(raw: dict, **gateway) -> dict:
+    """dev with prod's two providers and their keys, and these gateway keys."""
+    raw["gateway"].update(providers=copy.deepcopy(PROVIDERS), **gateway)
+    raw["providerKeys"] = copy.deepcopy(KEYS)
+    return raw
+
+
+def route(**fields) -> dict:
+    return {"name": "r", "model": "qwen2-5-1-5b", **fields}
+
+
+def prod() -> dict:
+    return {k.split(":", 1)[1]: v for k, v in stack_config("prod").items() if k.startswith("llm-platform:")}
+
+
+def test_providers_chain_and_routes_parse():
+    cfg = parse(
+        hybrid(
+            base(),
+            fallback=["openai:gpt-4o-mini", "together"],
+            routes=[
+                route(name="alias", match={"models": ["gpt-4o-mini"]}),
+                {"name": "long", "match": {"tiers": ["free"], "minPromptTokens": 8000}, "providers": ["together"]},
+            ],
+            prefillTokensPerSecond=4000,
+        )
+    )
+    gw = cfg.gateway
+    assert [p.name for p in gw.providers] == ["openai", "together"]
+    assert gw.fallback == ["openai:gpt-4o-mini", "together"]
+    assert gw.routes[1].match.min_prompt_tokens == 8000 and gw.routes[0].providers == []
+    assert gw.prefill_tokens_per_second == 4000
+
+
+def test_a_key_for_a_provider_not_configured_is_no_error():
+    # Only the configured providers' keys reach the cluster (infra/workloads/gateway.py provider_keys).
+    raw = hybrid(base())
+    raw["providerKeys"]["retired"] = {"secure": "v1:c"}
+    assert [p.name for p in parse(raw).gateway.providers] == ["openai", "together"]
+
+
+@pytest.mark.parametrize(
+    "mutate, text",
+    [
+        (
+            lambda r: hybrid(r, routes=[route(providers=["openai", "anthropic:claude-haiku"])]),
+            "gateway.routes[0].providers[1]: unknown provider 'anthropic' (providers: openai, together)",
+        ),
+        (
+            lambda r: hybrid(r, fallback=["openai", "ghost:gpt-4o"]),
+            "gateway.fallback[1]: unknown provider 'ghost' (providers: openai, together)",
+        ),
+        (
+            lambda r: r["gateway"].update(fallback=["openai"]),
+            "gateway.fallback[0]: unknown provider 'openai' (no gateway.providers configured)",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(model="llama-70b")]),
+            "gateway.routes[0].model: unknown model 'llama-70b'; models: qwen2-5-1-5b",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(), route(providers=["openai"])]),
+            "gateway.routes[1].name: duplicate name 'r'; each must be unique",
+        ),
+        (
+            lambda r: (hybrid(r), r["gateway"]["providers"].append(dict(PROVIDERS[0]))),
+            "gateway.providers[2].name: duplicate name 'openai'; each must be unique",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(match={"minPromptTokens": 9000, "maxPromptTokens": 100})]),
+            "gateway.routes[0].match: minPromptTokens (9000) is above maxPromptTokens (100)",
+        ),
+        (
+            lambda r: hybrid(r, routes=[{"name": "r", "match": {"tiers": ["free"]}}]),
+            "gateway.routes[0]: route 'r' sets neither model nor providers; give one or both",
+        ),
+        (
+            lambda r: hybrid(r, fallback=["openai gpt-4o"]),
+            "gateway.fallback[0]: 'openai gpt-4o' is not <provider> or <provider>:<model>, like openai:gpt-4o-mini",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(providers=["OpenAI"])]),
+            "gateway.routes[0].providers[0]: 'OpenAI' is not <provider> or <provider>:<model>, like openai:gpt-4o-mini",
+        ),
+        (
+            lambda r: hybrid(r, fallback=["openai:gpt-4o,together"]),
+            "gateway.fallback[0]: 'openai:gpt-4o,together' is not <provider> or <provider>:<model>, "
+            "like openai:gpt-4o-mini",
+        ),
+        (
+            lambda r: (hybrid(r), r["gateway"]["providers"][0].update(baseUrl="http://api.openai.com/v1")),
+            "gateway.providers[0].baseUrl: 'http://api.openai.com/v1' must be an https base URL ending in /v1, "
+            "like https://api.openai.com/v1",
+        ),
+        (
+            lambda r: (hybrid(r), r["gateway"]["providers"][1].update(baseUrl="https://api.together.ai")),
+            "gateway.providers[1].baseUrl: 'https://api.together.ai' must be an https base URL ending in /v1, "
+            "like https://api.openai.com/v1",
+        ),
+        (
+            lambda r: (hybrid(r), r["gateway"]["providers"][1].update(name="Together")),
+            "gateway.providers[1].name: got 'Together'; must match ^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(match={"tiers": ["Free"]})]),
+            "gateway.routes[0].match.tiers[0]: got 'Free'; must match ^[a-z0-9][a-z0-9_-]{0,31}$",
+        ),
+        (
+            lambda r: hybrid(r, routes=[route(match={"maxTtftBudgetMs": 0})]),
+            "gateway.routes[0].match.maxTtftBudgetMs: Input should be greater than 0 (got 0)",
+        ),
+        (
+            lambda r: (hybrid(r), r.pop("providerKeys")),
+            "providerKeys: not set, and gateway.providers needs an API key for each provider; "
+            f"set each with `{SET_KEY.format('openai')}`",
+        ),
+        (
+            lambda r: (hybrid(r), r["providerKeys"].pop("together")),
+            "providerKeys.together: no API key for gateway.providers[1] (together); "
+            f"set it with `{SET_KEY.format('together')}`",
+        ),
+        (
+            lambda r: r["gateway"].update(fallback={"baseUrl": "https://api.openai.com/v1"}),
+            "gateway.fallback: {baseUrl} is replaced by a chain: list the provider under gateway.providers as "
+            "{name, baseUrl} and name it here, e.g. fallback: [openai]",
+        ),
+        (
+            lambda r: r.update(fallbackApiKey=None),
+            "llm-platform:fallbackApiKey: replaced by providerKeys: `pulumi config rm fallbackApiKey`, then "
+            f"`{SET_KEY.format('<provider>')}` for each of gateway.providers",
+        ),
+    ],
+)
+def test_hybrid_routing_mistakes_fail_with_one_line(mutate, text):
+    assert str(error_for(mutate)) == text
+
+
+def test_a_route_model_every_site_must_serve():
+    raw = prod()
+    raw["gateway"]["routes"][1]["model"] = "qwen2-5-32b-awq"
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert str(err.value) == (
+        "gateway.routes[1].model: model 'qwen2-5-32b-awq' is not served by site 'aws-usw2' "
+        "(its models: llama-3-1-8b); every site's gateway applies every route"
+    )

@@ -162,7 +162,8 @@ def test_generated_stacks_hold_the_invariants(raw):
     text = str(graph.to_plan())
     for value in (
         "hf_SENTINEL0hf0token0value",
-        "sk-SENTINEL0fallback0key",
+        "sk-SENTINEL0openai0key",
+        "SENTINEL0together0key",
         "sk-SENTINEL0team0a0key",
         "dckr_pat_SENTINEL0docker0hub",
         *leaked_values(graph),

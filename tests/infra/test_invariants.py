@@ -82,7 +82,7 @@ def test_no_secret_in_plan_or_manifests(graphs_with_secrets, stack, tmp_path):
 
 @pytest.mark.parametrize("stack", SHIPPED)
 def test_no_secret_as_env_literal(graphs_with_secrets, stack):
-    secretish = re.compile(r"TOKEN|KEY$|PASSWORD|SECRET|REDIS_URL")
+    secretish = re.compile(r"TOKEN$|KEYS?$|PASSWORD|SECRET|REDIS_URL")
     for pod in pods(graphs_with_secrets[stack]):
         for container in pod.spec["containers"]:
             for env in container.get("env", []):
@@ -288,21 +288,8 @@ def test_gateway_env_is_what_the_gateway_reads(graphs_with_secrets, stack):
         served = next(e["value"] for e in env if e["name"] == "GATEWAY_MODELS").split(",")
         site = next(s for s in stack_config(stack)["llm-platform:sites"] if s["name"] == pod.site)
         assert sorted(served) == sorted(site["models"])
-        # Every literal value, and the port from the args, pass the gateway's own validation
-        # together (a metrics port equal to the client port is refused there, for one).
-        literal = {e["name"].removeprefix(ENV_PREFIX).lower(): e["value"] for e in env if "value" in e}
-        args = pod.spec["containers"][0]["args"]
-        from_secrets = {e["name"].removeprefix(ENV_PREFIX).lower(): "from-a-secret" for e in env if "valueFrom" in e}
-        from_secrets.pop("redis_url", None)  # a URL the validator checks; its default stands in
-        GatewaySettings.model_validate(
-            {
-                **literal,
-                **from_secrets,
-                "port": args[args.index("--port") + 1],
-                "api_keys_file": None,
-                "api_keys_redis_hash": "k",
-            }
-        )
+        # Every value, with the Secret-sourced ones standing in, passes the gateway's own
+        # validation together: tests/infra/test_gateway_env.py.
 
 
 def _stack_models(stack: str) -> dict[str, dict]:

@@ -111,6 +111,20 @@ BREAKERS = {
 }
 
 
+def test_a_plain_provider_keys_object_is_a_secret_literal(graphs):
+    # GATEWAY_PROVIDER_KEYS holds several keys; the rule reads a plural name as a secret too.
+    graph = copy.deepcopy(graphs["prod"])
+    gateway = container(
+        first(graph, "kubernetes:apps/v1:Deployment", lambda r: r.inputs["metadata"]["name"] == "gateway")
+    )
+    policy = BY_NAME["no-secret-env-literal"]
+    assert policy_run.run(graph, [policy], STRICT) == []
+    env = next(e for e in gateway["env"] if e["name"] == "GATEWAY_PROVIDER_KEYS")
+    env.pop("valueFrom")
+    env["value"] = '{"openai": "sk-plain"}'
+    assert [v.policy for v in policy_run.run(graph, [policy], STRICT)] == ["no-secret-env-literal"]
+
+
 def test_every_rule_has_a_breaker():
     # Rules with nothing to check on EKS are broken on prod's GKE and AKS sites only.
     assert set(BREAKERS) | {name for name, _ in CLOUD_BREAKERS.values()} == set(BY_NAME)
