@@ -2,7 +2,9 @@
 
 Timing follows vLLM's shape rather than its numbers: the first token costs a fixed time plus a
 per-token prefill cost for the part of the prompt that is not already in the prefix cache, and
-every later token costs a fixed inter-token time.
+every later token costs a fixed inter-token time. With prefill_queue, the prefills of requests
+running at once take turns, so a replica prefills at most its rate in tokens per second, as a
+GPU does; without it, each costs its own time alone.
 
 The prefix cache (prefix_cache.py) holds the prompt's full blocks once it is scheduled and each
 block the output fills as it fills, as vLLM caches a request's blocks, so a conversation's next
@@ -44,6 +46,7 @@ class Engine:
         self.metrics = metrics
         self.prefix_cache = PrefixCache(settings.prefix_cache_blocks, settings.block_size, publish)
         self._slots = asyncio.Semaphore(settings.max_num_seqs)
+        self._prefill_turn = asyncio.Lock()  # with prefill_queue, the replica's one prefill at a time
         self._running = 0
         self._waiting = 0
         self._kv_blocks_used = 0
@@ -83,9 +86,13 @@ class Engine:
             m.prefix_queries.inc(len(prompt))
             m.prefix_hits.inc(cached)
             m.prompt_tokens.inc(gen.prompt_tokens)
-            prefill_s = (s.ttft_ms + s.prefill_ms_per_token * max(0, gen.prompt_tokens - cached)) / 1000
-            if prefill_s:
-                await asyncio.sleep(prefill_s)
+            prefill_s = s.prefill_ms_per_token * max(0, gen.prompt_tokens - cached) / 1000
+            if s.prefill_queue and prefill_s:
+                async with self._prefill_turn:  # an asyncio.Lock wakes its waiters in arrival order
+                    await asyncio.sleep(prefill_s)
+                prefill_s = 0.0
+            if prefill_s + s.ttft_ms:
+                await asyncio.sleep(prefill_s + s.ttft_ms / 1000)
             last = time.perf_counter()
             m.ttft.observe(last - start)
             itl_s = s.itl_ms / 1000

@@ -14,6 +14,11 @@ class SimulatorSettings(BaseSettings):
     model: str = Field("sim-model", min_length=1, description="served model name")
     ttft_ms: float = Field(50.0, ge=0, description="time to first token for a fully cached prompt")
     prefill_ms_per_token: float = Field(0.05, ge=0, description="extra first-token time per uncached prompt token")
+    prefill_queue: bool = Field(
+        False,
+        description="prefills take turns at the prefill rate, as vLLM's scheduler fills each step's token "
+        "budget in arrival order; off, each prefill runs as if it were alone",
+    )
     itl_ms: float = Field(10.0, ge=0, description="time between output tokens")
     max_num_seqs: int = Field(256, ge=1, description="requests decoded at once; the rest wait")
     max_model_len: int = Field(8192, ge=2)

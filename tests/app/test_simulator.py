@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -104,3 +105,33 @@ def test_a_chat_stream_begins_with_its_first_token(log_dir, procs):
         elapsed = time.perf_counter() - start
     assert b'"role":"assistant"' in first
     assert elapsed >= 0.3
+
+
+@pytest.mark.parametrize("queue", [True, False])
+def test_prefills_take_turns_with_a_prefill_queue(log_dir, procs, queue):
+    """Two uncached 100-token prompts at once, 2 ms a token: with the queue the second's first
+    token waits for the first's prefill (~400 ms); without it both take ~200 ms."""
+    from app.devstack import start_simulator
+
+    sim = procs(start_simulator(log_dir, ttft_ms=1, prefill_ms_per_token=2, itl_ms=1, prefill_queue=queue))
+
+    async def ttfts() -> list[float]:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(tag: str) -> float:
+                start = time.perf_counter()
+                body = {"model": "sim-model", "prompt": " ".join(f"{tag}{i}" for i in range(100)), "max_tokens": 1}
+                async with client.stream("POST", sim.url + "/v1/completions", json={**body, "stream": True}) as r:
+                    async for _ in r.aiter_raw():
+                        return time.perf_counter() - start
+                raise AssertionError("no bytes")
+
+            return sorted(await asyncio.gather(one(f"a{queue}"), one(f"b{queue}")))
+
+    loop = asyncio.new_event_loop()
+    try:
+        fast, slow = loop.run_until_complete(ttfts())
+    finally:
+        loop.close()
+    assert 0.19 < fast < 0.35
+    assert (slow > 0.38) if queue else (slow < 0.35)
