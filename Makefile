@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags lint plan policy cost preflight upstream test serve bench bench-vllm bench-dispatch clean
+.PHONY: env tools actionlint checkov-env checkov vllm-env vllm-lock vllm-args vllm-flags lint plan policy cost preflight upstream test serve nginx bench bench-prefix bench-vllm bench-dispatch clean
 
 # System tools the tests use for real (redis-server, shellcheck, ...), from Debian's packages.
 APT_TOOLS := redis-server shellcheck prometheus
@@ -150,13 +150,21 @@ SERVE_ARGS ?=
 serve: env tools $(if $(findstring vllm,$(SERVE_ARGS)),$(VLLM_ENV))
 	$(PY) -m app.devstack $(SERVE_ARGS)
 
-# Direct vs nginx vs gateway, streaming; nginx is installed here because only the bench needs it.
+# nginx, for the benches' rows behind it; installed here because only the benches need it.
 BENCH_ARGS ?=
-bench: env tools
+nginx:
 	@command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null) || \
 	  { echo "error: could not install nginx; install it with your package manager" >&2; exit 1; }
+
+# Direct vs nginx vs gateway, streaming.
+bench: env tools nginx
 	$(PY) bench/gateway.py $(BENCH_ARGS)
+
+# Prefix-heavy multi-turn chat on 4 simulators with KV events: the gateway vs nginx round robin
+# and least_conn, each on a fresh fleet (a few minutes).
+bench-prefix: env tools nginx
+	$(PY) bench/prefix.py $(BENCH_ARGS)
 
 # What routing the completion paths through Starlette costs per request (in-process, no network).
 bench-dispatch: env

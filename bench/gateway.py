@@ -38,31 +38,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devstack import Proc, free_port, make_key, start_gateway, start_redis, start_simulator
-
-NGINX_CONF = """
-worker_processes {workers};
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  upstream simulator {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://simulator;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-    }}
-  }}
-}}
-"""
+from app.devstack import Proc, make_key, start_gateway, start_redis, start_simulator
+from bench.common import cpu_seconds, find_nginx, pct, pin, start_nginx
 
 
 @dataclass
@@ -73,16 +50,6 @@ class Samples:
     wall: float = 0.0
     done: int = 0
     proxy_cpu: float = 0.0  # CPU seconds the proxy (and Redis, for the gateway) spent in measured runs
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = q / 100 * (len(ordered) - 1)
-    lo = int(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict, out: Samples | None) -> None:
@@ -136,35 +103,6 @@ async def load(
         out.wall += time.perf_counter() - started
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(root_pid: int) -> float:
-    """CPU time (user + system) of a process and its children, from /proc."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if pid == root_pid or ppid == root_pid:
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
-
-
-def pin(pids: list[int], cpu: int) -> None:
-    """Moves processes, and their children (uvicorn workers), onto one CPU."""
-    for pid in pids:
-        os.sched_setaffinity(pid, {cpu})
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            os.sched_setaffinity(int(child), {cpu})
-
-
-def find_nginx() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -211,16 +149,8 @@ def main() -> None:
 
         nginx = find_nginx()
         if nginx:
-            port = free_port()
-            conf = work / "nginx.conf"
-            conf.write_text(
-                NGINX_CONF.format(
-                    workers=args.nginx_workers, dir=work, port=port, upstream_port=sim.url.rsplit(":", 1)[1]
-                )
-            )
-            proc = Proc("nginx", [nginx, "-c", str(conf), "-p", str(work)], work, url=f"http://127.0.0.1:{port}")
+            proc = start_nginx(nginx, work, [sim.url], workers=args.nginx_workers)
             procs.append(proc)
-            proc.wait_http("/health")
             targets["nginx"] = (proc.url, None)
             cpu_of["nginx"] = [proc.pid]
         else:
