@@ -1,12 +1,17 @@
 """The same invariants over stack configs hypothesis makes up: any valid config, with sites
 on any of the three clouds, gives a graph whose GPU pods schedule, whose taggable resources
-carry the cost tags (labels on GCP), whose Redis is private and whose secrets stay secret."""
+carry the cost tags (labels on GCP), whose Redis is private, whose secrets stay secret, and
+whose gateways read the hosted providers, chain and routing rules the config gives."""
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.gateway.settings import ENV_PREFIX, GatewaySettings
 from infra.catalog import catalog
 from infra.catalog.vllm_flags import vllm_cli
 from infra.config import DERIVED_DESTS, SECRET_DESTS, parse
@@ -20,6 +25,7 @@ from tests.infra.invariants import (
     provider_mismatches,
     untagged,
 )
+from tests.infra.test_gateway_env import gateway_containers, hybrid_mismatches, process_env
 from tests.stacks import SENTINELS, record_raw
 
 CLOUDS = ("aws", "gcp", "azure")
@@ -73,6 +79,49 @@ def _cloud_block(draw, cloud: str) -> dict:
             }
         }
     return {}
+
+
+PROVIDERS = {"openai": "https://api.openai.com/v1", "together": "https://api.together.ai/v1"}
+
+
+@st.composite
+def hops(draw, providers: list[str]) -> list[str]:
+    names = draw(st.lists(st.sampled_from(providers), min_size=1, max_size=3))
+    return [
+        f"{n}:{draw(st.sampled_from(['gpt-4o-mini', 'org/model-7b']))}" if draw(st.booleans()) else n for n in names
+    ]
+
+
+@st.composite
+def gateway_block(draw, models: list[str]) -> dict:
+    """Hosted providers, a fallback chain and routing rules, in the stack file's shape."""
+    providers = draw(st.lists(st.sampled_from(sorted(PROVIDERS)), unique=True, max_size=2))
+    block: dict = {"providers": [{"name": n, "baseUrl": PROVIDERS[n]} for n in providers]}
+    if providers:
+        block["fallback"] = draw(st.just([]) | hops(providers))
+    routes = []
+    for r in range(draw(st.integers(0, 3))):
+        match = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "tiers": st.lists(st.sampled_from(["free", "pro"]), min_size=1, unique=True),
+                    "models": st.lists(st.sampled_from(["gpt-4o-mini", *models]), min_size=1, unique=True),
+                    "tasks": st.lists(st.sampled_from(["summarize", "code"]), min_size=1, unique=True),
+                    "minPromptTokens": st.integers(0, 1000),
+                    "maxTtftBudgetMs": st.integers(1, 5000),
+                },
+            )
+        )
+        route: dict = {"name": f"rule-{r}", "match": match}
+        if not providers or draw(st.booleans()):
+            route["model"] = draw(st.sampled_from(models))
+        if providers and (draw(st.booleans()) or "model" not in route):
+            route["providers"] = draw(hops(providers))
+        routes.append(route)
+    block["routes"] = routes
+    block["prefillTokensPerSecond"] = draw(st.sampled_from([2500, 10_000, 40_000.5]))
+    return block
 
 
 @st.composite
@@ -146,14 +195,24 @@ def stack_configs(draw):
         "llm-platform:tags": {"team": "t", "env": "gen", "cost-center": "c1"},
         "llm-platform:models": models,
         "llm-platform:images": {"dockerHubUser": "genuser"},
+        "llm-platform:gateway": draw(gateway_block([m["name"] for m in models])),
         "llm-platform:sites": sites,
     }
+
+
+_KEYS_FILE = Path(tempfile.mkdtemp()) / "keys"
+_KEYS_FILE.write_text("")
+
+
+def gateway_reads(env: dict[str, str]) -> GatewaySettings:
+    """The gateway's settings from the environment its process gets (as init values, which
+    come before anything in this process's own environment)."""
+    return GatewaySettings(**{name.removeprefix(ENV_PREFIX).lower(): value for name, value in env.items()})
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stack_configs())
 def test_generated_stacks_hold_the_invariants(raw):
-    parse({k.split(":", 1)[1]: v for k, v in raw.items()})
     graph = record_raw("gen", raw, SENTINELS)
     assert unschedulable_gpu_pods(graph) == []
     assert len(gpu_pools(graph)) == sum(len(s["gpuPools"]) for s in raw["llm-platform:sites"])
@@ -175,3 +234,6 @@ def test_generated_stacks_hold_the_invariants(raw):
     assert missing_redis(graph) == [] and open_redis(graph) == []
     assert provider_mismatches(graph) == []
     assert budget_mismatches(graph) == []
+    cfg = parse({**{k.split(":", 1)[1]: v for k, v in raw.items()}, "providerKeys": SENTINELS["providerKeys"]})
+    for site, container in gateway_containers(graph).items():
+        assert hybrid_mismatches(gateway_reads(process_env(container, cfg, _KEYS_FILE)), cfg) == [], site
