@@ -113,7 +113,8 @@ class GatewayMetrics:
         self.route_decisions = Counter(
             "gateway_route_decisions",
             "Replica choices, by what decided them: kv_cache (a replica's KV events show the prompt's "
-            "prefix cached), affinity (prefix hashing), least_loaded.",
+            "prefix cached), kv_balance (cached nowhere: the replica holding the fewest blocks), affinity "
+            "(prefix hashing), least_loaded.",
             ["model", "reason"],
             registry=r,
         )

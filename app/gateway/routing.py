@@ -1,13 +1,16 @@
 """Replica choice: the replica with the shortest predicted time to first token, given what its
-KV cache holds (from vLLM's KV events, kv_events.py); else prefix affinity by consistent
-hashing; both with bounded load; else least outstanding.
+KV cache holds (from vLLM's KV events, kv_events.py), or for a prompt cached nowhere the one
+holding the fewest blocks; else prefix affinity by consistent hashing; all with bounded load;
+else least outstanding.
 
 Where replicas publish KV events and the prompt's token ids are known, each candidate's cached
 prefix is read from its block index. Its predicted TTFT is the prompt tokens it must prefill
 before this request's first token (those already queued on it, and this prompt's uncached
 ones) over the prefill rate: a replica holding the prefix wins unless its queue costs more than
-the prefill it saves. Replicas past the load bound are not chosen while one within it is. Without
-a cached prefix anywhere, the hashing below decides.
+the prefill it saves. Replicas past the load bound are not chosen while one within it is. A
+prompt no replica holds any of goes to the replica holding the fewest blocks, which spreads
+prefixes over the caches by size. Without token ids (no replica publishes events, or content
+the index cannot match), the hashing below decides.
 
 A prompt's leading characters are hashed onto a ring of replicas, so requests sharing a prefix
 (a system prompt, a few-shot preamble) land on the replica whose KV cache already holds it. The
@@ -39,6 +42,8 @@ class Candidate(Protocol):
 
     def backlog_tokens(self, prompt_tokens: int) -> float: ...  # prompt tokens queued ahead of a new request
 
+    def footprint(self) -> int: ...  # KV cache blocks it holds, as its events say (0 without events)
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -46,7 +51,7 @@ C = TypeVar("C", bound=Candidate)
 @dataclass(frozen=True, slots=True)
 class Decision(Generic[C]):
     replica: C | None
-    reason: str  # kv_cache, affinity, least_loaded, or none
+    reason: str  # kv_cache, kv_balance, affinity, least_loaded, or none
     ttft_s: float  # the predicted time to first token on it; 0 with no replica
     uncached: int  # the prompt tokens it would prefill, which its backlog then holds until the first byte
 
@@ -122,6 +127,14 @@ class Router:
                         # A replica holding none of it wins when the holders' queues cost more.
                         reason = "kv_cache" if hits[i] else "least_loaded"
                         return Decision(candidates[i], reason, ttft, max(0, n_prompt - hits[i]))
+                else:
+                    # Held nowhere: a new prefix goes where the fewest blocks are cached, so that
+                    # prefixes spread over the fleet's caches by their size, not by where a hash
+                    # happens to put them (a ring leaves one replica with a third more).
+                    within = [c for c in candidates if c.load() + 1 <= bound]
+                    if within:
+                        c = min(self._rotated(within), key=lambda c: (c.footprint(), c.load()))
+                        return self._decision(c, "kv_balance", n_prompt, token_ids)
             if prefix:
                 by_url = {c.url: c for c in candidates}
                 for url in self._ring.walk(stable_hash(prefix)):
@@ -135,8 +148,10 @@ class Router:
         return Decision(c, reason, self.predicted_ttft(c, n_prompt, cached), max(0, n_prompt - cached))
 
     def least_loaded(self, candidates: Sequence[C]) -> C:
+        return min(self._rotated(candidates), key=lambda c: (c.load(), c.pressure()))
+
+    def _rotated(self, candidates: Sequence[C]) -> list[C]:
         # Rotating the start spreads ties (an idle fleet) instead of always picking the first replica.
         n = len(candidates)
         offset = next(self._tiebreak) % n
-        rotated = [candidates[(offset + i) % n] for i in range(n)]
-        return min(rotated, key=lambda c: (c.load(), c.pressure()))
+        return [candidates[(offset + i) % n] for i in range(n)]

@@ -103,6 +103,9 @@ class Upstream:
     def pressure(self) -> float:
         return self.kv_usage
 
+    def footprint(self) -> int:
+        return len(self.kv.index) if self.kv else 0
+
     def backlog_tokens(self, prompt_tokens: int) -> float:
         """Prompt tokens it prefills before a new request's: this gateway's own pending ones, and
         for the requests queued there that others sent, as many each as this gateway's average
@@ -283,7 +286,8 @@ class UpstreamPool:
         candidates = [up for up in self._by_url.values() if model in up.models and up.usable(now)]
         if not candidates:
             return None
-        up = self.router.least_loaded(candidates)
+        # Any replica of the model tokenizes alike: the least loaded, without moving the router's tie-break.
+        up = min(candidates, key=Upstream.load)
         try:
             async with self._session.post(
                 up.url + "/tokenize", json=request, timeout=self._probe_timeout, headers=self._headers
@@ -326,10 +330,9 @@ class UpstreamPool:
         exclude: set[str],
         token_ids: Sequence[int] | None = None,
         prompt_tokens: int | None = None,
-        count: bool = True,
     ) -> Decision[Upstream]:
-        """The replica to try (its circuit admitted the try), or a decision with none. With
-        `count`, the decision is counted in gateway_route_decisions_total."""
+        """The replica to try (its circuit admitted the try), or a decision with none; the caller
+        counts it in gateway_route_decisions_total once it uses it."""
         now = time.monotonic()
         candidates = [
             up for up in self._by_url.values() if up.url not in exclude and model in up.models and up.usable(now)
@@ -340,8 +343,6 @@ class UpstreamPool:
             if up is None:
                 break
             if up.breaker.acquire(now):
-                if count:
-                    self._metrics.route_decisions.labels(model, decision.reason).inc()
                 return decision
             candidates.remove(up)
         return Decision(None, "none", 0.0, 0)

@@ -21,12 +21,16 @@ class Replica:
     kv: float = 0.0
     holds: int = 0  # prompt tokens its prefix cache would hit
     backlog: float = 0.0  # prompt tokens queued ahead of a new request
+    blocks: int = 0  # KV cache blocks it holds
 
     def load(self) -> float:
         return self.inflight
 
     def backlog_tokens(self, prompt_tokens: int) -> float:
         return self.backlog
+
+    def footprint(self) -> int:
+        return self.blocks
 
     def pressure(self) -> float:
         return self.kv
@@ -77,6 +81,19 @@ def test_a_holder_whose_queue_costs_more_than_the_prefill_it_saves_loses():
     a.backlog = 513  # now b's whole prefill is quicker than a's queue plus the rest
     d = router.decide([a, b], None, list(range(1000)))
     assert picked(d) == (b, "least_loaded") and d.ttft_s == 0.1 and d.uncached == 1000
+
+
+def test_a_prompt_cached_nowhere_goes_where_the_fewest_blocks_are():
+    a, b, c = Replica("http://a", blocks=900), Replica("http://b", blocks=300), Replica("http://c", blocks=600)
+    router = Router(load_factor=1.25)
+    router.update_members([a.url, b.url, c.url])
+    for _ in range(5):  # whatever the tie-break's turn
+        assert picked(router.decide([a, b, c], "some prefix", list(range(100)))) == (b, "kv_balance")
+    b.inflight = 3  # past the bound, ceil(1.25 * 4 / 3) = 2: the next fewest
+    assert picked(router.decide([a, b, c], "some prefix", list(range(100)))) == (c, "kv_balance")
+    # Without token ids (no events, or content the index cannot match) the ring decides.
+    b.inflight = 0
+    assert router.decide([a, b, c], "some prefix").reason == "affinity"
 
 
 def test_stable_hash_does_not_depend_on_the_process():
