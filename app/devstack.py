@@ -34,6 +34,19 @@ def free_port() -> int:
         return port
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket stays bound until all are picked, since a port let go
+    can be the very one the next free_port() is given."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def make_key() -> tuple[str, str]:
     """A new API key and the sha256 hex digest the gateway stores for it."""
     key = "sk-" + secrets.token_urlsafe(24)
@@ -170,9 +183,13 @@ def start_simulator(
 ) -> Proc:
     """A simulator replica; with `kv_events`, publishing its KV cache events as start_vllm's
     engines do, at `proc.kv_events` (endpoint, replay endpoint), under KV_EVENTS_TOPIC."""
+    kv_ports: list[int] | None = None
+    if kv_events:
+        picked = free_ports(3)
+        kv_ports = [p for p in picked if p != port][:2]
+        port = port or picked[2]
     port = port or free_port()
     argv = [sys.executable, "-m", "app.simulator", "--port", str(port)]
-    kv_ports = (free_port(), free_port()) if kv_events else None
     if kv_ports:
         flags = {
             "kv_events_port": kv_ports[0],
@@ -186,7 +203,11 @@ def start_simulator(
     if kv_ports:
         proc.kv_events = (f"tcp://127.0.0.1:{kv_ports[0]}", f"tcp://127.0.0.1:{kv_ports[1]}")
     if wait:
-        proc.wait_http("/health")
+        try:
+            proc.wait_http("/health")
+        except BaseException:
+            proc.stop()  # nobody else holds it to stop it
+            raise
     return proc
 
 

@@ -90,13 +90,20 @@ class KvEventPublisher:
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context.shadow(self._ctx.underlying)
         self._pub = self._ctx.socket(zmq.PUB)
-        self._pub.set_hwm(100_000)  # vLLM's default hwm
-        self._pub.bind(endpoint)
         self._replay: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
-        if replay_endpoint:
-            self._replay = self._actx.socket(zmq.ROUTER)
-            self._replay.bind(replay_endpoint)
+        try:
+            self._pub.set_hwm(100_000)  # vLLM's default hwm
+            self._pub.bind(endpoint)
+            if replay_endpoint:
+                self._replay = self._actx.socket(zmq.ROUTER)
+                self._replay.bind(replay_endpoint)
+        except zmq.ZMQError:
+            # A socket left open would keep the context's term() at exit waiting for ever, and
+            # the process, which failed to start, alive.
+            self._close_sockets()
+            raise
+        if self._replay is not None:
             self._task = asyncio.get_running_loop().create_task(self._serve_replay())
 
     def publish(self, events: list[KvEvent]) -> None:
@@ -129,6 +136,9 @@ class KvEventPublisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
         self._pub.close(linger=0)
         if self._replay is not None:
             self._replay.close(linger=0)

@@ -397,3 +397,12 @@ def test_the_gateway_sends_each_conversation_back_to_the_replica_holding_it(kv_g
             assert made_new > made and by_kv_new == by_kv
 
     _run(scenario())
+
+
+def test_a_replica_whose_event_socket_cannot_bind_exits(log_dir):
+    """Not a process left running without its events (an open zmq socket would hold it at exit)."""
+    from app.devstack import free_port
+
+    port = free_port()
+    with pytest.raises(RuntimeError, match="exited"):
+        start_simulator(log_dir, kv_events_port=port, kv_replay_port=port)
