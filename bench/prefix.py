@@ -3,15 +3,16 @@ robin and nginx least_conn, each on a fresh simulated fleet, in one run.
 
     make bench-prefix                                # defaults below, a few minutes
     .venv/bin/python bench/prefix.py --conversations 96 --targets gateway,round-robin
-    .venv/bin/python bench/prefix.py --gateway-env GATEWAY_AFFINITY_LOAD_FACTOR=2
+    .venv/bin/python bench/prefix.py --gateway-env GATEWAY_KV_LOAD_FACTOR=1.25
 
 Fleet, started again for every target so each begins with empty caches: 4 simulator replicas,
 each with a prefix cache of 40,000 tokens (2,500 blocks of 16) and its KV cache events on.
 Timing, roughly a 70B-class model on a tensor-parallel GPU group: 30 ms to the first token of a
 fully cached prompt, plus 0.2 ms per uncached prompt token (about 5,000 prefill tokens/s, so a
 2,000-token prompt from scratch costs 430 ms), then 20 ms per output token; at most 8 requests
-decode at once per replica, the rest wait. Each prefill costs its time as if alone; with
---prefill-queue a replica's prefills take turns, as they share a GPU.
+decode at once per replica, the rest wait. A replica's prefills take turns, as they share its
+GPU (vLLM's scheduler fills each step's token budget in arrival order); --no-prefill-queue
+makes each cost its time as if alone, which hides what queueing behind a cold prefill costs.
 
 Workload: 64 tenants, each with its own system prompt of 2,000 words (seeded, distinct from
 the first words on); a conversation is 6 turns of one tenant, each turn the whole history so
@@ -463,7 +464,7 @@ def main() -> None:
     parser.add_argument(
         "--prefill-queue",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="a replica's prefills take turns (SIM_PREFILL_QUEUE), as on a GPU",
     )
     parser.add_argument("--seed", type=int, default=1)

@@ -167,6 +167,16 @@ class BlockIndex:
         return min(self.cached_tokens(token_ids), (len(token_ids) - 1) // size * size)
 
 
+def shared_blocks(a: Sequence[int], b: Sequence[int], size: int) -> int:
+    """Tokens in the full blocks that `a` begins with and `b` holds too, capped as vLLM caps a
+    hit (the last token of `a` is always computed again)."""
+    limit = min((len(a) - 1) // size, len(b) // size)
+    n = 0
+    while n < limit and a[n * size : (n + 1) * size] == b[n * size : (n + 1) * size]:
+        n += 1
+    return n * size
+
+
 @dataclass
 class FeedStats:
     batches: int = 0

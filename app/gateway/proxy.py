@@ -333,6 +333,8 @@ class ProxyResponse:
             up.attempts.add(self)
             up.pending += 1
             up.pending_tokens += uncached
+            if p.token_ids:
+                up.prefilling.append(p.token_ids)
             ctx.metrics.upstream_in_flight.labels(attempt.label).inc()
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -468,6 +470,8 @@ class ProxyResponse:
             attempt.prefilled = True
             up.pending -= 1
             up.pending_tokens -= attempt.uncached
+            if self.plan.token_ids:
+                up.prefilling.remove(self.plan.token_ids)
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class GatewaySettings(BaseSettings):
     affinity_load_factor: float = Field(
         1.25, ge=1.0, description="bounded-load factor c: a replica takes at most c x the mean load"
     )
+    kv_load_factor: float = Field(
+        3.0,
+        ge=1.0,
+        description="the same for replicas chosen by what their KV cache holds, whose queues the prediction weighs",
+    )
 
     # Predicted time to first token, for choosing among replicas that hold a prefix and for
     # spilling to hosted providers: the prompt tokens a replica still has to prefill, this

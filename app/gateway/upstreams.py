@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from .circuit import CircuitBreaker, State
-from .kv_events import KvEventFeed
+from .kv_events import KvEventFeed, shared_blocks
 from .metrics import GatewayMetrics
 from .routing import Decision, Router
 from .settings import GatewaySettings
@@ -71,6 +71,7 @@ class Upstream:
         "kv",
         "pending",
         "pending_tokens",
+        "prefilling",
         "_metrics",
     )
 
@@ -92,13 +93,23 @@ class Upstream:
         # make it prefill: its queue as far as this gateway knows it exactly.
         self.pending = 0
         self.pending_tokens = 0.0
+        # Their prompts' token ids: blocks it will hold once they are prefilled, before its
+        # events say so. A second conversation of a new prefix then follows the first.
+        self.prefilling: list[Sequence[int]] = []
         self._metrics = metrics
 
     def load(self) -> float:
         return self.in_flight + self.waiting
 
     def cached(self, token_ids: Sequence[int]) -> int:
-        return self.kv.index.predicted_hits(token_ids) if self.kv else 0
+        if self.kv is None:
+            return 0
+        hits = self.kv.index.predicted_hits(token_ids)
+        size = self.kv.index.block_size
+        if size:
+            for other in self.prefilling:
+                hits = max(hits, shared_blocks(token_ids, other, size))
+        return hits
 
     def pressure(self) -> float:
         return self.kv_usage
@@ -133,7 +144,7 @@ class UpstreamPool:
         self._metrics = metrics
         self._by_url: dict[str, Upstream] = {}
         self._dns_urls: set[str] = set()
-        self.router = Router(settings.affinity_load_factor, settings.prefill_tokens_per_s)
+        self.router = Router(settings.affinity_load_factor, settings.prefill_tokens_per_s, settings.kv_load_factor)
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_timeout = aiohttp.ClientTimeout(total=settings.health_timeout_s)
         self._headers = {}

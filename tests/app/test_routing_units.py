@@ -60,7 +60,7 @@ def picked(decision):
 
 def test_a_holder_past_the_load_bound_gives_way_to_the_next():
     a, b, c = (Replica(f"http://10.0.0.{i}:8000") for i in range(3))
-    router = Router(load_factor=1.25)
+    router = Router(load_factor=3.0, kv_load_factor=1.25)  # the KV choice has its own bound
     router.update_members([a.url, b.url, c.url])
     a.holds, b.holds = 512, 256
     a.inflight = 10  # bound: ceil(1.25 * 11 / 3) = 5
@@ -72,27 +72,33 @@ def test_a_holder_past_the_load_bound_gives_way_to_the_next():
 def test_a_holder_whose_queue_costs_more_than_the_prefill_it_saves_loses():
     # 10,000 prompt tokens a second; a 1,000-token prompt; `a` holds 512 of it.
     a, b = Replica("http://a", holds=512), Replica("http://b")
-    router = Router(load_factor=4.0, prefill_tokens_per_s=10_000)
+    router = Router(load_factor=4.0, prefill_tokens_per_s=10_000, kv_load_factor=4.0)
     d = router.decide([a, b], None, list(range(1000)))
     assert picked(d) == (a, "kv_cache")
     assert d.ttft_s == 0.0488 and d.uncached == 488  # (0 queued + 488 uncached) / 10,000
-    a.backlog = 511  # 0.0511 + 0.0488 on a against 0.1 on b: still a
+    # Uncached tokens weigh double in the choice (a copy evicts as much elsewhere): `a` keeps it
+    # while its queue is under twice the 512 tokens it saves, 1023 + 2 x 488 < 2 x 1000 ...
+    a.backlog = 1023
     assert router.decide([a, b], None, list(range(1000))).replica is a
-    a.backlog = 513  # now b's whole prefill is quicker than a's queue plus the rest
+    a.backlog = 1025  # ... and gives it up past that
     d = router.decide([a, b], None, list(range(1000)))
     assert picked(d) == (b, "least_loaded") and d.ttft_s == 0.1 and d.uncached == 1000
 
 
 def test_a_prompt_cached_nowhere_goes_where_the_fewest_blocks_are():
     a, b, c = Replica("http://a", blocks=900), Replica("http://b", blocks=300), Replica("http://c", blocks=600)
-    router = Router(load_factor=1.25)
+    router = Router(load_factor=1.25, kv_load_factor=1.25)
     router.update_members([a.url, b.url, c.url])
     for _ in range(5):  # whatever the tie-break's turn
         assert picked(router.decide([a, b, c], "some prefix", list(range(100)))) == (b, "kv_balance")
     b.inflight = 3  # past the bound, ceil(1.25 * 4 / 3) = 2: the next fewest
     assert picked(router.decide([a, b, c], "some prefix", list(range(100)))) == (c, "kv_balance")
+    # A prefill waiting on it counts first: the idle replica takes the new prefix.
+    b.inflight, c.backlog = 0, 2000
+    assert router.decide([a, b, c], "some prefix", list(range(100))).replica is b
+    b.backlog = 2500
+    assert router.decide([a, b, c], "some prefix", list(range(100))).replica is a
     # Without token ids (no events, or content the index cannot match) the ring decides.
-    b.inflight = 0
     assert router.decide([a, b, c], "some prefix").reason == "affinity"
 
 
@@ -184,3 +190,13 @@ vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5
 vllm:num_requests_waiting_by_reason{reason="x"} 99
 """
     assert parse_vllm_load(text) == {"waiting": 5.0, "running": 7.0, "kv_usage": 0.5}
+
+
+def test_shared_blocks_counts_the_full_blocks_two_prompts_begin_with():
+    from app.gateway.kv_events import shared_blocks
+
+    a = list(range(100))
+    assert shared_blocks(a, list(range(40)) + [-1] * 60, 16) == 32  # blocks 0 and 1; block 2 differs
+    assert shared_blocks(a, a, 16) == 96  # never the whole prompt: its last token is computed again
+    assert shared_blocks(a, [-1] + a[1:], 16) == 0
+    assert shared_blocks(a, a[:20], 16) == 16  # only full blocks of the other
