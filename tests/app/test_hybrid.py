@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import openai
 import pytest
-from gateway_testkit import FAST, gateway_env, metric_sum, scrape
+from gateway_testkit import FAST, eventually, gateway_env, metric_sum, scrape
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -252,6 +252,9 @@ def test_a_tier_rule_sends_to_hosted_down_the_chain_past_429_and_unreachable(hyb
     assert streamed and streamed[0].model == "hosted-model"
     assert _replica_served(replica) == before  # never the replica: the rule names providers only
     assert _TooMany.hits - limited_before == 2
+    # A stream's attempt is counted once the gateway has sent its last byte, which the client
+    # may have read a moment before.
+    eventually(lambda: metric_sum(scrape(gw.metrics_url), "gateway_hosted_requests_total", provider="good") == 2)
     m = scrape(gw.metrics_url)
     assert metric_sum(m, "gateway_hosted_requests_total", provider="limited", outcome="error") == 2
     assert metric_sum(m, "gateway_hosted_requests_total", provider="down", outcome="error") == 2
