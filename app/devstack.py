@@ -141,6 +141,18 @@ class Proc:
         )
 
 
+def scrape(url: str) -> dict[str, float]:
+    """A process's /metrics as {'name{labels}': value}, labels as written (tests and benches)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def start_redis(log_dir: Path, port: int | None = None) -> Proc:
     binary = shutil.which("redis-server")
     if binary is None:

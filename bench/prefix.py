@@ -54,7 +54,7 @@ import zmq.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devstack import KV_EVENTS_TOPIC, Proc, make_key, start_gateway, start_redis, start_simulator
+from app.devstack import KV_EVENTS_TOPIC, Proc, make_key, scrape, start_gateway, start_redis, start_simulator
 from app.gateway.kv_events import Removed, Stored, parse_batch
 from app.simulator.prefix_cache import PrefixCache
 from app.simulator.protocol import ChatMessage
@@ -244,19 +244,6 @@ def ideal(bodies: list[bytes], args) -> tuple[float, float]:
 
 
 # -- metrics -----------------------------------------------------------------------------------------
-
-
-def scrape(url: str) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def total(samples: dict[str, float], name: str) -> float:

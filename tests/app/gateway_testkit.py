@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.devstack import scrape as scrape  # the tests' one Prometheus reader, shared with bench/
 
 # Simulator timing for functional tests: quick, but slow enough to observe streams and queues.
 FAST = {"ttft_ms": 20, "itl_ms": 5}
@@ -96,18 +98,6 @@ def gateway_env(keys: Keys, redis_url: str, upstreams: list[str], **extra: objec
     return env
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text to {'name{labels}': value}, labels as written."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     total = 0.0
     for key, value in samples.items():
@@ -170,3 +160,13 @@ def platform_vllm_names() -> dict[str, set[str]]:
     for name in _SCRAPED:
         used.setdefault(name.decode(), set()).add("gateway")
     return {n: where for n, where in used.items() if n.startswith("vllm:")}
+
+
+def run_in_new_loop(coro) -> None:
+    """Runs a coroutine on a loop of its own: asyncio.run would leave the main thread without
+    one, which the Pulumi SDK's synchronous helpers in later tests need."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()

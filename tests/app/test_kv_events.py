@@ -14,7 +14,7 @@ import time
 import httpx
 import msgspec
 import pytest
-from gateway_testkit import gateway_env, metric_sum, scrape
+from gateway_testkit import gateway_env, metric_sum, run_in_new_loop, scrape
 from pydantic import ValidationError
 
 from app.devstack import KV_EVENTS_TOPIC, TINY_MODEL_NAME, VLLM_PYTHON, start_gateway
@@ -186,16 +186,6 @@ def _hits(engine) -> float:
     return metric_sum(scrape(engine.url), "vllm:prefix_cache_hits_total")
 
 
-def _run(coro) -> None:
-    # A loop of its own: asyncio.run would leave the main thread without one, which the Pulumi
-    # SDK's synchronous helpers in later tests need.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
-
 async def _until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -241,7 +231,7 @@ def test_the_replica_the_index_names_is_the_one_whose_prefix_hits_grow(engines):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_a_feed_that_joins_late_catches_up_from_the_replay_socket(engines):
@@ -265,7 +255,7 @@ def test_a_feed_that_joins_late_catches_up_from_the_replay_socket(engines):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 # -- the gateway routing by them ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import httpx
 import msgspec
 import pytest
-from gateway_testkit import FAST, gateway_env, metric_sum, scrape
+from gateway_testkit import FAST, gateway_env, metric_sum, run_in_new_loop, scrape
 
 from app.devstack import KV_EVENTS_TOPIC, VLLM_PYTHON, start_gateway, start_simulator
 from app.gateway.kv_events import KvEventFeed, Removed, Stored, parse_batch
@@ -24,15 +24,6 @@ from app.simulator.settings import SimulatorSettings
 
 MODEL = "sim-model"
 SIZE = 16  # the simulator's default block size
-
-
-def _run(coro) -> None:
-    # A loop of its own, as in test_kv_events.py: asyncio.run would leave the main thread without one.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 async def _until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -170,7 +161,7 @@ def test_tokenize_gives_the_ids_the_chat_route_caches(fleet):
                     await _until(lambda c=computed: feed.index.cached_tokens(c) == len(c) // SIZE * SIZE)
                     assert feed.index.cached_tokens(other_way) < len(other_way) // SIZE * SIZE
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_tokenize_of_a_prompt_and_its_errors(fleet):
@@ -223,7 +214,7 @@ def test_the_index_predicts_the_simulators_hits_token_for_token(fleet):
                 await _chat(client, sims[0], unrelated, max_tokens=1)
                 assert _hits(sims[0]) == before
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_a_prompt_of_whole_blocks_still_computes_its_last_token(fleet):
@@ -248,7 +239,7 @@ def test_a_prompt_of_whole_blocks_still_computes_its_last_token(fleet):
                 )
                 assert _hits(sim) - before == 3 * SIZE
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 # -- eviction, replay, reset -------------------------------------------------------------------------
@@ -288,7 +279,7 @@ def test_evicted_blocks_are_removed_from_the_index(log_dir, procs):
                 await complete(client, first)
                 assert _hits(sim) == before
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_a_late_subscriber_catches_up_from_the_replay_socket(fleet):
@@ -309,7 +300,7 @@ def test_a_late_subscriber_catches_up_from_the_replay_socket(fleet):
                 assert feed.index.cached_tokens(ids) == len(ids) // SIZE * SIZE
                 assert deaf.index.cached_tokens(ids) == 0
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_resetting_the_prefix_cache_clears_the_index(log_dir, procs):
@@ -327,7 +318,7 @@ def test_resetting_the_prefix_cache_clears_the_index(log_dir, procs):
                 await _chat(client, sim, _conversation("reset"))
                 assert _hits(sim) == before
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 # -- a gateway routing by them -------------------------------------------------------------------------
@@ -396,7 +387,7 @@ def test_the_gateway_sends_each_conversation_back_to_the_replica_holding_it(kv_g
             made_new, by_kv_new = (after - before for after, before in zip(decisions(), start, strict=True))
             assert made_new > made and by_kv_new == by_kv
 
-    _run(scenario())
+    run_in_new_loop(scenario())
 
 
 def test_a_replica_whose_event_socket_cannot_bind_exits(log_dir):
