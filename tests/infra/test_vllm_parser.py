@@ -21,7 +21,7 @@ from infra.config import DERIVED_DESTS, ConfigError, parse
 from infra.plan.scheduling import pods
 from infra.workloads.vllm_args import serve_args
 from tests.infra.test_config import base
-from tests.infra.test_generated_stacks import stack_configs
+from tests.infra.test_generated_stacks import parse_generated, stack_configs
 from tests.stacks import REPO, SENTINELS, SHIPPED, record_raw
 
 PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -59,7 +59,7 @@ def generated_commands(n: int) -> list[list[str]]:
     @settings(max_examples=n, database=None, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
     @given(stack_configs())
     def collect(raw):
-        parse({k.split(":", 1)[1]: v for k, v in raw.items()})
+        parse_generated(raw)
         argvs.extend(serve_commands(record_raw("gen", raw, SENTINELS)))
 
     collect()
