@@ -1,5 +1,6 @@
 """Who is calling: the API key of a request's Authorization header, looked up by digest in a
-mounted Secret file (see keyfile.py) and/or a Redis hash.
+mounted Secret file (see keyfile.py) and/or a Redis hash; or a JWT from a configured issuer,
+verified against its JWKS (jwt_auth.py).
 
 `authenticate` is the one check, for the completion routes (raw ASGI, completions.py) and the
 FastAPI routes (`Depends(caller)`, main.py) alike; it raises OpenAIError, so both answer alike.
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .errors import OpenAIError
+from .jwt_auth import TokenRefused, TokenVerifier, looks_like_jwt
 from .keyfile import ApiKey, KeyFileError, digest_of, load_key_file, parse_entry
 
 if TYPE_CHECKING:  # the context holds a KeyStore
@@ -35,8 +37,11 @@ class KeyStore:
     _CACHE_TTL_S = 30.0
     _CACHE_MAX = 10_000
 
-    def __init__(self, path: Path | None, redis: Redis | None, redis_hash: str | None) -> None:
+    def __init__(
+        self, path: Path | None, redis: Redis | None, redis_hash: str | None, tokens: TokenVerifier | None = None
+    ) -> None:
         self._path = path
+        self._tokens = tokens
         self._redis = redis
         self._hash = redis_hash
         self._by_digest: dict[str, ApiKey] = {}
@@ -62,6 +67,12 @@ class KeyStore:
             log.error("api key file reload failed; keeping previous keys", extra={"error": str(exc)})
 
     async def lookup(self, presented: str) -> ApiKey | None:
+        if self._tokens is not None and looks_like_jwt(presented):
+            try:
+                return await self._tokens.verify(presented)
+            except TokenRefused as why:
+                log.info("token refused", extra={"reason": str(why)})
+                return None
         now = time.monotonic()
         self._maybe_reload(now)
         # The table is keyed by digest, so lookup timing depends only on a hash of the secret;

@@ -26,6 +26,7 @@ from .auth import KeyStore, authenticate
 from .completions import ROUTES, CompletionsEndpoint
 from .context import GatewayContext
 from .errors import JSON, install
+from .jwt_auth import TokenVerifier
 from .keyfile import ApiKey
 from .metrics import GatewayMetrics
 from .ops import OpsServer
@@ -98,7 +99,12 @@ async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
             settings=settings,
             metrics=metrics,
             redis=redis,
-            keys=KeyStore(settings.api_keys_file, redis, settings.api_keys_redis_hash),
+            keys=KeyStore(
+                settings.api_keys_file,
+                redis,
+                settings.api_keys_redis_hash,
+                TokenVerifier(settings.jwt_issuers, session) if settings.jwt_issuers else None,
+            ),
             limiter=RateLimiter(redis, settings.default_rpm, settings.default_tpm, settings.redis_fail_mode, metrics),
             session=session,
             pool=pool,

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .hybrid import Hop, Provider, Rule, check_references, parse_chain
+from .jwt_auth import Issuer
 
 ENV_PREFIX = "GATEWAY_"
 # Values of these variables are never echoed back in error messages.
@@ -117,6 +118,9 @@ class GatewaySettings(BaseSettings):
     api_keys_redis_hash: str | None = Field(
         None, description="Redis hash: field sha256 hex, value '<key-id> [options]'"
     )
+    jwt_issuers: Annotated[tuple[Issuer, ...], NoDecode] = Field(
+        (), description='JSON list of {"issuer", "jwks_url", "audience", "algorithms", "caller_claim", ...}'
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = Field(
         0.25, gt=0, description="per Redis command and connect; also how long a check waits for a pooled connection"
@@ -186,7 +190,7 @@ class GatewaySettings(BaseSettings):
     def _parse_fallback(cls, value: object) -> object:
         return _base_url(value) if isinstance(value, str) and value else None
 
-    @field_validator("providers", "routes", mode="before")
+    @field_validator("providers", "routes", "jwt_issuers", mode="before")
     @classmethod
     def _parse_json_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -221,8 +225,10 @@ class GatewaySettings(BaseSettings):
     def _complete(self) -> GatewaySettings:
         if not (self.upstreams or self.upstream_dns or self.fallback_base_url or self.providers):
             raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_DNS (or hosted GATEWAY_PROVIDERS)")
-        if self.api_keys_file is None and not self.api_keys_redis_hash:
-            raise ValueError("set GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS_REDIS_HASH")
+        if self.api_keys_file is None and not self.api_keys_redis_hash and not self.jwt_issuers:
+            raise ValueError("set GATEWAY_API_KEYS_FILE, GATEWAY_API_KEYS_REDIS_HASH or GATEWAY_JWT_ISSUERS")
+        if len({i.issuer for i in self.jwt_issuers}) != len(self.jwt_issuers):
+            raise ValueError("GATEWAY_JWT_ISSUERS: two entries have the same issuer")
         if self.metrics_port == self.port:
             raise ValueError(f"GATEWAY_METRICS_PORT must differ from GATEWAY_PORT ({self.port})")
         if self.kv_replay_port is not None and self.kv_events_port is None:
