@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         http="app.gateway.server:GatewayHttpProtocol",
         lifespan="on",
         access_log=False,
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, dict(settings.pii_patterns)),
         # Longer than a typical client pool's idle time, so clients reuse connections.
         timeout_keep_alive=75,
         backlog=4096,

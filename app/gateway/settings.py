@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .hybrid import Hop, Provider, Rule, check_references, parse_chain
 from .jwt_auth import Issuer
+from .pii import compile_patterns
 
 ENV_PREFIX = "GATEWAY_"
 # Values of these variables are never echoed back in error messages.
@@ -148,6 +149,10 @@ class GatewaySettings(BaseSettings):
         9090, ge=1, le=65535, description="/metrics and /openapi.json are served here, not on the client port"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    pii_patterns: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON object {"<name>": "<regular expression>"}: national id formats the log redactor also removes',
+    )
 
     # Process.
     host: str = "0.0.0.0"
@@ -206,6 +211,19 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _parse_chain(cls, value: object) -> object:
         return parse_chain(value)
+
+    @field_validator("pii_patterns", mode="before")
+    @classmethod
+    def _patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value) if value.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError('expected a JSON object {"<name>": "<regular expression>"}')
+        compile_patterns(value)
+        return value
 
     @field_validator("redis_url")
     @classmethod
