@@ -1,4 +1,4 @@
-"""The two completion routes' ASGI endpoint, mounted as ordinary Starlette routes (main.py).
+"""The completion routes' (and /v1/embeddings') ASGI endpoint, mounted as ordinary Starlette routes (main.py).
 
 Every token of every stream passes through here, so the endpoint does without what FastAPI adds
 to each request (dependency solving, body parsing into a Request): it reads the body itself,
@@ -37,14 +37,17 @@ from .hybrid import Hop, RouteInput, first_match, with_model
 from .keyfile import ApiKey
 from .proxy import ProxyPlan, ProxyResponse
 from .requestid import pick
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, GatewayRequest
 
 log = logging.getLogger("gateway")
 
 # Path to the request model it takes.
-ROUTES: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+EMBEDDINGS = "/v1/embeddings"
+ROUTES: dict[str, type[GatewayRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
+    # A pooling model's: the same auth, limits, routing and retries; one JSON answer, never a stream.
+    EMBEDDINGS: EmbeddingRequest,
 }
 
 
@@ -102,9 +105,10 @@ class CompletionsEndpoint:
             forwarded = with_model(forwarded, route.model)
         chars = ctx.settings.affinity_prefix_chars
         # Only where some replica reports its cache: one /tokenize round trip buys exact routing.
+        # Not for embeddings: a pooling request leaves nothing in the cache to route by.
         token_ids = (
             await _token_ids(ctx, route.model, forwarded)
-            if route.self_hosted and ctx.pool.kv_ready(route.model)
+            if path != EMBEDDINGS and route.self_hosted and ctx.pool.kv_ready(route.model)
             else None
         )
         plan = ProxyPlan(
@@ -228,9 +232,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _parse(
-    model: type[ChatCompletionRequest] | type[CompletionRequest], raw: bytes
-) -> tuple[ChatCompletionRequest | CompletionRequest, bytes]:
+def _parse(model: type[GatewayRequest], raw: bytes) -> tuple[GatewayRequest, bytes]:
     """The validated request, and the bytes to send upstream: the client's own, unless usage must be asked for."""
     try:
         obj = orjson.loads(raw)

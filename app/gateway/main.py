@@ -31,7 +31,14 @@ from .keyfile import ApiKey
 from .metrics import GatewayMetrics
 from .ops import OpsServer
 from .ratelimit import RateLimiter
-from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 from .settings import GatewaySettings
 from .upstreams import UpstreamPool
 
@@ -166,6 +173,9 @@ def _openapi_document(app: GatewayApp) -> Callable[[], dict[str, Any]]:
 
     @described.post("/v1/completions", response_model=None, responses=_ERRORS, tags=["openai"])
     async def completions(body: CompletionRequest) -> None: ...
+
+    @described.post("/v1/embeddings", response_model=None, responses=_ERRORS, tags=["openai"])
+    async def embeddings(body: EmbeddingRequest) -> None: ...
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:

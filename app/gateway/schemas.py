@@ -6,7 +6,7 @@ vLLM validates the rest of the OpenAI schema itself and its 4xx answers are pass
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,24 +74,68 @@ class ChatCompletionRequest(_Generation):
         return total
 
 
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+def _prompt_prefix(p: Prompt, chars: int) -> str:
+    """The first prompt's text (or token ids) that prefix affinity routes by."""
+    if isinstance(p, str):
+        return p[:chars]
+    if p and isinstance(p[0], str):
+        return str(p[0])[:chars]
+    if p and isinstance(p[0], list):
+        return ",".join(map(str, p[0]))[:chars]
+    return ",".join(map(str, p))[:chars]
+
+
+def _prompt_chars(p: Prompt) -> int:
+    if isinstance(p, str):
+        return len(p)
+    return sum(len(x) if isinstance(x, str | list) else 4 for x in p)
+
+
 class CompletionRequest(_Generation):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
 
     def prefix(self, chars: int) -> str:
-        p = self.prompt
-        if isinstance(p, str):
-            return p[:chars]
-        if p and isinstance(p[0], str):
-            return str(p[0])[:chars]
-        if p and isinstance(p[0], list):
-            return ",".join(map(str, p[0]))[:chars]
-        return ",".join(map(str, p))[:chars]
+        return _prompt_prefix(self.prompt, chars)
 
     def prompt_chars(self) -> int:
-        p = self.prompt
-        if isinstance(p, str):
-            return len(p)
-        return sum(len(x) if isinstance(x, str | list) else 4 for x in p)
+        return _prompt_chars(self.prompt)
+
+
+class EmbeddingRequest(BaseModel):
+    """vLLM's /v1/embeddings for a pooling model (its EmbeddingCompletionRequest): one vector
+    per input. `encoding_format`, `dimensions`, `user` and vLLM's own extras pass through to
+    the replica, which validates them. Never streamed, and it has no output tokens."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: Name
+    # A string, several strings, one prompt's token ids or several; a list holds one input at least.
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[list[int]], Field(min_length=1)]
+    )
+
+    # Not fields: a `stream` in the body passes through, but the answer is one JSON body.
+    stream: ClassVar[None] = None
+
+    def wants_usage(self) -> bool:
+        return False
+
+    def output_cap(self) -> int:
+        return 0
+
+    def prefix(self, chars: int) -> str:
+        return _prompt_prefix(self.input, chars)
+
+    def prompt_chars(self) -> int:
+        return _prompt_chars(self.input)
+
+
+GatewayRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
 class ModelCard(BaseModel):

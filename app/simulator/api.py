@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
+import math
 import random
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +24,13 @@ from pydantic import ValidationError
 from .engine import Engine, Generation
 from .kv_events import KvEventPublisher
 from .metrics import VllmMetrics
-from .protocol import ChatCompletionRequest, CompletionRequest, TokenizeChatRequest, TokenizeCompletionRequest
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 from .settings import SimulatorSettings
 from .tokens import render_chat, token_ids, tokenize
 
@@ -50,6 +60,37 @@ def _completion_ids(req: CompletionRequest) -> list[int]:
     if p and isinstance(p[0], list):
         return [t for part in p if isinstance(part, list) for t in part]
     return [t for t in p if isinstance(t, int)]
+
+
+# The simulator's pooling output: as many floats as a small embedding model's hidden size.
+EMBEDDING_DIM = 64
+
+
+def _embedding_inputs(p: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """Each input's token ids, as the embedding route reads `input`: one prompt or several."""
+    if isinstance(p, str):
+        return [token_ids(tokenize(p))]
+    if isinstance(p[0], str):
+        return [token_ids(tokenize(str(part))) for part in p]
+    if isinstance(p[0], list):
+        return [list(part) for part in p if isinstance(part, list)]
+    return [[t for t in p if isinstance(t, int)]]
+
+
+def embed(ids: list[int], dimensions: int) -> list[float]:
+    """A unit vector drawn from a hash of the input's token ids: the same input, the same vector,
+    in every process. Cut to `dimensions` and scaled back to length 1, as vLLM does for a
+    matryoshka model."""
+    seed = hashlib.blake2b(struct.pack(f"<{len(ids)}I", *ids), digest_size=8).digest()
+    rng = random.Random(int.from_bytes(seed, "big"))
+    full = [rng.gauss(0.0, 1.0) for _ in range(EMBEDDING_DIM)][:dimensions]
+    norm = math.sqrt(sum(x * x for x in full)) or 1.0
+    return [x / norm for x in full]
+
+
+def encode_base64(vector: list[float]) -> str:
+    """float32 little-endian, base64: what vLLM sends and the OpenAI client decodes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
@@ -331,6 +372,43 @@ def create_app(settings: SimulatorSettings | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Response:
         return await _serve(request, _completion_ids(req), req.max_tokens, req, False)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
+        """vLLM's pooling route: one vector per input, with no engine time (the simulator's
+        engine only decodes); usage counts the inputs' tokens."""
+        if (refused := _check(request, req.model)) is not None:
+            return refused
+        dims = EMBEDDING_DIM if req.dimensions is None else req.dimensions
+        if not 1 <= dims <= EMBEDDING_DIM:
+            return _error(
+                400, f"dimensions must be between 1 and {EMBEDDING_DIM}, not {dims}.", "BadRequestError", "dimensions"
+            )
+        inputs = _embedding_inputs(req.input)
+        for ids in inputs:
+            if len(ids) > settings.max_model_len:
+                return _error(
+                    400,
+                    f"This model's maximum context length is {settings.max_model_len} tokens. However, you "
+                    f"requested {len(ids)} tokens in the input for embedding generation.",
+                    "BadRequestError",
+                    "input",
+                )
+        data = []
+        for i, ids in enumerate(inputs):
+            vector = embed(ids, dims)
+            value: list[float] | str = encode_base64(vector) if req.encoding_format == "base64" else vector
+            data.append({"index": i, "object": "embedding", "embedding": value})
+        n = sum(len(ids) for ids in inputs)
+        body = {
+            "id": f"embd-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": settings.model,
+            "data": data,
+            "usage": {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None},
+        }
+        return Response(orjson.dumps(body), media_type=_JSON)
 
     @app.post("/tokenize")
     async def tokenize_route(request: Request) -> Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,6 +57,21 @@ class ChatCompletionRequest(_ChatTemplate, _Common):
 
 class CompletionRequest(_Common):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+
+
+# vLLM's /v1/embeddings for a pooling model (vllm/entrypoints/pooling/embed/protocol.py, EmbeddingCompletionRequest).
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[list[TokenId]], Field(min_length=1)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
 
 
 # vLLM's /tokenize (vllm/entrypoints/serve/tokenize/protocol.py): a prompt or a chat; the model may be left out.
