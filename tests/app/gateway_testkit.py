@@ -23,10 +23,12 @@ NEXT_MODEL = "tiny-next"
 class Switchboard:
     """A TCP forwarder on its own port to a target that can change, as a Service address does
     when a rollout replaces the pods behind it. Switching drops the connections already made,
-    so the next request meets the new target."""
+    so the next request meets the new target. `sent` keeps every byte sent to the target, for
+    tests that check what a client asked it."""
 
     def __init__(self, target: str):
         self.target = target
+        self.sent = bytearray()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -59,13 +61,15 @@ class Switchboard:
             upstream = socket.create_connection((host, int(port)))
             with self._lock:
                 self._conns |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, sent in ((client, upstream, self.sent), (upstream, client, None)):
+                threading.Thread(target=self._pump, args=(a, b, sent), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
         try:
             while data := src.recv(65536):
+                if record is not None:
+                    record += data
                 dst.sendall(data)
         except OSError:
             pass

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
-import socket
 import struct
-import threading
 
 import httpx
 import openai
@@ -152,45 +150,11 @@ def test_simulator_answers_as_vllm(replicas):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "encoding_format"
 
 
-class _Recorder(Switchboard):
-    """A forwarder that keeps what the gateway sent the replica, to see which paths it asked."""
-
-    def __init__(self, target: str):
-        self.sent = bytearray()
-        super().__init__(target)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            host, port = self.target.removeprefix("http://").rsplit(":", 1)
-            upstream = socket.create_connection((host, int(port)))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if record:
-                    self.sent += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 def test_kv_routing_does_not_tokenize_an_embeddings_body(log_dir, procs, keys, redis_server):
     """Where a replica reports its cache, a completion is tokenized for routing (the control);
     an embeddings body is not, even one carrying a `prompt` field beside its `input`."""
     sim = procs(start_simulator(log_dir, kv_events=True, **FAST))
-    recorder = _Recorder(sim.url)
+    recorder = Switchboard(sim.url)  # keeps what the gateway sent the replica
     try:
         endpoints = f"{recorder.url} {sim.kv_events[0]} {sim.kv_events[1]}"
         gw = procs(
